@@ -1,0 +1,29 @@
+# syntax=docker/dockerfile:1
+#
+# optuna-dashboard for docker/compose.yaml, reading the `optuna` Postgres database the sweeps write to.
+# Pins equal the project's dev venv (tests/test_deploy.py checks that).
+FROM python:3.11-slim-bookworm
+
+ARG OPTUNA_VERSION=5.0.0
+ARG OPTUNA_DASHBOARD_VERSION=0.21.0
+ARG PSYCOPG2_BINARY_VERSION=2.9.13
+ARG GUNICORN_VERSION=26.2.0
+
+SHELL ["/bin/bash", "-o", "pipefail", "-c"]
+
+RUN pip install --no-cache-dir \
+        "optuna==${OPTUNA_VERSION}" \
+        "optuna-dashboard==${OPTUNA_DASHBOARD_VERSION}" \
+        "psycopg2-binary==${PSYCOPG2_BINARY_VERSION}" \
+        "gunicorn==${GUNICORN_VERSION}" \
+    && useradd --create-home --uid 1000 --user-group optuna
+
+USER 1000:1000
+WORKDIR /home/optuna
+EXPOSE 8080
+
+HEALTHCHECK --interval=15s --timeout=5s --start-period=30s --retries=5 \
+    CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8080/api/studies', timeout=4)"]
+
+# compose.yaml passes the storage URL as the first argument.
+ENTRYPOINT ["optuna-dashboard", "--host", "0.0.0.0", "--port", "8080", "--server", "gunicorn"]

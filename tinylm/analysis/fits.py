@@ -1,0 +1,336 @@
+"""Power-law fits: L(x) = E + A·x^-α and the Chinchilla form L(N, D) = E + A/N^α + B/D^β.
+
+Fitted the way Hoffmann et al. 2022 (arXiv:2203.15556, appendix D.2) and Epoch AI's replication (Besiroglu et
+al. 2024, arXiv:2404.10102) did: Huber loss (δ = 1e-3) on the log of the loss with the log-sum-exp
+parameterisation ``log L̂ = LSE(a − α log N, b − β log D, e)`` (A = e^a, B = e^b, E = e^e), minimised with
+L-BFGS from a grid of initialisations, keeping the best. Confidence intervals come from a bootstrap over
+points (resample, refit, percentiles).
+
+Everything here works on arrays; ``tinylm.analysis.scaling`` applies it to a trials DataFrame.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy.optimize import minimize
+
+HUBER_DELTA = 1e-3
+# Hoffmann et al.'s grid: α, β ∈ {0, 0.5, …, 2}, e ∈ {−1, −0.5, …, 1}, a, b ∈ {0, 5, …, 25}.
+GRID_EXP = (0.0, 0.5, 1.0, 1.5, 2.0)
+GRID_E = (-1.0, -0.5, 0.0, 0.5, 1.0)
+GRID_LOGCOEF = (0.0, 5.0, 10.0, 15.0, 20.0, 25.0)
+# Single-variable fits also try small exponents: L(C) exponents are ~0.05 (Kaplan et al. 2020).
+GRID_EXP_1D = (0.0, 0.05, 0.1, 0.25, 0.5, 1.0, 1.5, 2.0)
+
+
+class NotEnoughPoints(ValueError):
+    """The data cannot identify the law (too few points or distinct values); the message says what is missing."""
+
+
+@dataclass(eq=False)
+class PowerLawFit:
+    """A fitted law. ``params`` in natural units (E, A, alpha [, B, beta]); ``ci`` maps each to (lo, hi)."""
+
+    form: str  # "L(N)", "L(D)", "L(C)", "L(N,D)" — used for display only
+    variables: tuple[str, ...]  # e.g. ("N",) or ("N", "D")
+    params: dict[str, float]
+    ci: dict[str, tuple[float, float]] = field(default_factory=dict)
+    level: float = 0.95
+    n_points: int = 0
+    objective: float = float("nan")  # Σ Huber_δ(residual) / δ at the optimum
+    boot: np.ndarray | None = None  # (n_boot, n_params) natural-unit parameters, columns in ``params`` order
+    n_boot_failed: int = 0
+
+    def predict(self, *xs: np.ndarray) -> np.ndarray:
+        """L̂ at the given values, one array per variable (N, D for the Chinchilla form)."""
+        return predict(self.params, *xs)
+
+    def formula(self) -> str:
+        p = self.params
+        terms = [f"{p['A']:.4g}/{self.variables[0]}^{p['alpha']:.3f}"]
+        if "B" in p:
+            terms.append(f"{p['B']:.4g}/{self.variables[1]}^{p['beta']:.3f}")
+        return f"{self.form} = {p['E']:.4g} + " + " + ".join(terms)
+
+    def table(self) -> list[tuple[str, float, float, float]]:
+        """(name, value, ci_lo, ci_hi) rows in a stable order."""
+        nan = float("nan")
+        return [(k, v, *self.ci.get(k, (nan, nan))) for k, v in self.params.items()]
+
+
+def predict(params: dict[str, float], *xs: np.ndarray) -> np.ndarray:
+    out = params["E"] + params["A"] * np.asarray(xs[0], float) ** -params["alpha"]
+    if "B" in params:
+        out = out + params["B"] * np.asarray(xs[1], float) ** -params["beta"]
+    return out
+
+
+# --- the objective ---------------------------------------------------------------------------------------------
+def _unpack(theta: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """theta = [e, a_1..a_k, α_1..α_k] (rows of a 2-D array for many parameter vectors at once)."""
+    return theta[..., 0], theta[..., 1:1 + k], theta[..., 1 + k:1 + 2 * k]
+
+
+def _terms(theta: np.ndarray, logx: np.ndarray) -> np.ndarray:
+    """The log-sum-exp terms (..., n, k+1): e and a_j − α_j·log x_j."""
+    k = logx.shape[1]
+    e, a, alpha = _unpack(theta, k)
+    t = a[..., None, :] - alpha[..., None, :] * logx  # (..., n, k)
+    e = np.broadcast_to(np.asarray(e)[..., None, None], t.shape[:-1] + (1,))
+    return np.concatenate([e, t], axis=-1)
+
+
+def _lse(t: np.ndarray) -> np.ndarray:
+    """log Σ exp over the last axis (scipy.special.logsumexp costs ~10× more per call on small arrays)."""
+    m = t.max(axis=-1)
+    return m + np.log(np.exp(t - m[..., None]).sum(axis=-1))
+
+
+def _huber(r: np.ndarray, delta: float) -> np.ndarray:
+    a = np.abs(r)
+    return np.where(a <= delta, 0.5 * r * r, delta * (a - 0.5 * delta))
+
+
+def objective(theta: np.ndarray, logx: np.ndarray, logy: np.ndarray, delta: float = HUBER_DELTA) -> np.ndarray:
+    """Σ Huber_δ(LSE(terms) − log L) / δ, vectorised over leading axes of ``theta``.
+
+    Dividing by δ leaves the minimiser unchanged and puts the objective near 1 per point, where L-BFGS's
+    default tolerances are meaningful.
+    """
+    r = _lse(_terms(theta, logx)) - logy
+    return _huber(r, delta).sum(axis=-1) / delta
+
+
+def _objective_and_grad(theta: np.ndarray, logx: np.ndarray, logy: np.ndarray, delta: float):
+    t = _terms(theta, logx)  # (n, k+1)
+    pred = _lse(t)
+    r = pred - logy
+    w = np.exp(t - pred[:, None])  # softmax weights: d pred / d term
+    dh = np.clip(r, -delta, delta) / delta  # Huber'(r) / δ
+    g_terms = dh[:, None] * w  # (n, k+1)
+    grad = np.concatenate([g_terms[:, :1].sum(0), g_terms[:, 1:].sum(0), -(g_terms[:, 1:] * logx).sum(0)])
+    return float(_huber(r, delta).sum() / delta), grad
+
+
+def _grid(k: int) -> np.ndarray:
+    exps = GRID_EXP if k > 1 else GRID_EXP_1D
+    rows = [(e, *a, *al) for e in GRID_E for a in itertools.product(GRID_LOGCOEF, repeat=k)
+            for al in itertools.product(exps, repeat=k)]
+    return np.asarray(rows, dtype=float)
+
+
+def _lbfgs(theta0: np.ndarray, logx: np.ndarray, logy: np.ndarray, delta: float) -> tuple[np.ndarray, float]:
+    res = minimize(_objective_and_grad, theta0, args=(logx, logy, delta), jac=True, method="L-BFGS-B",
+                   options={"maxiter": 2000, "ftol": 1e-13, "gtol": 1e-9})
+    return res.x, float(res.fun)
+
+
+def _best_fit(logx: np.ndarray, logy: np.ndarray, inits: np.ndarray, n_starts: int | None,
+              delta: float, extra: np.ndarray | None = None) -> tuple[np.ndarray, float]:
+    """L-BFGS from the ``n_starts`` grid points with the lowest initial objective (all when None), plus
+    ``extra`` starts; the lowest final objective wins (ties to the earlier start, so results are stable)."""
+    if n_starts is not None and n_starts < len(inits):
+        order = np.argsort(objective(inits, logx, logy, delta), kind="stable")[:n_starts]
+        inits = inits[order]
+    if extra is not None:
+        inits = np.vstack([extra[None, :], inits])
+    best, best_f = inits[0], np.inf
+    with np.errstate(over="ignore", invalid="ignore"):
+        for theta0 in inits:
+            theta, f = _lbfgs(theta0, logx, logy, delta)
+            if np.isfinite(f) and f < best_f - 1e-12:
+                best, best_f = theta, f
+    return best, best_f
+
+
+def _natural(theta: np.ndarray, k: int) -> np.ndarray:
+    """[e, a_1..a_k, α_1..α_k] -> [E, A_1..A_k, α_1..α_k]."""
+    out = np.array(theta, dtype=float)
+    out[..., :1 + k] = np.exp(out[..., :1 + k])
+    return out
+
+
+def _names(k: int) -> list[str]:
+    return ["E", "A", "alpha"] if k == 1 else ["E", "A", "B", "alpha", "beta"]
+
+
+def _check(xs: list[np.ndarray], y: np.ndarray, names: tuple[str, ...], min_points: int,
+           min_distinct: int, form: str) -> tuple[np.ndarray, np.ndarray]:
+    x = np.column_stack([np.asarray(v, dtype=float).ravel() for v in xs])
+    y = np.asarray(y, dtype=float).ravel()
+    if len(x) != len(y):
+        raise ValueError(f"{form}: {len(x)} x values but {len(y)} losses")
+    ok = np.isfinite(x).all(axis=1) & np.isfinite(y) & (x > 0).all(axis=1) & (y > 0)
+    x, y = x[ok], y[ok]
+    if len(y) < min_points:
+        raise NotEnoughPoints(f"{form} needs at least {min_points} points with finite, positive values; "
+                              f"got {len(y)}")
+    for j, name in enumerate(names):
+        distinct = np.unique(np.round(np.log(x[:, j]), 9))
+        if len(distinct) < min_distinct:
+            vals = ", ".join(f"{v:.3g}" for v in np.exp(distinct))
+            raise NotEnoughPoints(f"{form} needs at least {min_distinct} distinct {name}; got {len(distinct)}"
+                                  + (f" ({vals})" if vals else ""))
+    return x, y
+
+
+def _fit(x: np.ndarray, y: np.ndarray, form: str, variables: tuple[str, ...], n_boot: int, seed: int,
+         level: float, n_starts: int | None, n_starts_boot: int, delta: float) -> PowerLawFit:
+    k = x.shape[1]
+    logx, logy = np.log(x), np.log(y)
+    grid = _grid(k)
+    theta, f = _best_fit(logx, logy, grid, n_starts, delta)
+    names = _names(k)
+    params = dict(zip(names, (float(v) for v in _natural(theta, k)), strict=True))
+    fit = PowerLawFit(form=form, variables=variables, params=params, level=level, n_points=len(y), objective=f)
+    if n_boot <= 0:
+        return fit
+    rng = np.random.default_rng(seed)
+    boots, failed = [], 0
+    for _ in range(n_boot):
+        idx = rng.integers(0, len(y), len(y))
+        # Refit from the full-data optimum plus the best few grid points on this resample: a bootstrap fit
+        # stays in the optimum's basin almost always, and the grid starts catch the cases where it does not.
+        tb, fb = _best_fit(logx[idx], logy[idx], grid, n_starts_boot, delta, extra=theta)
+        if np.isfinite(fb):
+            boots.append(_natural(tb, k))
+        else:
+            failed += 1
+    fit.boot = np.asarray(boots)
+    fit.n_boot_failed = failed
+    if len(boots):
+        lo, hi = np.percentile(fit.boot, [50 * (1 - level), 50 * (1 + level)], axis=0)
+        fit.ci = {n: (float(a), float(b)) for n, a, b in zip(names, lo, hi, strict=True)}
+    return fit
+
+
+def fit_power_law(x: np.ndarray, y: np.ndarray, *, name: str = "N", min_distinct: int = 4, n_boot: int = 200,
+                  seed: int = 0, level: float = 0.95, n_starts: int | None = None, n_starts_boot: int = 4,
+                  delta: float = HUBER_DELTA) -> PowerLawFit:
+    """Fit L(x) = E + A·x^-α.
+
+    Args:
+        x: N (total or non-embedding params), D (tokens) or C (FLOPs), one value per point.
+        y: loss per point (natural log units).
+        name: the variable's name, used in the form ("L(N)") and in messages.
+        min_distinct: refuse (``NotEnoughPoints``) with fewer distinct x: three parameters need four values.
+        n_boot: bootstrap resamples for the confidence intervals (0: none).
+        seed: bootstrap RNG seed.
+        level: two-sided confidence level of the percentile intervals.
+        n_starts: L-BFGS starts taken from the initialisation grid, best initial objective first (None: all).
+        n_starts_boot: grid starts per bootstrap refit (the full-data optimum is always one more).
+        delta: Huber δ on log-loss residuals.
+    """
+    xa, ya = _check([x], y, (name,), min_distinct, min_distinct, f"L({name})")
+    return _fit(xa, ya, f"L({name})", (name,), n_boot, seed, level, n_starts, n_starts_boot, delta)
+
+
+def fit_chinchilla(n: np.ndarray, d: np.ndarray, y: np.ndarray, *, min_points: int = 6, min_distinct: int = 3,
+                   n_boot: int = 200, seed: int = 0, level: float = 0.95, n_starts: int | None = 64,
+                   n_starts_boot: int = 4, delta: float = HUBER_DELTA) -> PowerLawFit:
+    """Fit L(N, D) = E + A/N^α + B/D^β (Hoffmann et al. 2022, approach 3; Besiroglu et al. 2024).
+
+    Args:
+        n: parameters per point (Hoffmann et al. count all parameters, embeddings included).
+        d: training tokens per point.
+        y: final loss per point.
+        min_points: refuse (``NotEnoughPoints``) with fewer points: five parameters need more than five.
+        min_distinct: refuse with fewer distinct N or distinct D.
+        n_starts: L-BFGS starts from the 4500-point grid, best initial objective first (None: all 4500, as the
+            papers did; 64 finds the same optimum on every data set we tried, 70× faster).
+        Other arguments as in ``fit_power_law``.
+    """
+    x, ya = _check([n, d], y, ("N", "D"), min_points, min_distinct, "L(N,D)")
+    return _fit(x, ya, "L(N,D)", ("N", "D"), n_boot, seed, level, n_starts, n_starts_boot, delta)
+
+
+# --- what the fitted law implies ---------------------------------------------------------------------------------
+def compute_optimal(fit: PowerLawFit, c: float | np.ndarray, flops_per_param_token: float = 6.0) -> dict:
+    """The compute-optimal allocation under C = 6·N·D implied by a Chinchilla fit (Hoffmann et al. eq. 4):
+    N_opt = G·(C/6)^(β/(α+β)), D_opt = (C/6)/N_opt, G = (αA / βB)^(1/(α+β)).
+
+    Returns ``{"C", "N_opt", "D_opt", "tokens_per_param", "loss"}`` and, when the fit has bootstrap samples,
+    ``"<key>_ci": (lo, hi)`` for each derived quantity.
+    """
+    if "B" not in fit.params:
+        raise ValueError(f"compute_optimal needs the L(N,D) form; got {fit.form}")
+    c = np.asarray(c, dtype=float)
+
+    def alloc(E, A, B, alpha, beta):
+        g = (alpha * A / (beta * B)) ** (1.0 / (alpha + beta))
+        n_opt = g * (c / flops_per_param_token) ** (beta / (alpha + beta))
+        d_opt = c / flops_per_param_token / n_opt
+        return {"N_opt": n_opt, "D_opt": d_opt, "tokens_per_param": d_opt / n_opt,
+                "loss": E + A * n_opt ** -alpha + B * d_opt ** -beta}
+
+    p = fit.params
+    out: dict = {"C": c, **alloc(p["E"], p["A"], p["B"], p["alpha"], p["beta"])}
+    if fit.boot is not None and len(fit.boot):
+        b = fit.boot  # columns E, A, B, alpha, beta
+        with np.errstate(all="ignore"):
+            samples = [alloc(*row) for row in b]
+        for key in ("N_opt", "D_opt", "tokens_per_param", "loss"):
+            vals = np.asarray([s[key] for s in samples], dtype=float)
+            lo, hi = np.nanpercentile(vals, [50 * (1 - fit.level), 50 * (1 + fit.level)], axis=0)
+            out[f"{key}_ci"] = (lo, hi)
+    return out
+
+
+def budgets(c: np.ndarray, rel_tol: float = 0.1) -> np.ndarray:
+    """Group FLOP values into budgets: sorted, a new budget starts more than ``rel_tol`` above the current
+    budget's first value. Returns one integer label per input, in increasing order of budget."""
+    c = np.asarray(c, dtype=float)
+    order = np.argsort(c, kind="stable")
+    lab = np.empty(len(c), dtype=int)
+    cur, start = -1, None
+    for i in order:
+        if start is None or c[i] > start * (1 + rel_tol):
+            cur, start = cur + 1, c[i]
+        lab[i] = cur
+    return lab
+
+
+def isoflop_minima(c: np.ndarray, n: np.ndarray, y: np.ndarray, *, rel_tol: float = 0.1,
+                   min_per_budget: int = 3) -> list[dict]:
+    """Hoffmann et al.'s approach 2: group runs by FLOP budget, fit a parabola of loss in log N per budget,
+    report its argmin. Budgets with fewer than ``min_per_budget`` distinct N are left out; ``bracketed`` says
+    whether the argmin lies inside the sampled N (else it is an extrapolation) or the parabola opens down
+    (no minimum: ``N_opt`` is NaN). Raises ``NotEnoughPoints`` when no budget has enough distinct N."""
+    c, n, y = (np.asarray(v, dtype=float).ravel() for v in (c, n, y))
+    ok = np.isfinite(c) & np.isfinite(n) & np.isfinite(y) & (c > 0) & (n > 0)
+    c, n, y = c[ok], n[ok], y[ok]
+    lab = budgets(c, rel_tol)
+    rows = []
+    for b in np.unique(lab):
+        m = lab == b
+        ln = np.log(n[m])
+        if len(np.unique(np.round(ln, 9))) < min_per_budget:
+            continue
+        a2, a1, a0 = np.polyfit(ln, y[m], 2)
+        cb = float(np.exp(np.log(c[m]).mean()))
+        if a2 <= 0:
+            rows.append({"C": cb, "n_points": int(m.sum()), "N_opt": np.nan, "D_opt": np.nan,
+                         "loss_min": float(y[m].min()), "bracketed": False})
+            continue
+        x_opt = -a1 / (2 * a2)
+        n_opt = float(np.exp(x_opt))
+        rows.append({"C": cb, "n_points": int(m.sum()), "N_opt": n_opt, "D_opt": cb / (6 * n_opt),
+                     "loss_min": float(a0 - a1 * a1 / (4 * a2)), "bracketed": bool(ln.min() <= x_opt <= ln.max())})
+    if not rows:
+        raise NotEnoughPoints(f"isoFLOP minima need a FLOP budget with at least {min_per_budget} distinct N; "
+                              f"found {len(np.unique(lab))} budget(s) without one")
+    return rows
+
+
+def isoflop_exponents(rows: list[dict]) -> dict[str, float]:
+    """N_opt ∝ C^a and D_opt ∝ C^b from isoFLOP minima (log-log least squares); needs two budgets."""
+    good = [r for r in rows if np.isfinite(r["N_opt"])]
+    if len(good) < 2:
+        raise NotEnoughPoints(f"isoFLOP exponents need at least 2 budgets with a minimum; got {len(good)}")
+    lc = np.log([r["C"] for r in good])
+    a = float(np.polyfit(lc, np.log([r["N_opt"] for r in good]), 1)[0])
+    b = float(np.polyfit(lc, np.log([r["D_opt"] for r in good]), 1)[0])
+    return {"a": a, "b": b, "n_budgets": len(good)}

