@@ -140,12 +140,28 @@ def test_corrupted_cluster_config_is_rejected(cluster, corrupt):
         _ray_validate(broken)
 
 
-def test_node_type_limits_are_consistent(cluster):
-    # Ray checks only sum(min_workers) <= max_workers; a node type with min > max passes its validation and
-    # then never settles, so check it here.
+def _limit_problems(cluster: dict) -> list[str]:
+    """Ray checks only sum(min_workers) <= max_workers: a node type with min > max passes its validation and
+    then never settles, so that is checked here."""
+    problems = []
     for name, node_type in cluster["available_node_types"].items():
-        assert node_type.get("min_workers", 0) <= node_type.get("max_workers", cluster["max_workers"]), name
-        assert node_type.get("max_workers", 0) <= cluster["max_workers"], name
+        lo, hi = node_type.get("min_workers", 0), node_type.get("max_workers", cluster["max_workers"])
+        if lo > hi:
+            problems.append(f"{name}: min_workers {lo} > max_workers {hi}")
+        if hi > cluster["max_workers"]:
+            problems.append(f"{name}: max_workers {hi} > global max_workers {cluster['max_workers']}")
+    return problems
+
+
+def test_node_type_limits_are_consistent(cluster):
+    assert _limit_problems(cluster) == []
+    broken = copy.deepcopy(cluster)
+    name, node_type = next(iter(_workers(broken).items()))
+    node_type["min_workers"] = node_type["max_workers"] + 1
+    _ray_validate(broken)  # Ray lets it through...
+    assert _limit_problems(broken) == [  # ...this does not.
+        f"{name}: min_workers {node_type['min_workers']} > max_workers {node_type['max_workers']}"
+    ]
     assert 1 <= cluster["idle_timeout_minutes"] <= 30, "idle GPUs are the main cost"
     assert cluster["provider"]["cache_stopped_nodes"] is False, "stopped nodes keep billing EBS"
 
@@ -495,6 +511,18 @@ def test_main_dockerfile_pins_the_whole_stack():
         assert op in text
 
 
+def test_dockerfile_install_self_check_runs():
+    """The build's own pin check (the RUN after `pip install .`) is shell + Python that only a real build would
+    execute; run its exact text here, with pip stubbed out, against this venv."""
+    run = next(r for w, r in _instructions(ROOT / "Dockerfile") if w == "RUN" and "importlib.metadata" in r)
+    env = {**os.environ, **_args(ROOT / "Dockerfile"), "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+    r = subprocess.run(
+        ["bash", "-o", "pipefail", "-c", "pip() { :; }\n" + run], cwd=ROOT, env=env, capture_output=True, text=True
+    )
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "tinylm ok" in r.stdout
+
+
 @pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
 def test_dockerfile_runs_as_non_root_with_healthcheck(dockerfile):
     ins = _instructions(dockerfile)
@@ -583,10 +611,13 @@ def test_compose_services_and_healthchecks(compose):
         assert (COMPOSE.parent / services[name]["build"]["dockerfile"]).exists()
     cmd = services["mlflow"]["command"]
     assert cmd[:2] == ["mlflow", "server"]
-    assert cmd[cmd.index("--backend-store-uri") + 1].startswith("postgresql://")
+    assert cmd[cmd.index("--backend-store-uri") + 1].startswith("postgresql+psycopg2://")
     assert cmd[cmd.index("--host") + 1] == "0.0.0.0"
     assert "--artifacts-destination" in cmd
-    assert services["optuna-dashboard"]["command"][0].startswith("postgresql://")
+    assert services["optuna-dashboard"]["command"][0].startswith("postgresql+psycopg2://")
+    # SQLAlchemy >= 2.1 maps a bare postgresql:// to psycopg 3; the images (and tinylm) ship psycopg2.
+    for name in ("mlflow", "optuna-dashboard"):
+        assert "PSYCOPG2_BINARY_VERSION" in _args(COMPOSE.parent / services[name]["build"]["dockerfile"])
     assert services["optuna-dashboard"]["command"][0].endswith("/optuna")
 
 
@@ -674,6 +705,20 @@ def test_compose_config_resolves_with_compose_itself(tmp_path):
     assert bad.returncode != 0 and "PASSWORD" in bad.stderr
 
 
+def _interpolate(text: str, env: dict) -> str:
+    """Compose-style ${VAR}, ${VAR:-default}, ${VAR:?error} substitution."""
+
+    def sub(m: re.Match) -> str:
+        name, op, arg = m.group(1), m.group(2) or "", m.group(3) or ""
+        if env.get(name):
+            return env[name]
+        if op == ":?":
+            raise KeyError(f"{name}: {arg}")
+        return arg
+
+    return re.sub(r"\$\{([A-Z0-9_]+)(?:(:[-?])([^}]*))?\}", sub, text)
+
+
 def _pg_bin(name: str) -> str | None:
     found = shutil.which(name)
     if found:
@@ -748,12 +793,18 @@ def test_postgres_init_script_serves_mlflow_and_optuna():
         import optuna
         from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 
-        study = optuna.create_study(
-            study_name="deploy-check", storage=f"postgresql://optuna:optuna-pw@127.0.0.1:{port}/optuna"
-        )
+        # The URIs exactly as compose.yaml passes them, pointed at this server instead of the `postgres` service.
+        services = yaml.safe_load(COMPOSE.read_text())["services"]
+        here = {**env, "MLFLOW_DB_PASSWORD": "mlflow-pw", "OPTUNA_DB_PASSWORD": "optuna-pw"}
+        mlflow_cmd = services["mlflow"]["command"]
+        mlflow_uri = _interpolate(mlflow_cmd[mlflow_cmd.index("--backend-store-uri") + 1], here)
+        optuna_uri = _interpolate(services["optuna-dashboard"]["command"][0], here)
+        mlflow_uri, optuna_uri = (u.replace("@postgres:5432/", f"@127.0.0.1:{port}/") for u in (mlflow_uri, optuna_uri))
+
+        study = optuna.create_study(study_name="deploy-check", storage=optuna_uri)
         study.optimize(lambda t: t.suggest_float("x", 0, 1) ** 2, n_trials=2)
         assert len(study.trials) == 2
-        store = SqlAlchemyStore(f"postgresql://mlflow:mlflow-pw@127.0.0.1:{port}/mlflow", str(root / "artifacts"))
+        store = SqlAlchemyStore(mlflow_uri, str(root / "artifacts"))
         assert store.get_experiment_by_name("Default") is not None
         store.engine.dispose()
         # The two roles cannot read each other's databases.

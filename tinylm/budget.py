@@ -103,7 +103,8 @@ class Solution:
 
 def solve(total_params: float, vocab_size: int, embed_share: float, glu_factor: float, mlp: str = "swiglu",
           pos: str = "rope", norm: str = "rmsnorm", tie_embeddings: bool = True, block_size: int = 256,
-          width_multiple: int = 16, ff_multiple: int = 8, head_dims: tuple[int, ...] = (64, 32, 48, 96, 128, 80, 40, 56, 16, 8),
+          width_multiple: int = 16, ff_multiple: int = 8,
+          head_dims: tuple[int, ...] = (64, 32, 48, 96, 128, 80, 40, 56, 16, 8),
           ff_windows: tuple[float, ...] = (0.08, 0.2, 0.4, 0.99),
           tol: float = 0.01, share_tol: float = 0.01) -> Solution:
     """Choose dims for a parameter budget.
@@ -154,7 +155,8 @@ def solve(total_params: float, vocab_size: int, embed_share: float, glu_factor: 
                 per_block_no_ff = probe["per_block"] - per_ff * ff_multiple
                 ff_exact = ((target - fixed) / n_layer - per_block_no_ff) / per_ff
                 lo, hi = glu_factor * d * (1 - window), glu_factor * d * (1 + window)
-                cands = {ff_multiple * math.floor(ff_exact / ff_multiple), ff_multiple * math.ceil(ff_exact / ff_multiple)}
+                cands = {ff_multiple * math.floor(ff_exact / ff_multiple),
+                         ff_multiple * math.ceil(ff_exact / ff_multiple)}
                 for ff in sorted(f for f in cands if lo <= f <= hi and f > 0):
                     cfg = Config(n_embd=d, n_layer=n_layer, n_head=heads[0], d_ff=ff, **base)
                     c = param_counts(cfg)
@@ -185,8 +187,8 @@ def solve(total_params: float, vocab_size: int, embed_share: float, glu_factor: 
 
 def solve_config(base: Config, total_params: float, embed_share: float, glu_factor: float) -> Config:
     """``base`` with the dims the solver picks for this budget (the sweep scripts' entry point)."""
-    sol = solve(total_params, base.vocab_size, embed_share, glu_factor, mlp=base.mlp, pos=base.pos, norm=base.norm,
-                tie_embeddings=base.tie_embeddings, block_size=base.block_size)
+    sol = solve(total_params, base.vocab_size, embed_share, glu_factor, mlp=base.mlp, pos=base.pos,
+                norm=base.norm, tie_embeddings=base.tie_embeddings, block_size=base.block_size)
     return base.replace(glu_factor=glu_factor, **sol.dims)
 
 

@@ -1,4 +1,5 @@
-"""What a sweep script declares (``Experiment``) and the command line every sweep shares (``main``).
+"""What a sweep script declares (``Experiment``) and the command line every sweep shares (``main``; ``run`` is
+the same call without argv, for ``tinylm.api.run_sweep`` and notebooks).
 
     python sweeps/glu.py                      # smoke scale on this machine: local Ray, sqlite MLflow + Optuna
     python sweeps/glu.py --scale full         # the seed's sizes, on whatever Ray cluster is attached
@@ -13,6 +14,7 @@ import argparse
 import os
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from tinylm.config import Config, ConfigError, coerce
@@ -22,13 +24,24 @@ from tinylm.config import Config, ConfigError, coerce
 class Experiment:
     name: str
     preset: str
-    space: dict  # Config field -> values (the intervention), or "__variant" -> list of field dicts
+    space: dict | Callable[[str], dict]  # field -> values (the intervention) or "__variant" -> list of field
+    # dicts; a function of the scale when the values themselves differ between smoke and full
     hypothesis: str = ""
     description: str = ""
-    baseline: dict = field(default_factory=dict)  # fields that pick the baseline trial (kill rule, decision)
+    baseline: dict | Callable[[str], dict] = field(default_factory=dict)  # fields that pick the baseline trial
     overrides: dict = field(default_factory=dict)  # Config fields for every scale
     smoke: dict = field(default_factory=dict)  # Config fields applied only at smoke scale (after at_scale)
     refine_space: dict | None = None  # Tune domains for --refine (default: around the grid axes)
+    asha: bool = True  # False for sweeps whose every row must finish (ablations, single long runs)
+    options: dict = field(default_factory=dict)  # defaults for the sweep flags (CLI / run() kwargs still win),
+    # by dest name, e.g. {"kill_margin": math.inf, "max_concurrent": 1} for an ablation that times every row
+    after: Callable | None = None  # after(table, sweep=, base=, space=): a report once the sweep is done
+
+    def space_at(self, scale: str) -> dict:
+        return self.space(scale) if callable(self.space) else self.space
+
+    def baseline_at(self, scale: str) -> dict:
+        return self.baseline(scale) if callable(self.baseline) else self.baseline
 
     def base(self, scale: str, **extra) -> Config:
         cfg = Config.from_name(self.preset, scale=scale, **self.overrides)
@@ -58,6 +71,11 @@ def parser(exp: Experiment) -> argparse.ArgumentParser:
     p.add_argument("--optuna-storage", default="")
     p.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE", help="override Config fields")
     p.add_argument("--analyze", action="store_true", help="run the post-hoc analysis at the end")
+    unknown = sorted(set(exp.options) - {a.dest for a in p._actions})
+    if unknown:
+        raise ConfigError(f"Experiment {exp.name!r} options {unknown} are not sweep flags; allowed: "
+                          f"{', '.join(a.dest for a in p._actions if a.dest != 'help')}")
+    p.set_defaults(**exp.options)
     return p
 
 
@@ -75,14 +93,33 @@ def main(exp: Experiment, argv: list[str] | None = None):
     """Parse the shared flags, run the sweep (or the two-phase pipeline) and print the ranked table."""
     args = parser(exp).parse_args(argv)
     try:
-        base = exp.base(args.scale, **parse_sets(args.set))
+        return run(exp, **vars(args))
     except ConfigError as e:
         sys.exit(f"error: {e}")
+    except KeyboardInterrupt:
+        sys.exit(f"\ninterrupted: run the same command to resume ({exp.name}; results in {args.results})")
+
+
+def run(exp: Experiment, scale: str = "smoke", **options):
+    """Run ``exp`` as ``main`` does, without argv: ``options`` are the flags by dest name (``seeds=3``,
+    ``no_asha=True``, ``max_concurrent=1``, ``set={"lr": 2e-3}`` or ``set=["lr=2e-3"]``); unset ones take the
+    parser's defaults (with ``exp.options``). Returns the ranked results table. Raises ConfigError on a bad
+    option or Config, KeyboardInterrupt when interrupted (the same call resumes)."""
+    p = parser(exp)
+    args = p.parse_args([])
+    unknown = sorted(set(options) - set(vars(args)))
+    if unknown:
+        raise ConfigError(f"unknown sweep option(s) {unknown}; allowed: {', '.join(sorted(vars(args)))}")
+    if scale not in ("smoke", "full"):
+        raise ConfigError(f"scale={scale!r}; choose one of smoke, full")
+    vars(args).update(options, scale=scale)
+    sets = args.set if isinstance(args.set, dict) else parse_sets(args.set)
+    base = exp.base(args.scale, **sets)
     from tinylm import tune
 
-    common = dict(results_dir=args.results, asha=not args.no_asha, grace_tokens=args.grace_tokens,
+    common = dict(results_dir=args.results, asha=exp.asha and not args.no_asha, grace_tokens=args.grace_tokens,
                   reduction_factor=args.reduction_factor, kill_margin=args.kill_margin, kill_window=args.kill_window,
-                  baseline=exp.baseline, address=args.address, workers=args.workers,
+                  baseline=exp.baseline_at(args.scale), address=args.address, workers=args.workers,
                   max_concurrent=args.max_concurrent, tracking_uri=args.tracking_uri,
                   optuna_storage=args.optuna_storage, hypothesis=exp.hypothesis, description=exp.description)
     t0 = time.time()
@@ -91,11 +128,8 @@ def main(exp: Experiment, argv: list[str] | None = None):
             table, sweep, space = two_phase(exp, base, args, common)
         else:
             sweep = tune.Sweep(name=exp.name, seeds=args.seeds, refine=args.refine, **common)
-            table, space = tune.run_sweep(sweep, base, exp.space, exp.refine_space), exp.space
-    except ConfigError as e:
-        sys.exit(f"error: {e}")
-    except KeyboardInterrupt:
-        sys.exit(f"\ninterrupted: run the same command to resume ({exp.name}; results in {args.results})")
+            space = exp.space_at(args.scale)
+            table = tune.run_sweep(sweep, base, space, exp.refine_space)
     finally:
         tune.shutdown()
     tune.print_results(sweep, table, space)
@@ -105,6 +139,8 @@ def main(exp: Experiment, argv: list[str] | None = None):
         from tinylm.analysis.__main__ import main as analysis_main
 
         analysis_main([sweep.name, "--out", os.path.join(args.results, "analysis")])
+    if exp.after is not None:
+        exp.after(table, sweep=sweep, base=base, space=space)
     return table
 
 
@@ -115,12 +151,13 @@ def two_phase(exp: Experiment, base: Config, args, common: dict):
 
     short = base.replace(train_tokens=max(base.eval_every_tokens, int(base.train_tokens * args.rank_fraction)))
     rank = tune.Sweep(name=f"{exp.name}-rank", seeds=1, **common)
-    ranked = tune.run_sweep(rank, short, exp.space)
-    axes = [k for k in exp.space if k in ranked.columns]
+    ranked = tune.run_sweep(rank, short, exp.space_at(args.scale))
+    axes = [k for k in exp.space_at(args.scale) if k in ranked.columns]
     done = ranked[ranked["val_loss"].notna()].drop_duplicates(subset=axes)
     finalists = [{k: tune._py(row[k]) for k in axes} for _, row in done.head(args.finalists).iterrows()]
-    if exp.baseline and exp.baseline not in finalists:
-        finalists.append(dict(exp.baseline))  # the decision rule needs the baseline at the full budget too
+    baseline = exp.baseline_at(args.scale)
+    if baseline and not any(all(f.get(k) == v for k, v in baseline.items()) for f in finalists):
+        finalists.append(dict(baseline))  # the decision rule needs the baseline at the full budget too
     print(f"phase 1 ranked {len(done)} variants; finalists: {finalists}")
     space = {tune.VARIANT: finalists}
     final = tune.Sweep(name=f"{exp.name}-final", seeds=max(3, args.seeds), asha=False,

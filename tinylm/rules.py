@@ -35,6 +35,8 @@ class KillRule:
             if not self.baseline or tokens > self.baseline[-1][0]:
                 self.baseline.append((tokens, ppl))
             return None
+        if trial_id in self.reasons:  # already killed: the verdict stands
+            return self.reasons[trial_id]
         ref = self.baseline_at(tokens)
         if ref is None:
             return None

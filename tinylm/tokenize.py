@@ -33,8 +33,8 @@ GPT2_PAT = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?\p{N}++| ?[^\s\p{L}\p{N}]++|\s++
 # SHA-256 of the GPT-2 / r50k_base ranks in tiktoken's file format (tiktoken_ext.openai_public.r50k_base):
 # decoding js-tiktoken's copy must reproduce it exactly.
 GPT2_RANKS_SHA256 = "306cd27f03c1a714eca7108e03d66b7dc042abe8c258b44c199a7ed9838dd930"
-# Cap on the text a BPE/char tokenizer is trained on: beyond ~100 MB the merges barely change and HF
-# training time and memory keep growing (TinyStories is ~1.9 GB).
+# Cap on the text a BPE/char tokenizer is trained on, to bound HF training time and memory on hub corpora
+# (TinyStories is ~1.9 GB); 20x the offline corpora, which are always used whole.
 TRAIN_MAX_CHARS = 100_000_000
 
 

@@ -502,7 +502,8 @@ def load_runs(uri: str, sweep: str | None = None, experiment: str | None = None,
             "sweep": t.get(TAG_SWEEP) or pt.get(TAG_SWEEP) or exps[info.experiment_id],
             "sweep_key": t.get(TAG_SWEEP_KEY) or pt.get(TAG_SWEEP_KEY), "trial_id": t[TAG_TRIAL_ID],
             "run_name": info.run_name, "status": _status(run), "mlflow_status": info.status,
-            "stop_reason": t.get(TAG_STOP_REASON, ""), "start_time": _time(info.start_time),
+            "stop_reason": t.get(TAG_STOP_REASON, ""), "phase": t.get("tinylm.phase", "grid"),
+            "start_time": _time(info.start_time),
             "end_time": _time(info.end_time) if info.status != "RUNNING" else None}
         for name in FIELDS:
             raw = run.data.params.get(name)

@@ -81,6 +81,9 @@ def setup(cfg: Config, out_dir: str) -> Run:
     optimizer = build_optimizer(model, cfg)
     engine, conf = eng.build_engine(model, optimizer, cfg)
     counts = param_counts(cfg)
+    sample = np.asarray(data.val[:200_000])  # bytes per val token, for bits-per-byte (tokenizer-independent)
+    n_bytes = len(data.tokenizer.decode(sample[sample != data.tokenizer.eot_token].tolist()).encode("utf-8"))
+    data.meta["val_bytes_per_token"] = n_bytes / max(1, len(sample))
     info = {**provenance(device), "tokenizer_hash": data.tokenizer_hash, "data_fingerprint": data.fingerprint,
             "data_source": str(data.meta.get("source", "")), "world_size": str(world),
             "ds_config": json.dumps(conf, sort_keys=True)}
@@ -166,6 +169,10 @@ def train(cfg: Config, out_dir: str, report: Report | None = None, resume_from: 
     fpt = flops_per_token(cfg)
     peak = peak_flops(run.device, cfg.precision)
     counts = param_counts(cfg)
+    sizes = {"params_total": counts["total"], "params_nonembed": counts["nonembed"],
+             "params_embed": counts["embedding"], "embed_share": counts["embedding"] / counts["total"],
+             "flops_per_token": fpt}
+    bpt = run.data.meta["val_bytes_per_token"]
     status, stop_reason = "completed", ""
     window_loss, window_steps, window_t = 0.0, 0, time.perf_counter()
     metrics: dict = state.get("metrics", {}) if state else {}
@@ -187,9 +194,10 @@ def train(cfg: Config, out_dir: str, report: Report | None = None, resume_from: 
             val = evaluate(run)
             tps = window_steps * tokens_per_step / dt
             metrics = {"tokens": step * tokens_per_step, "step": step, "train_loss": window_loss / window_steps,
-                       "val_loss": val, "val_ppl": math.exp(min(val, 50)), "lr": lr, "tokens_per_s": tps,
+                       "val_loss": val, "val_ppl": math.exp(min(val, 50)), "val_bpb": val / math.log(2) / bpt,
+                       "lr": lr, "tokens_per_s": tps,
                        "mfu": fpt * tps / (peak * run.world), "peak_mem_mb": peak_memory_mb(run.device),
-                       "elapsed_s": elapsed}
+                       "elapsed_s": elapsed, "train_flops": fpt * step * tokens_per_step, **sizes}
             history.append({k: metrics[k] for k in ("tokens", "train_loss", "val_loss")})
             if run.rank == 0:
                 log.info("step %5d | tokens %s/%s | loss %.4f | val %.4f | ppl %.1f | %s tok/s | mfu %.1f%%",
@@ -210,12 +218,11 @@ def train(cfg: Config, out_dir: str, report: Report | None = None, resume_from: 
             window_loss, window_steps, window_t = 0.0, 0, time.perf_counter()
 
     final = dict(metrics)
-    final.update(status=status, stop_reason=stop_reason, params_total=counts["total"],
-                 params_nonembed=counts["nonembed"], params_embed=counts["embedding"],
-                 embed_share=counts["embedding"] / counts["total"], flops_per_token=fpt,
-                 train_flops=fpt * step * tokens_per_step, train_time_s=elapsed)
+    final.update(status=status, stop_reason=stop_reason, train_flops=fpt * step * tokens_per_step,
+                 train_time_s=elapsed, **sizes)
     if metrics:
-        final.update(final_val_loss=metrics["val_loss"], final_val_ppl=metrics["val_ppl"])
+        final.update(final_val_loss=metrics["val_loss"], final_val_ppl=metrics["val_ppl"],
+                     final_val_bpb=metrics["val_bpb"])
     model = run.model
     if status == "completed":
         final.update(end_of_run_evals(run))

@@ -17,7 +17,7 @@ import math
 import os
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import optuna
 import pandas as pd
@@ -36,6 +36,8 @@ from tinylm.rules import KillRule
 log = logging.getLogger("tinylm.tune")
 VARIANT = "__variant"  # a grid key whose values are dicts of Config fields changed together
 STATUS_DONE = ("completed", "diverged")
+TUNE_KEYS = ("training_iteration", "time_this_iter_s", "timestamp", "pid", "iterations_since_restore",
+             "time_since_restore", "time_total_s")  # Tune's bookkeeping, not metrics
 
 
 @dataclass(frozen=True)
@@ -61,6 +63,7 @@ class Sweep:
     optuna_storage: str = ""  # "" = $TINYLM_OPTUNA_STORAGE or sqlite under results_dir
     hypothesis: str = ""
     description: str = ""
+    axes: tuple = ()  # the grid's axes, for progress lines
 
     @property
     def root(self) -> str:
@@ -155,8 +158,8 @@ class KillStopper(tune.Stopper):
 class TrackingCallback(tune.Callback):
     """One MLflow child run per trial, nested under the sweep's parent; keyed by trial id (no duplicates)."""
 
-    def __init__(self, sweep: Sweep, rule: KillRule, parent_run_id: str):
-        self.sweep, self.rule, self.parent = sweep, rule, parent_run_id
+    def __init__(self, sweep: Sweep, rule: KillRule, parent_run_id: str, phase: str = "grid"):
+        self.sweep, self.rule, self.parent, self.phase = sweep, rule, parent_run_id, phase
         self._tracker, self._runs = None, {}
 
     def __getstate__(self):  # Tune pickles callbacks with the experiment state; the client is rebuilt
@@ -176,18 +179,28 @@ class TrackingCallback(tune.Callback):
             cfg = build_config(trial.config)
             self._runs[trial.trial_id] = self.tracker.trial_run(
                 self.parent, trial.trial_id, cfg.to_dict(),
-                tags={"tinylm.sweep": self.sweep.name, "ray_trial_id": trial.trial_id,
+                tags={"tinylm.sweep": self.sweep.name, "ray_trial_id": trial.trial_id, "tinylm.phase": self.phase,
                       "is_baseline": str(is_baseline(cfg, self.sweep.baseline)).lower()})
         return self._runs[trial.trial_id]
 
     def on_trial_start(self, iteration, trials, trial, **info):
         self._run(trial)
+        print(f"[{self.sweep.name}] start {trial.trial_id} {self.axes(trial)}", flush=True)
+
+    def axes(self, trial) -> str:
+        cfg = trial.config
+        keys = [k for k in self.sweep.axes if k in cfg] + [k for k in (cfg.get(VARIANT) or {})]
+        vals = {**cfg, **(cfg.get(VARIANT) or {})}
+        return " ".join(f"{k}={vals[k]}" for k in dict.fromkeys(keys))
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         numeric = {k: v for k, v in result.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
-                   and k not in ("training_iteration", "time_this_iter_s", "timestamp", "pid", "iterations_since_restore",
-                                 "time_since_restore", "time_total_s")}
+                   and k not in TUNE_KEYS}
         self.tracker.log_metrics(self._run(trial), numeric, step=int(result.get("tokens", 0)))
+        if "val_loss" in result and "status" not in result:
+            print(f"[{self.sweep.name}] {trial.trial_id} tokens {int(result['tokens']):>11,} val_loss "
+                  f"{result['val_loss']:.4f} ppl {result['val_ppl']:9.2f} {result.get('tokens_per_s', 0):8,.0f} tok/s",
+                  flush=True)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         last = trial.last_result or {}
@@ -203,6 +216,8 @@ class TrackingCallback(tune.Callback):
         final = {k: v for k, v in last.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
         self.tracker.log_dict(run_id, final | {"status": status, "stop_reason": reason}, "final_metrics.json")
         self.tracker.finish_run(run_id, status, reason, final)
+        print(f"[{self.sweep.name}] {status:>12} {trial.trial_id} {self.axes(trial)} val_loss "
+              f"{last.get('val_loss', float('nan')):.4f} {reason}", flush=True)
 
     def on_trial_error(self, iteration, trials, trial, **info):
         err = ""
@@ -296,6 +311,7 @@ def run_sweep(sweep: Sweep, base: Config, space: dict, refine_space: dict | None
     check_tracking(uri)  # fail before any compute when the tracking server is down
     os.makedirs(sweep.root, exist_ok=True)
     param_space = grid_space(base, space, sweep.seeds)  # raises on bad configs before anything is scheduled
+    sweep = replace(sweep, axes=tuple(k for k in space if k != VARIANT) + (("seed",) if sweep.seeds > 1 else ()))
     res = connect(sweep)
     from tinylm.perf import git_info
 
@@ -334,8 +350,9 @@ def _fit(sweep: Sweep, base: Config, param_space: dict, res: dict, parent: str, 
     if refine:
         domains = [k for k, v in param_space.items() if isinstance(v, tune.search.sample.Domain)]
         # seed the study with the grid's two best points (Optuna evaluates them first)
-        points = [{k: _py(row[k]) for k in domains if k in row} for _, row in grid.head(2).iterrows()] \
-            if grid is not None else []
+        done = grid[grid["status"].isin(STATUS_DONE)] if grid is not None else grid
+        points = [{k: _py(row[k]) for k in domains if k in row} for _, row in done.head(2).iterrows()] \
+            if done is not None else []
         search = PruningOptunaSearch(
             space={k: v for k, v in param_space.items() if isinstance(v, tune.search.sample.Domain)},
             metric="val_loss", mode="min", points_to_evaluate=[p for p in points if p] or None,
@@ -343,7 +360,7 @@ def _fit(sweep: Sweep, base: Config, param_space: dict, res: dict, parent: str, 
         param_space = {k: v for k, v in param_space.items() if not isinstance(v, tune.search.sample.Domain)}
     trainable = tune.with_resources(_trial_driver, {"cpu": 0, "tune_driver": 1})
     path = os.path.join(storage_root, name)
-    callbacks = [TrackingCallback(sweep, rule, parent)]
+    callbacks = [TrackingCallback(sweep, rule, parent, phase="refine" if refine else "grid")]
     if tune.Tuner.can_restore(path):
         log.warning("resuming sweep %s from %s", name, path)
         tuner = tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, resume_errored=True,
@@ -355,9 +372,13 @@ def _fit(sweep: Sweep, base: Config, param_space: dict, res: dict, parent: str, 
                                         num_samples=sweep.refine if refine else 1,
                                         max_concurrent_trials=res["concurrent"]),
             run_config=tune.RunConfig(name=name, storage_path=storage_root, callbacks=callbacks,
-                                      stop=KillStopper(rule), verbose=1,
+                                      stop=KillStopper(rule), verbose=0,
                                       failure_config=tune.FailureConfig(max_failures=1)))
-    tuner.fit()
+    grid = tuner.fit()
+    # Tune catches SIGINT, saves its state and returns normally: trials still PENDING/RUNNING mean "interrupted"
+    unfinished = [t for t in grid._experiment_analysis.trials if t.status not in ("TERMINATED", "ERROR")]
+    if unfinished:
+        raise KeyboardInterrupt(f"{len(unfinished)} trial(s) unfinished")
     if not refine:
         record_grid_in_optuna(sweep, base, param_space)
 
@@ -367,6 +388,18 @@ def _py(v):
     return v.item() if hasattr(v, "item") else v
 
 
+def domain(name: str, spec):
+    """("loguniform"|"uniform", lo, hi) / ("int", lo, hi) / ("choice", [values]) -> a Tune domain."""
+    if isinstance(spec, tune.search.sample.Domain):
+        return spec
+    kinds = {"loguniform": tune.loguniform, "uniform": tune.uniform, "int": tune.randint,
+             "choice": lambda values: tune.choice(values)}
+    if not (isinstance(spec, tuple) and spec and spec[0] in kinds):
+        raise ConfigError(f"refine_space[{name!r}]={spec!r}; use ('loguniform'|'uniform'|'int', lo, hi) or "
+                          "('choice', [values])")
+    return kinds[spec[0]](*spec[1:])
+
+
 def optuna_space(base: Config, space: dict, grid: pd.DataFrame, refine_space: dict | None) -> dict:
     """Refinement space: given, or log-uniform over [min/2, max*2] of each numeric grid axis around the best."""
     out = {k: v for k, v in base.to_dict().items()}
@@ -374,7 +407,7 @@ def optuna_space(base: Config, space: dict, grid: pd.DataFrame, refine_space: di
         best = grid.iloc[0]
         out.update({k: best[k] for k in space if k in FIELDS and k in best})
     if refine_space:
-        out.update(refine_space)
+        out.update({k: domain(k, v) for k, v in refine_space.items()})
         return out
     for k, values in space.items():
         if k in FIELDS and isinstance(values, list) and all(isinstance(v, (int, float)) for v in values):
@@ -399,7 +432,7 @@ def record_grid_in_optuna(sweep: Sweep, base: Config, param_space: dict) -> None
                                 direction="minimize", load_if_exists=True)
     seen = {t.user_attrs.get("ray_trial_id") for t in study.get_trials(deepcopy=False)}
     axes = [k for k, v in param_space.items() if isinstance(v, dict) and "grid_search" in v]
-    for _, row in df.iterrows():
+    for _, row in df[df["phase"] == "grid"].iterrows():
         if row["trial_id"] in seen or not isinstance(row.get("val_loss"), float) or math.isnan(row["val_loss"]):
             continue
         params = {k: row[k] for k in axes if k in row and k != VARIANT}

@@ -16,10 +16,9 @@ import pandas as pd
 
 from tinylm.config import FIELDS
 
-# Config fields that never define a configuration: the seed is what we average over; the name is a label.
-NOT_CONFIG = ("seed", "name")
-# Config fields that describe where a run happened, not what it computed.
-EXECUTION = ("device", "compile", "attention", "zero_stage", "scale")
+# Config fields that never define a configuration: the seed is what we average over, the name is a label, and
+# Config.device (auto | cpu | cuda) says where a trial ran, not what it computed.
+NOT_CONFIG = ("seed", "name", "device")
 
 Baseline = Mapping[str, Any] | Callable[[pd.DataFrame], pd.Series] | str | None
 
@@ -73,8 +72,19 @@ def flops(df: pd.DataFrame) -> pd.Series:
     return _first_numeric(df, ("train_flops",)).fillna(6.0 * params(df) * tokens(df))
 
 
+def hardware(df: pd.DataFrame) -> pd.Series:
+    """The device a trial ran on: the provenance tag (``tag.device`` in ``load_runs``, since ``device`` is a
+    Config field there), falling back to the ``device`` column."""
+    out = pd.Series(None, index=df.index, dtype=object)
+    for name in ("tag.device", "device"):
+        if name in df.columns:
+            col = df[name].astype(object).where(df[name].notna(), None)
+            out = out.where(out.notna() & (out.astype(str) != ""), col)
+    return out
+
+
 def config_columns(df: pd.DataFrame) -> list[str]:
-    """Config fields present as columns, except seed and name (in Config field order)."""
+    """Config fields present as columns, except ``NOT_CONFIG`` (in Config field order)."""
     return [f for f in FIELDS if f in df.columns and f not in NOT_CONFIG]
 
 
@@ -84,7 +94,7 @@ def _nunique(s: pd.Series) -> int:
 
 def varying_columns(df: pd.DataFrame) -> list[str]:
     """Config fields that take more than one value in ``df`` (the sweep's axes), in Config field order."""
-    return [c for c in config_columns(df) if c not in EXECUTION and _nunique(df[c]) > 1]
+    return [c for c in config_columns(df) if _nunique(df[c]) > 1]
 
 
 def fmt_value(v: Any) -> str:

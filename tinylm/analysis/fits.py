@@ -105,14 +105,24 @@ def objective(theta: np.ndarray, logx: np.ndarray, logy: np.ndarray, delta: floa
 
 
 def _objective_and_grad(theta: np.ndarray, logx: np.ndarray, logy: np.ndarray, delta: float):
-    t = _terms(theta, logx)  # (n, k+1)
-    pred = _lse(t)
-    r = pred - logy
-    w = np.exp(t - pred[:, None])  # softmax weights: d pred / d term
+    """``objective`` for one parameter vector, with its analytic gradient (the hot loop of every fit)."""
+    k = logx.shape[1]
+    t = np.empty((len(logy), k + 1))
+    t[:, 0] = theta[0]
+    t[:, 1:] = theta[1:1 + k] - theta[1 + k:] * logx
+    m = t.max(axis=1)
+    w = np.exp(t - m[:, None])
+    s = w.sum(axis=1)
+    r = m + np.log(s) - logy
+    w /= s[:, None]  # softmax weights: d pred / d term
     dh = np.clip(r, -delta, delta) / delta  # Huber'(r) / δ
-    g_terms = dh[:, None] * w  # (n, k+1)
-    grad = np.concatenate([g_terms[:, :1].sum(0), g_terms[:, 1:].sum(0), -(g_terms[:, 1:] * logx).sum(0)])
-    return float(_huber(r, delta).sum() / delta), grad
+    g = dh[:, None] * w  # (n, k+1)
+    grad = np.empty(1 + 2 * k)
+    grad[:1 + k] = g.sum(axis=0)
+    grad[1 + k:] = -(g[:, 1:] * logx).sum(axis=0)
+    a = np.abs(r)
+    f = np.where(a <= delta, 0.5 * r * r, delta * (a - 0.5 * delta)).sum() / delta
+    return float(f), grad
 
 
 def _grid(k: int) -> np.ndarray:
@@ -132,12 +142,14 @@ def _best_fit(logx: np.ndarray, logy: np.ndarray, inits: np.ndarray, n_starts: i
               delta: float, extra: np.ndarray | None = None) -> tuple[np.ndarray, float]:
     """L-BFGS from the ``n_starts`` grid points with the lowest initial objective (all when None), plus
     ``extra`` starts; the lowest final objective wins (ties to the earlier start, so results are stable)."""
-    if n_starts is not None and n_starts < len(inits):
+    if n_starts == 0:
+        inits = inits[:0]
+    elif n_starts is not None and n_starts < len(inits):
         order = np.argsort(objective(inits, logx, logy, delta), kind="stable")[:n_starts]
         inits = inits[order]
     if extra is not None:
         inits = np.vstack([extra[None, :], inits])
-    best, best_f = inits[0], np.inf
+    best, best_f = (inits[0] if len(inits) else extra), np.inf
     with np.errstate(over="ignore", invalid="ignore"):
         for theta0 in inits:
             theta, f = _lbfgs(theta0, logx, logy, delta)
@@ -165,15 +177,15 @@ def _check(xs: list[np.ndarray], y: np.ndarray, names: tuple[str, ...], min_poin
         raise ValueError(f"{form}: {len(x)} x values but {len(y)} losses")
     ok = np.isfinite(x).all(axis=1) & np.isfinite(y) & (x > 0).all(axis=1) & (y > 0)
     x, y = x[ok], y[ok]
-    if len(y) < min_points:
-        raise NotEnoughPoints(f"{form} needs at least {min_points} points with finite, positive values; "
-                              f"got {len(y)}")
     for j, name in enumerate(names):
-        distinct = np.unique(np.round(np.log(x[:, j]), 9))
+        distinct = np.unique(np.round(np.log(x[:, j]), 2))  # values within ~1% count as one
         if len(distinct) < min_distinct:
             vals = ", ".join(f"{v:.3g}" for v in np.exp(distinct))
             raise NotEnoughPoints(f"{form} needs at least {min_distinct} distinct {name}; got {len(distinct)}"
                                   + (f" ({vals})" if vals else ""))
+    if len(y) < min_points:
+        raise NotEnoughPoints(f"{form} needs at least {min_points} points with finite, positive values; "
+                              f"got {len(y)}")
     return x, y
 
 
@@ -208,7 +220,7 @@ def _fit(x: np.ndarray, y: np.ndarray, form: str, variables: tuple[str, ...], n_
 
 
 def fit_power_law(x: np.ndarray, y: np.ndarray, *, name: str = "N", min_distinct: int = 4, n_boot: int = 200,
-                  seed: int = 0, level: float = 0.95, n_starts: int | None = None, n_starts_boot: int = 4,
+                  seed: int = 0, level: float = 0.95, n_starts: int | None = 32, n_starts_boot: int = 0,
                   delta: float = HUBER_DELTA) -> PowerLawFit:
     """Fit L(x) = E + A·x^-α.
 
@@ -220,8 +232,11 @@ def fit_power_law(x: np.ndarray, y: np.ndarray, *, name: str = "N", min_distinct
         n_boot: bootstrap resamples for the confidence intervals (0: none).
         seed: bootstrap RNG seed.
         level: two-sided confidence level of the percentile intervals.
-        n_starts: L-BFGS starts taken from the initialisation grid, best initial objective first (None: all).
-        n_starts_boot: grid starts per bootstrap refit (the full-data optimum is always one more).
+        n_starts: L-BFGS starts taken from the 240-point initialisation grid, best initial objective first
+            (None: all).
+        n_starts_boot: grid starts per bootstrap refit besides the full-data optimum, which every refit starts
+            from (a resample stays in the optimum's basin; grid starts cost ~10× more and changed no interval in
+            our tests).
         delta: Huber δ on log-loss residuals.
     """
     xa, ya = _check([x], y, (name,), min_distinct, min_distinct, f"L({name})")
@@ -230,7 +245,7 @@ def fit_power_law(x: np.ndarray, y: np.ndarray, *, name: str = "N", min_distinct
 
 def fit_chinchilla(n: np.ndarray, d: np.ndarray, y: np.ndarray, *, min_points: int = 6, min_distinct: int = 3,
                    n_boot: int = 200, seed: int = 0, level: float = 0.95, n_starts: int | None = 64,
-                   n_starts_boot: int = 4, delta: float = HUBER_DELTA) -> PowerLawFit:
+                   n_starts_boot: int = 0, delta: float = HUBER_DELTA) -> PowerLawFit:
     """Fit L(N, D) = E + A/N^α + B/D^β (Hoffmann et al. 2022, approach 3; Besiroglu et al. 2024).
 
     Args:
@@ -307,7 +322,7 @@ def isoflop_minima(c: np.ndarray, n: np.ndarray, y: np.ndarray, *, rel_tol: floa
     for b in np.unique(lab):
         m = lab == b
         ln = np.log(n[m])
-        if len(np.unique(np.round(ln, 9))) < min_per_budget:
+        if len(np.unique(np.round(ln, 2))) < min_per_budget:
             continue
         a2, a1, a0 = np.polyfit(ln, y[m], 2)
         cb = float(np.exp(np.log(c[m]).mean()))

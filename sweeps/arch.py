@@ -1,0 +1,32 @@
+"""Which of the seed architectures gives the best perplexity for its cost?
+
+Hypothesis: validation loss falls as a power law in non-embedding parameters across small -> xlarge (seed 000:
+small 256/4/4, medium 384/6/8 = baseline, large 512/8/8, xlarge 768/12/12, d_ff = 4 d), at the same tokens.
+
+    python sweeps/arch.py                 # smoke: each preset at 1/4 width, 1/2 depth, V=2k
+    python sweeps/arch.py --scale full    # the seed sizes, 50M tokens each, on the attached Ray cluster
+
+Results: results/arch/results.csv, MLflow experiment "arch"; python -m tinylm.analysis arch fits L(N).
+"""
+
+from tinylm.config import Config
+from tinylm.experiment import Experiment, main
+
+DIMS = ("n_embd", "n_layer", "n_head", "d_ff")
+
+
+def space(scale: str) -> dict:
+    presets = ("small", "medium", "large", "xlarge")
+    return {"__variant": [{k: getattr(Config.from_name(p, scale=scale), k) for k in DIMS} for p in presets]}  # <-
+
+
+EXPERIMENT = Experiment(
+    name="arch", preset="medium", space=space,
+    baseline=lambda scale: {"n_embd": Config.from_name("medium", scale=scale).n_embd},  # medium = baseline
+    hypothesis="loss falls as a power law in non-embedding params from small to xlarge",
+    description="seed architectures small/medium/large/xlarge at equal tokens",
+    smoke=dict(train_tokens=200_000, eval_every_tokens=40_000, lr=3e-3),
+)
+
+if __name__ == "__main__":
+    main(EXPERIMENT)

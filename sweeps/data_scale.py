@@ -1,0 +1,30 @@
+"""Data scaling (seed 001): the same model trained on 1x / 2x / 4x / 8x the data.
+
+Hypothesis: validation loss follows L(D) = E + B / D^beta with beta ~ 0.3 (Chinchilla); each doubling of the
+data buys less. Run length grows with the data (one pass over it), so D is both unique and seen tokens.
+
+    python sweeps/data_scale.py           # smoke: 60k..480k tokens on 1/4-width medium
+    python sweeps/data_scale.py --scale full   # 6.25M..50M tokens on medium
+
+Results: results/data_scale/results.csv, MLflow "data_scale"; python -m tinylm.analysis data_scale fits L(D).
+"""
+
+from tinylm.experiment import Experiment, main
+
+
+def space(scale: str) -> dict:
+    base = 60_000 if scale == "smoke" else 6_250_000
+    return {"__variant": [{"data_scale": float(k), "max_tokens": base, "train_tokens": base * k,  # <-
+                           "eval_every_tokens": base * k // 4} for k in (1, 2, 4, 8)]}
+
+
+EXPERIMENT = Experiment(
+    name="data_scale", preset="medium", space=space, baseline={"data_scale": 1.0},
+    asha=False,  # trials have different lengths by design
+    hypothesis="loss follows E + B/D^beta with beta ~ 0.3",
+    description="data scale 1x/2x/4x/8x at a fixed model (seed 001)",
+    smoke=dict(lr=3e-3),
+)
+
+if __name__ == "__main__":
+    main(EXPERIMENT)

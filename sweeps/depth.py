@@ -1,0 +1,30 @@
+"""Depth scaling: 4 / 8 / 12 layers at width 512 (seeds 001 and "architecture experimentation").
+
+Hypothesis: at width 512 going from 4 to 8 layers pays in perplexity, 8 to 12 much less, while latency grows
+linearly with depth; the efficiency score (perplexity per million parameters) peaks at 8.
+
+    python sweeps/depth.py                # smoke: width 128, 2/4/6 layers
+    python sweeps/depth.py --scale full   # width 512, 4/8/12 layers, 50M tokens
+
+Results: results/depth/results.csv (with ppl_per_mparam via tinylm.api.compare), MLflow "depth".
+"""
+
+from tinylm.experiment import Experiment, main
+
+
+def space(scale: str) -> dict:
+    layers = (2, 4, 6) if scale == "smoke" else (4, 8, 12)
+    return {"n_layer": list(layers)}  # <- the intervention
+
+
+EXPERIMENT = Experiment(
+    name="depth", preset="large", space=space,
+    baseline=lambda scale: {"n_layer": 4 if scale == "smoke" else 8},
+    overrides=dict(n_embd=512, n_head=8, d_ff=2048),
+    hypothesis="4->8 layers pays at width 512, 8->12 much less; latency grows linearly",
+    description="depth 4/8/12 at width 512",
+    smoke=dict(n_embd=128, n_head=8, d_ff=512, train_tokens=200_000, eval_every_tokens=40_000, lr=3e-3),
+)
+
+if __name__ == "__main__":
+    main(EXPERIMENT)

@@ -1,0 +1,87 @@
+"""Real sweeps on a local Ray: ASHA, the kill rule's bookkeeping, MLflow nesting, Optuna, interrupt + resume.
+
+Slow (a Ray start and a Train worker group per trial), but they are the product's main path, so CI runs them.
+"""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPT = os.path.join(ROOT, "tests", "tiny_sweep.py")
+pytestmark = pytest.mark.slow
+
+
+def run_script(results, *args, timeout=900):
+    return subprocess.run([sys.executable, SCRIPT, "--results", str(results), *args], capture_output=True,
+                          text=True, timeout=timeout, cwd=ROOT)
+
+
+def children(results, sweep="tiny"):
+    from tinylm.tracking import load_runs
+
+    return load_runs(f"sqlite:///{results}/mlflow.db", sweep=sweep)
+
+
+def test_grid_sweep_with_asha_mlflow_and_optuna(tmp_path):
+    import optuna
+
+    t0 = time.time()
+    p = run_script(tmp_path, "--refine", "2", "--grace-tokens", "4096")
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    wall = time.time() - t0
+    everything = children(tmp_path)
+    assert len(everything) == 6 and everything["trial_id"].is_unique  # 4 grid + 2 refine, one parent
+    assert sorted(everything["phase"]) == ["grid"] * 4 + ["refine"] * 2
+    df = everything[everything["phase"] == "grid"]
+    assert set(df["status"]) <= {"completed", "stopped_asha", "killed_rule"}
+    assert (df["status"] != "completed").sum() >= 1, "ASHA (or the kill rule) stopped at least one bad LR"
+    best = df.sort_values("val_loss").iloc[0]
+    assert best["lr"] == pytest.approx(3e-3) and best["status"] == "completed"
+    assert df["parent_run_id"].nunique() == 1  # nested under one parent
+    assert best["params_total"] > 0 and isinstance(best["data_fingerprint"], str) and len(best["data_fingerprint"]) == 64
+    # Optuna: the grid trials are in the study named after the sweep; early stops are PRUNED
+    storage = f"sqlite:///{tmp_path}/optuna.db"
+    grid = optuna.load_study(study_name="tiny", storage=storage).trials
+    assert len(grid) == 4
+    states = {t.user_attrs["ray_trial_id"]: t.state.name for t in grid}
+    for _, row in df.iterrows():
+        assert states[row["trial_id"]] == ("COMPLETE" if row["status"] == "completed" else "PRUNED")
+    # refinement: its own study, seeded with the grid's best point
+    refine = optuna.load_study(study_name="tiny-refine", storage=storage).trials
+    assert len(refine) == 2 and refine[0].params["lr"] == pytest.approx(3e-3)
+    assert "results CSV" in p.stdout and "optuna-dashboard" in p.stdout
+    print(f"tiny sweep (4 grid + 2 refine trials): {wall:.0f} s")
+
+
+def test_interrupt_then_resume_finishes_each_trial_once(tmp_path):
+    cmd = [sys.executable, SCRIPT, "--results", str(tmp_path), "--no-asha", "--max-concurrent", "1"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT,
+                            start_new_session=True)
+    seen = []
+    deadline = time.time() + 600
+    for line in proc.stdout:  # interrupt as soon as the first trial has finished
+        seen.append(line)
+        if "completed" in line and "[tiny]" in line:
+            break
+        assert time.time() < deadline, "".join(seen[-50:])
+    os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C (STACK.md: SIGINT, not SIGTERM, stops Ray cleanly)
+    out, _ = proc.communicate(timeout=300)
+    assert "interrupted" in out or proc.returncode != 0, out[-2000:]
+    before = children(tmp_path)
+    assert (before["status"] == "completed").sum() >= 1 and len(before) < 4 or (before["status"] != "completed").any()
+    t0 = time.time()
+    p = run_script(tmp_path, "--no-asha", "--max-concurrent", "1")
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    after = children(tmp_path)
+    assert len(after) == 4 and after["trial_id"].is_unique, "no duplicate MLflow runs"
+    assert (after["status"] == "completed").all()
+    done_first = set(before.loc[before["status"] == "completed", "trial_id"])
+    # a trial finished before the interrupt was not trained again: its run kept its end time
+    for tid in done_first:
+        assert after.loc[after["trial_id"] == tid, "end_time"].iloc[0] == before.loc[before["trial_id"] == tid, "end_time"].iloc[0]
+    print(f"resume wall time: {time.time() - t0:.0f} s")

@@ -1,0 +1,223 @@
+"""The Python API for notebooks: train one model, run a sweep, compare results.
+
+    import tinylm
+    from tinylm.config import Config
+
+    r = tinylm.run_experiment(Config.from_name("debug", train_tokens=16_384))   # one model, no Ray
+    r.metrics["final_val_ppl"], r.generate("The history of", 30)
+    table = tinylm.run_sweep("glu")                   # sweeps/glu.py at smoke scale, exactly as the CLI runs it
+    tinylm.compare([r, "glu"])                        # params, loss/ppl, time, memory, inference speed, efficiency
+
+Efficiency score: ``ppl_per_mparam = final_val_ppl / (params_total / 1e6)``, validation perplexity per million
+parameters (lower is better). It is a rough size-normalised number for ranking tiny models against each other, not
+a law: perplexity does not fall linearly in parameters, so compare it between models of similar size and data.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from tinylm.config import Config, ConfigError
+
+# compare() columns, in order; the rest of a sweep's columns (Config fields that vary) go before them
+COMPARE = ("params_total", "final_val_loss", "final_val_ppl", "train_time_s", "peak_mem_mb", "infer_tokens_per_s",
+           "ppl_per_mparam")
+
+
+@dataclass
+class Result:
+    """One trained model: its Config, final metrics, provenance and the folder it lives in."""
+
+    cfg: Config
+    metrics: dict
+    out_dir: str
+    info: dict = field(default_factory=dict)
+    _loaded: tuple | None = field(default=None, repr=False, compare=False)
+
+    @classmethod
+    def load(cls, out_dir: str) -> Result:
+        """A finished run's folder (``metrics.json`` + ``model/``), e.g. a sweep trial's."""
+        with open(os.path.join(out_dir, "metrics.json")) as f:
+            metrics = json.load(f)
+        with open(os.path.join(out_dir, "run_info.json")) as f:  # written at setup, also for diverged runs
+            run_info = json.load(f)
+        return cls(Config.from_dict(run_info["config"]), metrics, out_dir, run_info.get("info", {}))
+
+    @property
+    def model_dir(self) -> str:
+        return os.path.join(self.out_dir, "model")
+
+    def model(self, device: str = "cpu"):
+        """The trained GPT in eval mode, loaded (once per device) from ``out_dir/model``."""
+        if self._loaded is None or self._loaded[0] != device:
+            from tinylm.checkpoint import load_pretrained
+
+            if not os.path.exists(os.path.join(self.model_dir, "config.json")):
+                raise FileNotFoundError(f"{self.model_dir} holds no model: the run did not complete "
+                                        f"(status {self.metrics.get('status')!r})")
+            self._loaded = (device, *load_pretrained(self.model_dir, device=device))
+        return self._loaded[1]
+
+    def tokenizer(self):
+        self.model()
+        return self._loaded[3]
+
+    def generate(self, prompt: str, max_new_tokens: int = 50, temperature: float = 0.0, top_k: int | None = None,
+                 device: str = "cpu") -> str:
+        """``prompt`` plus ``max_new_tokens`` generated tokens, decoded (greedy at temperature 0).
+
+        The prompt is cropped to the last ``block_size`` tokens; an empty prompt starts from the EOT token.
+        """
+        import torch
+
+        model, tok = self.model(device), self.tokenizer()
+        if tok is None:
+            raise FileNotFoundError(f"{self.model_dir} has no tokenizer.json")
+        ids = tok.encode_ordinary(prompt) if prompt else [tok.eot_token]
+        x = torch.tensor([ids[-self.cfg.block_size:]], dtype=torch.long, device=device)
+        torch.manual_seed(self.cfg.seed)
+        out = model.generate(x, max_new_tokens, temperature=temperature, top_k=top_k)
+        new = out[0, x.size(1):].tolist()
+        return prompt + tok.decode(new)
+
+
+def run_experiment(cfg: Config, out_dir: str | None = None, track: bool = False,
+                   results_dir: str = "results") -> Result:
+    """Train one model in this process (no Ray): ``tinylm.train.train`` plus, with ``track``, an MLflow run.
+
+    Args:
+        cfg: the run's Config, e.g. ``Config.from_name("debug", train_tokens=16_384)``.
+        out_dir: where the model and metrics go (default ``<results_dir>/runs/<name>-<time>``).
+        track: log params, metrics and provenance to MLflow (experiment "single-runs" of
+            ``$MLFLOW_TRACKING_URI`` or the sqlite store in ``results_dir``), as ``python -m tinylm.train --track``.
+        results_dir: the results folder for the default out_dir and tracking store.
+    """
+    from tinylm.train import train
+
+    out = os.path.abspath(out_dir or os.path.join(results_dir, "runs", f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"))
+    if not track:
+        final = train(cfg, out)
+    else:
+        from tinylm.tracking import Tracker, default_uri
+
+        tracker = Tracker(default_uri(os.path.abspath(results_dir)), experiment="single-runs")
+        parent = tracker.start_sweep(f"single:{out}", params={}, tags={"tinylm.sweep": "single-runs"})
+        run_id = tracker.trial_run(parent, os.path.basename(out), cfg.to_dict())
+        numbers = lambda m: {k: v for k, v in m.items() if isinstance(v, (int, float))}
+        try:
+            final = train(cfg, out, report=lambda m, _ckpt: tracker.log_metrics(run_id, numbers(m),
+                                                                                 step=int(m.get("tokens", 0))))
+        except BaseException as e:
+            tracker.finish_run(run_id, "interrupted" if isinstance(e, KeyboardInterrupt) else "failed", repr(e)[:500])
+            tracker.finish_run(parent, "interrupted" if isinstance(e, KeyboardInterrupt) else "failed")
+            raise
+        tracker.set_tags(run_id, final["info"])
+        tracker.finish_run(run_id, final["status"], final["stop_reason"], numbers(final))
+        tracker.finish_run(parent, "completed")
+    info = final.pop("info", {})
+    return Result(cfg, final, out, info)
+
+
+def _sweep_module(name: str):
+    """``sweeps/<name>.py`` from the working directory or the tinylm checkout, or a path to a script."""
+    candidates = [Path(name)] if name.endswith(".py") else [
+        Path.cwd() / "sweeps" / f"{name}.py", Path(__file__).resolve().parent.parent / "sweeps" / f"{name}.py"]
+    for path in candidates:
+        if path.is_file():
+            spec = importlib.util.spec_from_file_location(f"tinylm_sweep_{path.stem}", path)
+            module = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(module)
+            if not hasattr(module, "EXPERIMENT"):
+                raise ConfigError(f"{path} defines no EXPERIMENT = Experiment(...)")
+            return module
+    known = sorted({p.stem for c in candidates for p in c.parent.glob("*.py") if not p.stem.startswith("_")})
+    raise ConfigError(f"no sweep {name!r}: looked for {', '.join(map(str, candidates))}; known sweeps: "
+                      f"{', '.join(known) or '(none)'}")
+
+
+def run_sweep(experiment_or_name, scale: str = "smoke", **sweep_kwargs) -> pd.DataFrame:
+    """Run a sweep exactly as ``python sweeps/<name>.py`` does (``tinylm.experiment.run``), from Python.
+
+    Args:
+        experiment_or_name: an ``Experiment``, a sweep name (``"glu"`` -> ``sweeps/glu.py``) or a script path.
+        scale: "smoke" (this machine, minutes) or "full".
+        **sweep_kwargs: the CLI flags by dest name: ``seeds=3``, ``no_asha=True``, ``results="results"``,
+            ``max_concurrent=1``, ``set={"lr": 2e-3}``, ``two_phase=True``, ``address="ray://..."``, ...
+
+    Returns:
+        The sweep's results table (one row per trial, ranked by val loss), as the CLI prints it.
+    """
+    from tinylm.experiment import Experiment, run
+
+    exp = experiment_or_name
+    if not isinstance(exp, Experiment):
+        exp = _sweep_module(str(experiment_or_name)).EXPERIMENT
+    return run(exp, scale=scale, **sweep_kwargs)
+
+
+def _rows(item: Any, uri: str | None) -> pd.DataFrame:
+    if isinstance(item, Result):
+        row = {**item.metrics, **item.cfg.to_dict(), "run": os.path.basename(item.out_dir), "source": item.out_dir}
+        return pd.DataFrame([row])
+    if isinstance(item, pd.DataFrame):
+        df = item.copy()
+        df["source"] = df["sweep"] if "sweep" in df.columns else "table"
+    elif isinstance(item, (str, os.PathLike)) and os.path.isfile(os.path.join(item, "metrics.json")):
+        return _rows(Result.load(str(item)), uri)
+    elif isinstance(item, str):
+        from tinylm.tracking import default_uri, load_runs
+
+        df = load_runs(uri or default_uri("results"), sweep=item)
+        df["source"] = item
+    else:
+        raise TypeError(f"compare() takes Results, run folders, sweep names or results tables; got {type(item)}")
+    if "trial_id" in df.columns:
+        df["run"] = df["trial_id"].astype(str)
+    return df
+
+
+def compare(results_or_sweep_names, uri: str | None = None) -> pd.DataFrame:
+    """One row per model: params, final val loss / ppl, train time, peak memory, inference tokens/s and
+    ``ppl_per_mparam = final_val_ppl / (params_total / 1e6)`` (perplexity per million parameters, lower is better).
+
+    Args:
+        results_or_sweep_names: one or a list of: ``Result``, a run folder (with ``metrics.json``), a sweep name
+            (all its trials, from the tracking store) or a results table (``run_sweep``'s return value).
+        uri: tracking URI for sweep names (default ``$MLFLOW_TRACKING_URI`` or ``results/mlflow.db``).
+
+    Returns:
+        Columns ``source, run, status``, the Config fields that differ between rows, then ``COMPARE``; sorted by
+        final val loss.
+    """
+    from tinylm.config import FIELDS
+
+    items = results_or_sweep_names
+    if isinstance(items, (Result, str, os.PathLike, pd.DataFrame)):
+        items = [items]
+    df = pd.concat([_rows(i, uri) for i in items], ignore_index=True)
+    for col, fallback in (("final_val_loss", "val_loss"), ("final_val_ppl", "val_ppl"),
+                          ("train_time_s", "elapsed_s")):
+        if fallback in df.columns:
+            df[col] = pd.to_numeric(df.get(col), errors="coerce").fillna(pd.to_numeric(df[fallback], errors="coerce"))
+    for col in COMPARE:
+        df[col] = pd.to_numeric(df[col], errors="coerce") if col in df.columns else math.nan
+    df["ppl_per_mparam"] = df["final_val_ppl"] / (df["params_total"] / 1e6)
+    varied = [k for k in FIELDS if k in df.columns and k not in ("name", "seed")
+              and df[k].astype(str).nunique(dropna=False) > 1]
+    for col in ("run", "status"):
+        if col not in df.columns:
+            df[col] = None
+    out = df[["source", "run", "status", *varied, *COMPARE]]
+    return out.sort_values("final_val_loss", na_position="last", kind="stable").reset_index(drop=True)
+
+
+__all__ = ["COMPARE", "Result", "compare", "run_experiment", "run_sweep"]
