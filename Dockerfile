@@ -35,9 +35,9 @@ ARG TORCH_CUDA_ARCH_LIST="8.0;8.6;8.9;9.0"
 
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 
-# g++ is already in the CUDA (devel) images; the cpu image drops it, and DeepSpeed JIT-compiles the ops that are
-# not prebuilt (e.g. deepspeed_shm_comm on CPU). Ubuntu package revisions follow the base image's release, so
-# pinning them would break the build on every security update.
+# g++ is already in the CUDA (devel) images; the cpu image drops it, and DeepSpeed needs it both to prebuild the
+# CPU ops below and to JIT-compile any op that is not prebuilt. Ubuntu package revisions follow the base image's
+# release, so pinning them would break the build on every security update.
 USER 0
 # hadolint ignore=DL3008
 RUN apt-get update \

@@ -293,7 +293,7 @@ def test_cost_math(tmp_path):
         "num_workers": [2, 1, 1, 1],
     })
     c = trial_costs(df, prices)
-    assert c["price_key"].tolist() == ["A100", "H100", "cpu", None]
+    assert c["price_key"].iloc[:3].tolist() == ["A100", "H100", "cpu"] and pd.isna(c["price_key"].iloc[3])
     assert c["device_hours"].tolist() == pytest.approx([4.0, 0.5, 2.0, 1.0])  # end−start, else train_time_s
     assert c["cost_usd"].iloc[:3].tolist() == pytest.approx([4 * 4.10, 0.5 * 6.88, 2 * 0.05])
     tot = sweep_cost(c)
@@ -354,7 +354,7 @@ def _store(uri: str) -> tuple[str, list[str]]:
         for seed in (0, 1):
             cfg = Config.from_name("debug", glu_factor=glu, seed=seed).to_dict()
             rid = tr.trial_run(parent, f"t_{i:05d}", cfg)
-            ppl = base_ppl[glu] * (1 + 0.01 * seed)
+            ppl = base_ppl[glu] * (1 + 0.01 * seed + 0.002 * seed * glu)
             for tok in (20_000, 40_000, 60_000):
                 tr.log_metrics(rid, {"val_loss": math.log(ppl) + 60_000 / tok - 1}, step=tok)
             tr.finish_run(rid, "completed", final_metrics={
@@ -377,6 +377,8 @@ def _store(uri: str) -> tuple[str, list[str]]:
 @pytest.mark.filterwarnings("ignore:The ``noload`` loader strategy is deprecated")
 def test_report_end_to_end_from_sqlite_store(tmp_path, capsys):
     from mlflow import MlflowClient
+
+    from tinylm.tracking import Tracker
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     parent, _ = _store(uri)
@@ -409,9 +411,13 @@ def test_report_end_to_end_from_sqlite_store(tmp_path, capsys):
     assert {f"report/{f}" for f in files} == logged
     # the report is a function of the data: a rebuild gives the same markdown and tables
     first = {f: (out / "glu" / f).read_bytes() for f in ("REPORT.md", "table_main.csv", "results_summary.csv")}
+    Tracker(uri, "tinylm").start_sweep("empty-1", {}, {"tinylm.sweep": "empty"})  # a sweep with no trials yet
     assert cli_main(["--all", "--uri", uri, "--out", str(out), "--n-boot", "20", "--baseline", "glu_factor=4",
                      "--no-log"]) == 0
     assert first == {f: (out / "glu" / f).read_bytes() for f in first}
+    assert "skipped empty: sweep 'empty' has no trials" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="no sweep 'nope'"):
+        cli_main(["nope", "--uri", uri, "--out", str(out)])
 
 
 def test_cli_baseline_parsing():

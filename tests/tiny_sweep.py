@@ -1,11 +1,15 @@
 """A tiny real sweep for the tests (debug preset, seconds per trial): one good LR and three bad ones, so ASHA
-has something to stop. Run as a script like any sweep: python tests/tiny_sweep.py --results DIR."""
+has something to stop. Run as a script like any sweep: python tests/tiny_sweep.py --results DIR.
+TINY_SPACE='{"lr": [...]}' replaces the grid (the fault-tolerance tests inject a diverging LR that way)."""
+
+import json
+import os
 
 from tinylm.experiment import Experiment, main
 
 EXPERIMENT = Experiment(
     name="tiny", preset="debug",
-    space={"lr": [3e-3, 1e-6, 2e-6, 3e-6]},  # <- one good LR, three that cannot learn in 16k tokens
+    space=json.loads(os.environ.get("TINY_SPACE", "null")) or {"lr": [3e-3, 1e-6, 2e-6, 3e-6]},  # <- 1 good LR
     baseline={"lr": 3e-3},
     hypothesis="a 3e-3 LR beats 1e-6..3e-6 (a test fixture)",
     description="test fixture sweep",

@@ -92,8 +92,6 @@ def _metric(df: pd.DataFrame, name: str) -> pd.Series:
 def _matches(df: pd.DataFrame, values: Mapping[str, Any]) -> pd.Series:
     mask = pd.Series(True, index=df.index)
     for k, v in values.items():
-        if k not in df.columns:
-            raise KeyError(f"the results table has no column {k!r}; it needs the Config fields of every trial")
         mask &= df[k].astype(object).map(lambda x, v=v: _eq(x, v))
     return mask
 
@@ -118,7 +116,8 @@ def ablation_table(df: pd.DataFrame, base: Mapping[str, Any] | Config, toggles: 
     Args:
         df: the sweep's results, one row per trial with Config fields and metric columns (``load_runs`` /
             ``tune.results_table``; hand-made rows work the same).
-        base: the baseline's Config (or dict of fields); only the fields the toggles change are compared.
+        base: the baseline's Config (or dict of fields). A row belongs to a toggle when every Config field the
+            table holds (but ``seed`` and ``name``) equals ``base | toggle``, so other experiments' rows are ignored.
         toggles: as given to ``variants``.
         metrics: metric columns; ``final_val_loss`` falls back to ``val_loss``, ``train_time_s`` to
             ``elapsed_s``.
@@ -134,13 +133,17 @@ def ablation_table(df: pd.DataFrame, base: Mapping[str, Any] | Config, toggles: 
     unknown = [k for k in keys if k not in FIELDS]
     if unknown:
         raise KeyError(f"toggles change {unknown}, which are not Config fields")
-    ref = {k: base[k] for k in keys}
+    missing = [k for k in keys if k not in df.columns]
+    if missing:
+        raise KeyError(f"the results table has no column(s) {missing}; it needs the Config fields of every trial")
+    # every Config field the table holds must match (seeds are averaged; the name is a label)
+    ref = {k: base[k] for k in FIELDS if k in df.columns and k in base and k not in ("seed", "name")}
     metrics = list(metrics)
     rows = []
     for t in [{}, *toggles]:
         sel = df[_matches(df, {**ref, **t})]
         row = {"toggle": label(t), "kind": "baseline" if not t else kind(t),
-               "changes": ", ".join(f"{k} {ref[k]}->{v}" for k, v in t.items()), "n": len(sel),
+               "changes": ", ".join(f"{k} {base.get(k)}->{v}" for k, v in t.items()), "n": len(sel),
                "status": ",".join(sorted(set(map(str, sel["status"])))) if "status" in sel else ""}
         for m in metrics:
             row[m] = float(_metric(sel, m).mean()) if len(sel) else math.nan

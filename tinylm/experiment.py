@@ -91,10 +91,12 @@ def parse_sets(pairs: list[str]) -> dict:
 
 def main(exp: Experiment, argv: list[str] | None = None):
     """Parse the shared flags, run the sweep (or the two-phase pipeline) and print the ranked table."""
+    from tinylm.tracking import TrackingError
+
     args = parser(exp).parse_args(argv)
     try:
         return run(exp, **vars(args))
-    except ConfigError as e:
+    except (ConfigError, TrackingError) as e:
         sys.exit(f"error: {e}")
     except KeyboardInterrupt:
         sys.exit(f"\ninterrupted: run the same command to resume ({exp.name}; results in {args.results})")
@@ -138,7 +140,9 @@ def run(exp: Experiment, scale: str = "smoke", **options):
     if args.analyze:
         from tinylm.analysis.__main__ import main as analysis_main
 
-        analysis_main([sweep.name, "--out", os.path.join(args.results, "analysis")])
+        baseline = [f"{k}={v}" for k, v in exp.baseline_at(args.scale).items()]
+        analysis_main([sweep.name, "--out", os.path.join(args.results, "analysis"),
+                       "--uri", sweep.uri(), *(["--baseline", *baseline] if baseline else [])])
     if exp.after is not None:
         exp.after(table, sweep=sweep, base=base, space=space)
     return table

@@ -83,6 +83,10 @@ def _plain(v: Any) -> Any:
     return v.item() if hasattr(v, "item") else v
 
 
+def _fmt(v: float) -> str:
+    return f"{v:,.0f}" if abs(v) >= 1000 else f"{v:.4g}"
+
+
 def _when(t: Any) -> str:
     return "" if t is None or pd.isna(t) else pd.Timestamp(t).strftime("%Y-%m-%d %H:%M")
 
@@ -91,8 +95,9 @@ def format_log(log: dict[str, Any]) -> str:
     lines = []
     for s in log["sweeps"]:
         commit = (s.get("git_sha") or "")[:10] or "?"
+        statuses = ", ".join(f"{k} {v}" for k, v in s["trial_status"].items())
         lines.append(f"{_when(s['start_time'])} -> {_when(s['end_time']) or 'running'}  {s['sweep']}  "
-                     f"[{s['status']}]  {s['n_trials']} trials {s['trial_status'] or ''}  git {commit}  "
+                     f"[{s['status']}]  {s['n_trials']} trials ({statuses or 'none'})  git {commit}  "
                      f"device {s['device'] or '?'}")
         for key in ("hypothesis", "description"):
             if s.get(key):
@@ -111,7 +116,7 @@ def format_log(log: dict[str, Any]) -> str:
     if len(base) == 0:
         lines.append("    (none)")
     for _, r in base.iterrows():
-        res = "  ".join(f"{c} {float(r[c]):,.4g}" for c in RESULT_COLS if c in r and pd.notna(r[c]))
+        res = "  ".join(f"{c} {_fmt(float(r[c]))}" for c in RESULT_COLS if c in r and pd.notna(r[c]))
         lines.append(f"    {r['sweep']}  {r['trial_id']}  [{r['status']}]  {_when(r['start_time'])}  {res}")
     return "\n".join(lines)
 

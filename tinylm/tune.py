@@ -260,11 +260,20 @@ def connect(sweep: Sweep) -> dict:
         if address:
             ray.init(address=address, runtime_env=env, log_to_driver=True)
         else:
+            # A fixed GCS port, announced to every worker as RAY_ADDRESS: Train V2's placement-group cleaner
+            # looks the cluster up through the State API, and with two Ray instances on one machine (two sweeps)
+            # an unaddressed lookup fails, so a stopped trial's placement group would never be released.
+            port = _free_port()
+            env["env_vars"]["RAY_ADDRESS"] = f"127.0.0.1:{port}"
             cpus = os.cpu_count() or 1
-            # the dashboard serves the State API, without which an ASHA-stopped trial can leak its placement
-            # group (STACK.md); it binds 127.0.0.1
-            ray.init(num_cpus=cpus, resources={"tune_driver": cpus * 2}, runtime_env=env,
-                     dashboard_host="127.0.0.1", logging_level=logging.WARNING)
+            os.environ["RAY_GCS_SERVER_PORT"] = str(port)
+            try:
+                # the dashboard serves that State API (STACK.md: without it ASHA-stopped trials leak their
+                # placement groups); it binds 127.0.0.1
+                ray.init(address="local", num_cpus=cpus, resources={"tune_driver": cpus * 2}, runtime_env=env,
+                         dashboard_host="127.0.0.1", logging_level=logging.WARNING)
+            finally:
+                os.environ.pop("RAY_GCS_SERVER_PORT", None)
     res = ray.cluster_resources()
     if "tune_driver" not in res:
         raise ConfigError("the Ray cluster has no 'tune_driver' resource for trial drivers; start the head with "
@@ -281,6 +290,14 @@ def connect(sweep: Sweep) -> dict:
         cpus_per_worker = max(1, cpus // (concurrent * workers))
     return {"use_gpu": bool(gpus), "workers": workers, "cpus_per_worker": cpus_per_worker,
             "concurrent": min(concurrent, int(res["tune_driver"]))}
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def grid_space(base: Config, space: dict, seeds: int) -> dict:
@@ -337,7 +354,8 @@ def run_sweep(sweep: Sweep, base: Config, space: dict, refine_space: dict | None
 def _fit(sweep: Sweep, base: Config, param_space: dict, res: dict, parent: str, refine: bool,
          grid: pd.DataFrame | None = None) -> None:
     name = f"{sweep.name}-refine" if refine else sweep.name
-    storage_root = os.path.join(sweep.root, "ray")
+    # on a multi-node cluster Ray's storage must be shared: TINYLM_STORAGE=s3://bucket/prefix (cluster/aws.yaml)
+    storage_root = os.environ.get("TINYLM_STORAGE") or os.path.join(sweep.root, "ray")
     param_space["__sweep"] = {"name": sweep.name, "root": sweep.root, "storage_root": storage_root,
                               "baseline": sweep.baseline, "max_failures": sweep.max_failures, **res}
     rule = KillRule(margin=sweep.kill_margin, window=sweep.kill_window or (

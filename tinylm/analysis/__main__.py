@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("sweep", nargs="?", help="sweep name (tag tinylm.sweep), sweep key or experiment name")
     p.add_argument("--uri", default=None, help="tracking URI (default: $MLFLOW_TRACKING_URI, else "
                                                "sqlite:///<abs ./results>/mlflow.db)")
-    p.add_argument("--out", default="results/reports", help="reports go to <out>/<sweep>/")
+    p.add_argument("--out", default="results/analysis", help="reports go to <out>/<sweep>/")
     p.add_argument("--all", action="store_true", help="report every sweep in the store")
     p.add_argument("--prices", default=None, help="JSON {device: USD per hour} overriding the default "
                                                   "on-demand list prices")
@@ -82,15 +82,23 @@ def main(argv: list[str] | None = None) -> int:
     uri = args.uri or default_uri()
     prices = load_prices(args.prices)
     baseline = parse_baseline(args.baseline)
-    if args.all:
-        from tinylm import tracking
+    from tinylm import tracking
 
-        names = list(dict.fromkeys(tracking.list_sweeps(uri)["sweep"]))
-    else:
-        names = [args.sweep]
+    try:
+        names = list(dict.fromkeys(tracking.list_sweeps(uri)["sweep"])) if args.all else [args.sweep]
+    except tracking.TrackingError as e:
+        raise SystemExit(str(e)) from None
     for name in names:
         t0 = time.perf_counter()
-        path = report_sweep(uri, name, Path(args.out), baseline, prices, args.n_boot, log=not args.no_log)
+        try:
+            path = report_sweep(uri, name, Path(args.out), baseline, prices, args.n_boot, log=not args.no_log)
+        except tracking.TrackingError as e:
+            raise SystemExit(str(e)) from None
+        except ValueError as e:  # a sweep with no trials yet
+            if not args.all:
+                raise SystemExit(f"{name}: {e}") from None
+            print(f"skipped {name}: {e}")
+            continue
         print(f"{path}  ({time.perf_counter() - t0:.1f} s)")
     return 0
 

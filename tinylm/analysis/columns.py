@@ -67,6 +67,12 @@ def tokens(df: pd.DataFrame) -> pd.Series:
     return _first_numeric(df, ("tokens", "train_tokens"))
 
 
+def embed_share(df: pd.DataFrame) -> pd.Series:
+    """The measured embedding share of the parameters. ``load_runs`` names it ``metric.embed_share`` because
+    Config.embed_share (the solver's target) owns the plain name; the target is the fallback."""
+    return _first_numeric(df, ("metric.embed_share", "embed_share"))
+
+
 def flops(df: pd.DataFrame) -> pd.Series:
     """C: logged training FLOPs, falling back to 6·N·D (Kaplan et al. 2020, eq. 2.1)."""
     return _first_numeric(df, ("train_flops",)).fillna(6.0 * params(df) * tokens(df))
@@ -149,7 +155,7 @@ def baseline_mask(df: pd.DataFrame, baseline: Baseline = None) -> tuple[pd.Serie
         mask = match(df, baseline)
         if not mask.any():
             raise ValueError(f"no trial matches baseline {dict(baseline)}")
-        return mask, "selected by " + ", ".join(f"{k}={v}" for k, v in baseline.items())
+        return mask, "selected by " + ", ".join(f"{k}={fmt_value(v)}" for k, v in baseline.items())
     if isinstance(baseline, str):
         for col in ("run_id", "trial_id"):
             if col in df.columns and (df[col].astype(str) == baseline).any():

@@ -1,9 +1,9 @@
 """Accelerator-hours and dollars per trial and per sweep from a price table.
 
-``DEFAULT_PRICES`` are on-demand list prices in USD per device-hour (AWS us-east-1 as of 2025: g5 for A10G,
-g6 for L4, p4d.24xlarge / 8 for A100, p5.48xlarge / 8 for H100; "cpu" a small general-purpose instance). They
-go stale and spot or committed-use prices are much lower: pass your own table (``--prices prices.json`` on the
-CLI, ``{"H100": 2.5, ...}``), whose entries override these.
+``DEFAULT_PRICES`` are approximate AWS on-demand list prices in USD per device-hour (A10G: g5, L4: g6, A100:
+p4d.24xlarge / 8, H100: p5.48xlarge / 8; "cpu": a small general-purpose instance). They are not checked
+against a live price list, they go stale, and spot or committed-use prices are much lower: pass your own table
+(``--prices prices.json`` on the CLI, ``{"H100": 2.5, ...}``), whose entries override these.
 """
 
 from __future__ import annotations

@@ -66,7 +66,8 @@ def decide(df: pd.DataFrame, baseline: columns.Baseline = None, *, latency: str 
     Args:
         df: trials (prepared by ``stats.prepare`` when needed); compare completed trials by passing only those.
         baseline: see ``columns.baseline_mask`` (selector dict, mask function, run/trial id, or None: tagged or
-            named baseline, else the first grid point).
+            named baseline, else the first grid point). When it selects several configurations, the first (in
+            trial order) is the baseline and the others are variants.
         latency: latency column (ms); memory: peak memory column (MB).
         threshold: the relative perplexity margin (0.05 = 5 %).
     """

@@ -94,12 +94,12 @@ def fig_glu(df: pd.DataFrame, out_dir: Path) -> Path | None:
 
 def fig_embed_share(df: pd.DataFrame, out_dir: Path) -> Path | None:
     """PPL against the embedding share of the parameters (per configuration, mean ± std over seeds)."""
-    if "embed_share" not in df.columns or _distinct(np.round(pd.to_numeric(df["embed_share"], errors="coerce"), 3)) < 2:
+    if "share_embed" not in df.columns or _distinct(np.round(df["share_embed"], 3)) < 2:
         return None
-    g = stats.group_over_seeds(df, ["embed_share", "ppl"]).sort_values("embed_share_mean", kind="stable")
+    g = stats.group_over_seeds(df, ["share_embed", "ppl"]).sort_values("share_embed_mean", kind="stable")
     fig = Figure(figsize=(5.2, 3.8))
     ax = fig.add_subplot(1, 1, 1)
-    ax.errorbar(g["embed_share_mean"], g["ppl_mean"], yerr=g["ppl_std"].fillna(0), marker="o", capsize=3)
+    ax.errorbar(g["share_embed_mean"], g["ppl_mean"], yerr=g["ppl_std"].fillna(0), marker="o", capsize=3)
     ax.set_xlabel("embedding share of parameters")
     ax.set_ylabel(AXIS_LABELS["ppl"])
     return _save(fig, out_dir / "fig_embed_share.png")
@@ -121,7 +121,7 @@ def fig_curves(df: pd.DataFrame, curves: pd.DataFrame | None, out_dir: Path, max
         label = lab.get(run_id, run_id)
         show = label not in seen and len(seen) < max_labels
         seen.add(label)
-        ax.plot(g["tokens"], g["value"], color=colour.get(label, "0.5"), lw=1, alpha=0.8,
+        ax.plot(g["tokens"], g["value"], color=colour.get(label, "0.5"), lw=1, alpha=0.8, marker=".", ms=3,
                 label=label if show else None)
     ax.set_xscale("log")
     ax.set_xlabel("tokens seen")
@@ -154,23 +154,28 @@ def fig_benchmarks(grouped: pd.DataFrame, out_dir: Path, max_configs: int = 12) 
     return _save(fig, out_dir / "fig_benchmarks.png")
 
 
-def fig_pareto(df: pd.DataFrame, name: str, out_dir: Path) -> Path | None:
-    """All trials and the Pareto front of val loss against one cost (``pareto.FRONTS[name]``)."""
+def fig_pareto(df: pd.DataFrame, grouped: pd.DataFrame, name: str, out_dir: Path) -> Path | None:
+    """Trials (grey), configurations (means over seeds) and their Pareto front of val loss against one cost
+    (``pareto.FRONTS[name]``)."""
     col, xlabel = FRONTS[name]
-    if col not in df.columns:
+    xm = f"{col}_mean"
+    if col not in df.columns or xm not in grouped.columns or "loss_mean" not in grouped.columns:
         return None
     x = pd.to_numeric(df[col], errors="coerce")
     ok = x.notna() & df["loss"].notna()
-    if not ok.any():
+    g = grouped[grouped[xm].notna() & grouped["loss_mean"].notna()]
+    if not len(g):
         return None
-    front = df[pareto_mask(x.to_numpy(), df["loss"].to_numpy())].assign(_x=x).sort_values(["_x", "loss"])
+    front = g[pareto_mask(g[xm].to_numpy(), g["loss_mean"].to_numpy())].sort_values([xm, "loss_mean"])
     fig = Figure(figsize=(5.6, 4.0))
     ax = fig.add_subplot(1, 1, 1)
-    ax.scatter(x[ok], df.loc[ok, "loss"], s=14, color="0.6", label="trials")
-    ax.step(front["_x"], front["loss"], where="post", color="C3", marker="o", label="Pareto front")
+    ax.scatter(x[ok], df.loc[ok, "loss"], s=10, color="0.7", label="trials")
+    ax.scatter(g[xm], g["loss_mean"], s=22, color="C0", label="configurations (mean)")
+    ax.step(front[xm], front["loss_mean"], where="post", color="C3", marker="o", label="Pareto front")
     for _, r in front.iterrows():
-        ax.annotate(str(r["label"]), (r["_x"], r["loss"]), fontsize=6, xytext=(3, 3), textcoords="offset points")
-    if x[ok].min() > 0 and x[ok].max() / x[ok].min() > 20:
+        ax.annotate(str(r["label"]), (r[xm], r["loss_mean"]), fontsize=6, xytext=(3, 3), textcoords="offset points")
+    lo, hi = g[xm].min(), g[xm].max()
+    if lo > 0 and hi / lo > 20:
         ax.set_xscale("log")
     ax.set_xlabel(xlabel)
     ax.set_ylabel(AXIS_LABELS["loss"])

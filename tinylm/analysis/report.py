@@ -7,6 +7,7 @@ gives the same files.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ from tinylm.analysis import columns, cost, decision, fits, pareto, plots, scalin
 
 STATUSES = ("completed", "stopped_asha", "killed_rule", "failed", "diverged", "interrupted")
 # Metrics shown in the report's main table (all metric columns go to table_main.csv).
-MAIN_METRICS = ("loss", "ppl", "params_total", "embed_share", "tokens_per_s", "latency_ms_b1_l128", "peak_mem_mb",
+MAIN_METRICS = ("loss", "ppl", "params_total", "share_embed", "tokens_per_s", "latency_ms_b1_l128", "peak_mem_mb",
                 "eval_score")
 
 
@@ -78,8 +79,9 @@ def _best(grouped: pd.DataFrame) -> list[str]:
         return lines + ["No trial has a validation loss.", ""]
     b = grouped.loc[grouped["loss_mean"].idxmin()]
     lines.append(f"**{b['label']}**: val loss {_pm(b['loss_mean'], b['loss_std'])}, "
-                 f"PPL {_pm(b.get('ppl_mean'), b.get('ppl_std'))} over {b['n']} trial(s) (seeds {b['seeds']}).")
-    cfg = [c for c in columns.config_columns(grouped)]
+                 f"PPL {_pm(b.get('ppl_mean'), b.get('ppl_std'))} over {b['n']} trial(s) "
+                 f"(seeds {b['seeds'] or 'n/a'}).")
+    cfg = columns.config_columns(grouped)
     lines += ["", "<details><summary>full config</summary>", "",
               md_table([[c, b[c]] for c in cfg], ["field", "value"]), "", "</details>", ""]
     return lines
@@ -141,17 +143,19 @@ def _laws(fitted: dict, df: pd.DataFrame) -> list[str]:
     return lines + [""]
 
 
-def _fronts(df: pd.DataFrame) -> list[str]:
-    lines = ["## Pareto fronts (val loss vs cost, both minimised)", ""]
-    fronts = pareto.pareto_fronts(df, "loss")
-    if not fronts:
-        return lines + ["No latency, memory or parameter measurements.", ""]
-    for name, front in fronts.items():
-        col, xlabel = pareto.FRONTS[name]
-        rows = [[r["label"], r.get("seed", ""), r[col], r["loss"]] for _, r in front.iterrows()]
-        lines += [f"**{name}** ({xlabel}): {len(front)} of {int(df[col].notna().sum())} trials", "",
-                  md_table(rows, ["config", "seed", col, "val loss"]), ""]
-    return lines
+def _fronts(grouped: pd.DataFrame) -> list[str]:
+    lines = ["## Pareto fronts (val loss vs cost, both minimised; configurations, means over seeds)", ""]
+    n = 0
+    for name, (col, xlabel) in pareto.FRONTS.items():
+        x = f"{col}_mean"
+        if x not in grouped.columns or "loss_mean" not in grouped.columns or grouped[x].isna().all():
+            continue
+        front = pareto.pareto_front(grouped, x, "loss_mean")
+        rows = [[r["label"], r["n"], r[x], _pm(r["loss_mean"], r["loss_std"])] for _, r in front.iterrows()]
+        lines += [f"**{name}** ({xlabel}): {len(front)} of {int(grouped[x].notna().sum())} configurations", "",
+                  md_table(rows, ["config", "n", col, "val loss"]), ""]
+        n += 1
+    return lines if n else lines + ["No latency, memory or parameter measurements.", ""]
 
 
 def _decision(dec: decision.Decision | str) -> list[str]:
@@ -168,11 +172,15 @@ def _decision(dec: decision.Decision | str) -> list[str]:
     return lines
 
 
+def _usd(v: float) -> str:
+    return f"{v:.2f}" if v >= 0.01 or v == 0 else f"{v:.2g}"
+
+
 def _cost(costs: pd.DataFrame, prices: dict[str, float]) -> list[str]:
     tot = cost.sweep_cost(costs)
     lines = ["## Cost", "",
              f"- **Device-hours:** {_f(tot['device_hours'])} over {tot['n_trials']} trials",
-             f"- **Estimated cost:** ${tot['cost_usd']:.2f} ({tot['n_priced']} of {tot['n_trials']} trials priced)",
+             f"- **Estimated cost:** ${_usd(tot['cost_usd'])} ({tot['n_priced']} of {tot['n_trials']} trials priced)",
              "- Prices (USD per device-hour, on-demand list prices; edit with `--prices prices.json`): "
              + ", ".join(f"{k} {v:g}" for k, v in sorted(prices.items()))]
     if tot["unpriced_devices"]:
@@ -232,8 +240,9 @@ def build_report(df: pd.DataFrame, out_dir: str | Path, sweep_name: str, curves:
 
     try:
         dec: decision.Decision | str = decision.decide(done, baseline)
-        base_mask = done["group"].isin(done.loc[columns.baseline_mask(done, baseline)[0], "group"])
-    except (ValueError, KeyError) as e:
+        first = done.loc[columns.baseline_mask(done, baseline)[0], "group"].iloc[0]
+        base_mask = done["group"] == first
+    except (ValueError, KeyError, IndexError) as e:
         dec, base_mask = f"No decision: {e}", pd.Series(False, index=done.index)
     tests = stats.tests_vs(done, "loss", base_mask) if base_mask.any() else pd.DataFrame()
     base_label = done.loc[base_mask, "label"].iloc[0] if base_mask.any() else ""
@@ -241,7 +250,7 @@ def build_report(df: pd.DataFrame, out_dir: str | Path, sweep_name: str, curves:
 
     figs = [plots.fig_scaling(df, fitted, out), plots.fig_context(done, out), plots.fig_embed_share(done, out),
             plots.fig_glu(done, out), plots.fig_curves(df, curves, out), plots.fig_benchmarks(grouped, out),
-            *(plots.fig_pareto(df, name, out) for name in pareto.FRONTS)]
+            *(plots.fig_pareto(done, grouped, name, out) for name in pareto.FRONTS)]
     figs = [f for f in figs if f is not None]
 
     lines = [f"# Sweep report: {sweep_name}", ""]
@@ -249,7 +258,7 @@ def build_report(df: pd.DataFrame, out_dir: str | Path, sweep_name: str, curves:
     lines += _best(grouped)
     lines += _results(grouped, tests, base_label)
     lines += _laws(fitted, df)
-    lines += _fronts(df)
+    lines += _fronts(grouped)
     lines += _decision(dec)
     lines += _cost(costs, prices)
     lines += _correlations(done)
@@ -257,5 +266,5 @@ def build_report(df: pd.DataFrame, out_dir: str | Path, sweep_name: str, curves:
     lines += ["## Discussion", "", "_To be written: what the results say about the hypothesis, caveats (seeds, "
               "scale, early-stopped trials), and the next experiment._", ""]
     path = out / "REPORT.md"
-    path.write_text("\n".join(lines))
+    path.write_text(re.sub(r"\n{3,}", "\n\n", "\n".join(lines)))
     return path

@@ -14,14 +14,14 @@ from tinylm.analysis import columns
 
 # Metrics summarised per configuration when present (eval_* columns are added after these, sorted).
 METRICS = ("loss", "ppl", "final_val_loss", "final_val_ppl", "val_loss", "tokens", "params_total",
-           "params_nonembed", "embed_share", "flops_per_token", "train_flops", "train_time_s", "tokens_per_s", "mfu",
+           "params_nonembed", "share_embed", "flops_per_token", "train_flops", "train_time_s", "tokens_per_s", "mfu",
            "peak_mem_mb", "latency_ms_b1_l128", "latency_ms_b1_l512", "infer_tokens_per_s", "eval_score")
 
 
 def prepare(df: pd.DataFrame) -> pd.DataFrame:
     """Trials in a stable order with derived columns: ``loss``, ``ppl``, ``N``, ``N_nonembed``, ``D``, ``C``,
-    ``label`` (from the varying config fields) and ``group`` (one integer per configuration, in order of
-    first appearance)."""
+    ``share_embed`` (measured embedding share), ``label`` (from the varying config fields) and ``group`` (one
+    integer per configuration, in order of first appearance)."""
     df = columns.sort_trials(df.copy())
     df["loss"] = columns.loss(df)
     df["ppl"] = columns.ppl(df)
@@ -29,6 +29,7 @@ def prepare(df: pd.DataFrame) -> pd.DataFrame:
     df["N_nonembed"] = columns.params(df, "nonembed")
     df["D"] = columns.tokens(df)
     df["C"] = columns.flops(df)
+    df["share_embed"] = columns.embed_share(df)
     df["label"] = columns.labels(df)
     df["group"] = group_ids(df)
     return df

@@ -15,11 +15,15 @@ are comparable:
 
 Batching: rows are sorted longest first (ties by position), cut into batches, right-padded. Causal attention
 means a row never sees the pad positions after its last token, and they are never scored, so results do not
-depend on the batch size (up to float rounding of different matmul shapes, ~1e-6 in log-prob).
+depend on the batch size (up to float rounding of different matmul shapes, ~1e-6 in log-prob). Cost savers
+that change no number: a choice whose input is a prefix of another choice's input is scored from that longer
+row's forward pass (lm-eval caches one-token continuations the same way), and the vocabulary projection runs
+only at the positions that are read (``head_at_positions``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -27,6 +31,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from tinylm.checkpoint import unwrap
 
@@ -65,6 +70,57 @@ def _batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
     return [order[s: s + batch_size] for s in range(0, len(order), batch_size)]
 
 
+@contextlib.contextmanager
+def head_at_positions(model: torch.nn.Module):
+    """Make ``model(idx)`` return final hidden states instead of logits, and yield a function
+    ``head(hidden) -> logits`` to apply at the few positions that are read.
+
+    With V=8192 the vocabulary projection is about half the FLOPs of a 2M-parameter GPT, and the scorer reads
+    only continuation positions (loglikelihood) or the last position (generation). Applies to models whose
+    logits are exactly ``lm_head(final hidden)`` with ``lm_head`` an ``nn.Linear`` (tinylm.model.GPT), which is
+    checked on a 4-token input each time; any other model runs unchanged and yields the identity.
+    """
+    head = getattr(model, "lm_head", None)
+    ok = isinstance(head, nn.Linear)
+    if ok:
+        x = torch.arange(4, device=model_device(model))[None] % head.out_features
+        full = model(x)[0]
+        model.lm_head = nn.Identity()
+        try:
+            hidden = model(x)[0]
+        finally:
+            model.lm_head = head
+        ok = hidden.shape[-1] == head.in_features and torch.allclose(head(hidden).float(), full.float(),
+                                                                      rtol=1e-4, atol=1e-4)
+    if not ok:
+        yield lambda logits: logits
+        return
+    model.lm_head = nn.Identity()
+    try:
+        yield head
+    finally:
+        model.lm_head = head
+
+
+def _carriers(rows: Sequence[tuple[list[int], list[int]]], groups: Sequence[object]) -> list[int]:
+    """carrier[i] = a row whose input starts with row i's input (itself if none), searched among rows of the same
+    group (the choices of one question). A causal LM's logits on a prefix are the logits of the longer input at
+    those positions, so one forward pass scores every choice whose input is a prefix of another's: all
+    single-token choices of a question share one pass (e.g. the 39 sums of an arithmetic problem)."""
+    carrier = list(range(len(rows)))
+    members: dict[object, list[int]] = {}
+    for i, g in enumerate(groups):
+        members.setdefault(g, []).append(i)
+    for idx in members.values():
+        chosen: list[int] = []
+        for i in sorted(idx, key=lambda i: (-len(rows[i][0]), i)):
+            inp = rows[i][0]
+            carrier[i] = next((c for c in chosen if rows[c][0][: len(inp)] == inp), i)
+            if carrier[i] == i:
+                chosen.append(i)
+    return carrier
+
+
 @torch.no_grad()
 def loglikelihood(model: torch.nn.Module, tokenizer, requests: Sequence[tuple[str, str]], batch_size: int = 16,
                   block_size: int | None = None) -> list[tuple[float, bool, int]]:
@@ -74,7 +130,7 @@ def loglikelihood(model: torch.nn.Module, tokenizer, requests: Sequence[tuple[st
         model: ``logits, _ = model(idx)`` with logits for every position (tinylm.model.GPT).
         tokenizer: ``encode_ordinary`` and ``eot_token``.
         requests: (context, continuation) pairs; the continuation usually starts with a space.
-        batch_size: rows per forward pass.
+        batch_size: forward-pass rows per batch.
         block_size: the model's window (default ``model.cfg.block_size``).
     """
     model = unwrap(model)
@@ -86,73 +142,85 @@ def loglikelihood(model: torch.nn.Module, tokenizer, requests: Sequence[tuple[st
         seq = (c + t)[-(L + 1):]
         n = min(len(t), len(seq) - 1)  # a continuation longer than the window keeps its last L tokens
         rows.append((seq[:-1], seq[len(seq) - n:]))
+    carrier = _carriers(rows, [ctx for ctx, _ in requests])
+    served: dict[int, list[int]] = {}
+    for i, c in enumerate(carrier):
+        served.setdefault(c, []).append(i)
+    carriers = sorted(served)
     out: list[tuple[float, bool, int]] = [(0.0, True, 0)] * len(rows)
-    for batch in _batches([len(r[0]) for r in rows], batch_size):
-        T = max(len(rows[i][0]) for i in batch)
-        x = torch.zeros((len(batch), T), dtype=torch.long)
-        b_idx, p_idx, tgt = [], [], []
-        for b, i in enumerate(batch):
-            inp, cont = rows[i]
-            x[b, : len(inp)] = torch.tensor(inp, dtype=torch.long)
-            b_idx += [b] * len(cont)
-            p_idx += range(len(inp) - len(cont), len(inp))
-            tgt += cont
-        logits, _ = model(x.to(device))
-        b_t, tgt_t = torch.tensor(b_idx, device=device), torch.tensor(tgt, device=device)
-        sel = logits[b_t, torch.tensor(p_idx, device=device)].float()  # (N, V): only scored positions
-        logp = F.log_softmax(sel, dim=-1).gather(1, tgt_t[:, None]).squeeze(1).double()
-        ll = torch.zeros(len(batch), dtype=torch.float64, device=device).index_add_(0, b_t, logp)
-        miss = torch.zeros(len(batch), dtype=torch.float64, device=device).index_add_(
-            0, b_t, (sel.argmax(dim=-1) != tgt_t).double())
-        for b, i in enumerate(batch):
-            out[i] = (float(ll[b]), bool(miss[b] == 0), len(rows[i][1]))
+    with head_at_positions(model) as head:
+        for batch in _batches([len(rows[c][0]) for c in carriers], batch_size):
+            batch = [carriers[j] for j in batch]
+            T = max(len(rows[c][0]) for c in batch)
+            x = torch.zeros((len(batch), T), dtype=torch.long)
+            b_idx, p_idx, tgt, owner, slots = [], [], [], [], []
+            for b, c in enumerate(batch):
+                x[b, : len(rows[c][0])] = torch.tensor(rows[c][0], dtype=torch.long)
+                for i in served[c]:
+                    inp, cont = rows[i]
+                    b_idx += [b] * len(cont)
+                    p_idx += range(len(inp) - len(cont), len(inp))
+                    tgt += cont
+                    owner += [len(slots)] * len(cont)
+                    slots.append(i)
+            hidden, _ = model(x.to(device))
+            tgt_t, own_t = torch.tensor(tgt, device=device), torch.tensor(owner, device=device)
+            sel = head(hidden[torch.tensor(b_idx, device=device), torch.tensor(p_idx, device=device)]).float()
+            logp = F.log_softmax(sel, dim=-1).gather(1, tgt_t[:, None]).squeeze(1).double()  # (N,)
+            ll = torch.zeros(len(slots), dtype=torch.float64, device=device).index_add_(0, own_t, logp)
+            miss = torch.zeros(len(slots), dtype=torch.float64, device=device).index_add_(
+                0, own_t, (sel.argmax(dim=-1) != tgt_t).double())
+            for s, i in enumerate(slots):
+                out[i] = (float(ll[s]), bool(miss[s] == 0), len(rows[i][1]))
     return out
 
 
 @torch.no_grad()
 def greedy_until(model: torch.nn.Module, tokenizer, contexts: Sequence[str], max_new_tokens: int = 16,
-                 stop: str = "\n", batch_size: int = 16, block_size: int | None = None) -> list[str]:
+                 stop: str = "\n", batch_size: int = 16, block_size: int | None = None,
+                 max_context: int | None = None) -> list[str]:
     """Greedy continuations of ``contexts``, cut at the first ``stop`` (or end-of-text, or the token budget).
 
     Contexts are left-truncated to ``block_size - max_new_tokens`` tokens (lm-eval's ``max_length -
-    max_gen_toks``). Rows are right-padded: each row appends its token at its own length, and a forward pass
-    reads row b's next-token logits at position ``len_b - 1``, which causal attention keeps blind to the pads.
-    Finished rows leave the batch.
+    max_gen_toks``), or to ``max_context`` if smaller. Rows are right-padded: each row appends its token at its
+    own length, and a forward pass reads row b's next-token logits at position ``len_b - 1``, which causal
+    attention keeps blind to the pads. Finished rows leave the batch.
     """
     model = unwrap(model)
     L = block_size or model.cfg.block_size
     device = model_device(model)
-    keep = max(1, L - max_new_tokens)
+    keep = max(1, min(L - max_new_tokens, max_context or L))
     enc = [(tokenizer.encode_ordinary(c) or [tokenizer.eot_token])[-keep:] for c in contexts]
     out = [""] * len(enc)
-    for batch in _batches([len(e) for e in enc], batch_size):
-        B = len(batch)
-        buf = torch.zeros((B, max(len(enc[i]) for i in batch) + max_new_tokens), dtype=torch.long)
-        for b, i in enumerate(batch):
-            buf[b, : len(enc[i])] = torch.tensor(enc[i], dtype=torch.long)
-        lens = torch.tensor([len(enc[i]) for i in batch])
-        gen: list[list[int]] = [[] for _ in batch]
-        active = list(range(B))
-        for _ in range(max_new_tokens):
-            if not active:
-                break
-            rows = torch.tensor(active)
-            T = int(lens[rows].max())
-            logits, _ = model(buf[rows, :T].to(device))
-            nxt = logits[torch.arange(len(active), device=device), (lens[rows] - 1).to(device)].argmax(-1).cpu()
-            still = []
-            for j, b in enumerate(active):
-                tok = int(nxt[j])
-                buf[b, lens[b]] = tok
-                lens[b] += 1
-                if tok == tokenizer.eot_token:
-                    continue
-                gen[b].append(tok)
-                if stop not in tokenizer.decode(gen[b]):
-                    still.append(b)
-            active = still
-        for b, i in enumerate(batch):
-            out[i] = tokenizer.decode(gen[b]).split(stop)[0]
+    with head_at_positions(model) as head:
+        for batch in _batches([len(e) for e in enc], batch_size):
+            B = len(batch)
+            buf = torch.zeros((B, max(len(enc[i]) for i in batch) + max_new_tokens), dtype=torch.long)
+            for b, i in enumerate(batch):
+                buf[b, : len(enc[i])] = torch.tensor(enc[i], dtype=torch.long)
+            lens = torch.tensor([len(enc[i]) for i in batch])
+            gen: list[list[int]] = [[] for _ in batch]
+            active = list(range(B))
+            for _ in range(max_new_tokens):
+                if not active:
+                    break
+                rows = torch.tensor(active)
+                hidden, _ = model(buf[rows, : int(lens[rows].max())].to(device))
+                last = hidden[torch.arange(len(active), device=device), (lens[rows] - 1).to(device)]
+                nxt = head(last).argmax(-1).cpu()
+                still = []
+                for j, b in enumerate(active):
+                    tok = int(nxt[j])
+                    buf[b, lens[b]] = tok
+                    lens[b] += 1
+                    if tok == tokenizer.eot_token:
+                        continue
+                    gen[b].append(tok)
+                    if stop not in tokenizer.decode(gen[b]):
+                        still.append(b)
+                active = still
+            for b, i in enumerate(batch):
+                out[i] = tokenizer.decode(gen[b]).split(stop)[0]
     return out
 
 

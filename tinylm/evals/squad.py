@@ -2,8 +2,8 @@
 
 Prompt (OLMES zero-shot, as in the records): "Title: {title}\\nBackground: {paragraph}\\nQuestion: {question}
 \\nAnswer:". The model generates greedily until a newline, end-of-text or ``MAX_NEW_TOKENS`` tokens (gold answers
-average ~3 words); the context is left-truncated to ``block_size - MAX_NEW_TOKENS`` tokens, so the question is
-always seen. ``em`` (exact match) and ``f1`` (token-overlap F1, the "partial match") take the max over gold
+average ~3 words); the prompt is left-truncated to ``min(block_size - MAX_NEW_TOKENS, MAX_CONTEXT)`` tokens, so the
+question is always seen (a cost cap: generation re-reads the whole prompt at every step, there is no KV cache). ``em`` (exact match) and ``f1`` (token-overlap F1, the "partial match") take the max over gold
 answers after the official v1.1 normalisation (lower case, drop punctuation and a/an/the, collapse spaces).
 
 Random baseline (``random`` for f1, ``em_random`` for em), from the data: a guesser that copies a uniformly random
@@ -28,7 +28,8 @@ import numpy as np
 from tinylm.evals.scorer import greedy_until, mean_stderr
 from tinylm.evals.sources import hub_split, load_records, oe_docs
 
-MAX_NEW_TOKENS = 16
+MAX_NEW_TOKENS = 16  # gold answers average ~3 words; OLMES allows 50, which only costs time at this scale
+MAX_CONTEXT = 224  # prompt tokens kept (left-truncated): the question and most of the paragraph
 
 
 @dataclass(frozen=True)
@@ -95,7 +96,7 @@ def random_span(doc: QA) -> tuple[float, float]:
 
 def evaluate(model, tokenizer, docs: Sequence[QA], batch_size: int = 16) -> dict[str, float]:
     preds = greedy_until(model, tokenizer, [d.prompt for d in docs], max_new_tokens=MAX_NEW_TOKENS, stop="\n",
-                         batch_size=batch_size)
+                         batch_size=batch_size, max_context=MAX_CONTEXT)
     out = {}
     out["em"], out["em_stderr"] = mean_stderr([best(exact_match, p.strip(), d.answers) for p, d in zip(preds, docs)])
     out["f1"], out["f1_stderr"] = mean_stderr([best(f1_score, p.strip(), d.answers) for p, d in zip(preds, docs)])

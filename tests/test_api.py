@@ -1,0 +1,129 @@
+"""The notebook API (tinylm.api, re-exported lazily by ``import tinylm``): run_experiment, run_sweep, compare."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+
+import tinylm
+from tinylm.api import COMPARE, Result, compare, run_experiment, run_sweep
+from tinylm.config import Config, ConfigError
+from tinylm.experiment import Experiment, main
+
+pytestmark = pytest.mark.filterwarnings("ignore:The ``noload`` loader strategy is deprecated")
+
+
+def test_import_tinylm_is_lazy():
+    code = ("import sys, tinylm; heavy = {'torch', 'ray', 'mlflow', 'pandas', 'deepspeed'} & set(sys.modules); "
+            "assert not heavy, heavy; f = tinylm.run_experiment; assert 'tinylm.api' in sys.modules; "
+            "assert set(tinylm.__all__) >= {'run_experiment', 'run_sweep', 'compare', 'Result'}; "
+            "assert 'torch' not in sys.modules  # training is imported on the first run, not by the API")
+    subprocess.run([sys.executable, "-c", code], check=True)
+    assert tinylm.compare is compare
+    with pytest.raises(AttributeError):
+        tinylm.nope  # noqa: B018
+
+
+def test_compare_columns_and_efficiency_score():
+    cfg = Config.from_name("debug")
+    r = Result(cfg, {"final_val_loss": math.log(50.0), "final_val_ppl": 50.0, "params_total": 2_000_000,
+                     "train_time_s": 3.0, "peak_mem_mb": 500.0, "infer_tokens_per_s": 9000.0,
+                     "status": "completed"}, "/tmp/runs/a")
+    sweep = pd.DataFrame([{**cfg.to_dict(), "n_layer": 4, "trial_id": "t1", "sweep": "depth", "status": "completed",
+                           "val_loss": math.log(40.0), "val_ppl": 40.0, "params_total": 4_000_000,
+                           "elapsed_s": 5.0, "peak_mem_mb": 700.0}])
+    df = compare([r, sweep])
+    assert list(df.columns) == ["source", "run", "status", "n_layer", *COMPARE]  # only varying Config fields
+    assert list(df["run"]) == ["t1", "a"]  # best (lowest val loss) first
+    assert df["ppl_per_mparam"].tolist() == pytest.approx([40.0 / 4.0, 50.0 / 2.0])
+    assert df.loc[0, "final_val_ppl"] == 40.0 and df.loc[0, "train_time_s"] == 5.0  # fallbacks: val_ppl, elapsed
+    assert math.isnan(df.loc[0, "infer_tokens_per_s"])
+    with pytest.raises(TypeError, match="compare"):
+        compare([1.5])
+
+
+# --- run_sweep: the same function the CLI calls, without Ray here ------------------------------------------
+@pytest.fixture
+def fake_tune(monkeypatch):
+    tune = pytest.importorskip("tinylm.tune")
+    calls = []
+
+    def run_sweep_(sweep, base, space, refine_space=None):
+        calls.append((sweep, base, space))
+        return pd.DataFrame([{"trial_id": "t", "status": "completed", "val_loss": 1.0}])
+
+    monkeypatch.setattr(tune, "run_sweep", run_sweep_)
+    monkeypatch.setattr(tune, "print_results", lambda *a, **k: "")
+    monkeypatch.setattr(tune, "shutdown", lambda: None)
+    return calls
+
+
+def test_run_sweep_equals_cli(fake_tune, tmp_path):
+    seen = []
+    exp = Experiment(name="toy", preset="debug", space={"lr": [1e-3, 2e-3]}, baseline={"lr": 1e-3},
+                     options={"max_concurrent": 1}, after=lambda table, **kw: seen.append(kw))
+    main(exp, ["--seeds", "2", "--set", "n_layer=3", "--results", str(tmp_path)])
+    run_sweep(exp, seeds=2, set={"n_layer": 3}, results=str(tmp_path))
+    (s1, b1, sp1), (s2, b2, sp2) = fake_tune
+    assert s1 == s2 and b1 == b2 and sp1 == sp2
+    assert s1.seeds == 2 and s1.max_concurrent == 1 and b1.n_layer == 3 and b1.scale == "smoke"
+    assert seen[0]["base"] == b1 and seen[0]["sweep"] == s1 and seen[0]["space"] == sp1 and len(seen) == 2
+    run_sweep(exp, max_concurrent=2, results=str(tmp_path))  # a keyword beats the Experiment's option
+    assert fake_tune[-1][0].max_concurrent == 2
+
+
+def test_run_sweep_by_name_loads_the_script(fake_tune, tmp_path):
+    run_sweep("glu", results=str(tmp_path))
+    sweep, base, space = fake_tune[-1]
+    assert sweep.name == "glu" and space == {"glu_factor": [2.0, 2.66, 3.0, 4.0]} and base.scale == "smoke"
+    with pytest.raises(ConfigError, match="no sweep 'nope'.*known sweeps: .*glu"):
+        run_sweep("nope")
+    with pytest.raises(ConfigError, match="unknown sweep option"):
+        run_sweep("glu", seedz=2)
+    with pytest.raises(ConfigError, match="scale"):
+        run_sweep("glu", scale="huge")
+
+
+# --- one real model, end to end ---------------------------------------------------------------------------------
+
+@pytest.fixture
+def train_env(inprocess_dist, one_thread, monkeypatch):
+    """For calling ``train`` in this process. ``inprocess_dist`` drops RANK/LOCAL_RANK/WORLD_SIZE after each
+    module while the gloo group lives on; DeepSpeed then asserts LOCAL_RANK is set, so put them back."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        for k, v in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1")):
+            monkeypatch.setenv(k, v)
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("train_env")
+def test_run_experiment_tracked_end_to_end(tmp_path):
+    from tinylm.export import resolve
+    from tinylm.tracking import default_uri, load_runs
+
+    cfg = Config.from_name("debug", train_tokens=8192, eval_every_tokens=4096, eval_tokens=2048)
+    r = run_experiment(cfg, out_dir=str(tmp_path / "run"), track=True, results_dir=str(tmp_path / "results"))
+    assert r.metrics["status"] == "completed" and r.metrics["tokens"] == 8192 and "info" not in r.metrics
+    assert r.info["git_sha"] is not None and r.cfg == cfg
+    model = r.model()
+    assert model.cfg == cfg and not model.training and r.model() is model  # loaded once
+    text = r.generate("The history of", max_new_tokens=8)
+    assert text.startswith("The history of") and len(text) > len("The history of")
+    assert r.generate("", 4) == r.generate("", 4)  # greedy is deterministic
+    again = Result.load(r.out_dir)
+    assert again.cfg == cfg and again.metrics["final_val_loss"] == r.metrics["final_val_loss"]
+    row = compare(r).iloc[0]
+    assert row["ppl_per_mparam"] == pytest.approx(r.metrics["final_val_ppl"] / (r.metrics["params_total"] / 1e6))
+    assert row["infer_tokens_per_s"] > 0
+    uri = default_uri(str(tmp_path / "results"), env=False)
+    runs = load_runs(uri, sweep="single-runs")
+    assert len(runs) == 1 and runs.loc[0, "status"] == "completed"
+    assert runs.loc[0, "final_val_loss"] == pytest.approx(r.metrics["final_val_loss"])
+    assert resolve(runs.loc[0, "run_id"], uri) == str(tmp_path / "run" / "model")  # export by run id
+    by_name = compare("single-runs", uri=uri)
+    assert by_name.loc[0, "ppl_per_mparam"] == pytest.approx(row["ppl_per_mparam"])
