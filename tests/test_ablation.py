@@ -145,9 +145,6 @@ def test_resume_execution_toggle_allowed_architecture_refused(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="train.py checks ARCH_FIELDS only after DeepSpeed loaded the weights; a "
-                   "shape change makes the load fail, engine.load_checkpoint treats it as a corrupt checkpoint and "
-                   "training silently restarts from scratch (reported to the lead)")
 @pytest.mark.usefixtures("train_env")
 def test_resume_refuses_shape_changing_architecture_toggle(tmp_path):
     from tinylm.train import train

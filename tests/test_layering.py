@@ -20,7 +20,7 @@ PKG = Path(__file__).resolve().parents[1] / "tinylm"
 OWNER = {"deepspeed": "engine.py", "ray": "tune.py", "mlflow": "tracking.py"}
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def imported_roots(path: Path) -> frozenset[str]:
     """Top-level names of every absolute import in a file, at any depth (functions, try blocks, ...)."""
     roots = set()

@@ -21,7 +21,11 @@ def save_pretrained(path: str, model: GPT, cfg: Config, tokenizer=None, extra: d
     from safetensors.torch import save_model
 
     os.makedirs(path, exist_ok=True)
-    save_model(model, os.path.join(path, "model.safetensors"))  # save_model de-duplicates tied tensors
+    # A fresh fp32 copy: under ZeRO 1/2 DeepSpeed flattens parameters into one buffer (and bf16 casts them),
+    # which safetensors refuses; the copy also re-ties the head so save_model stores it once.
+    fresh = GPT(cfg)
+    fresh.load_state_dict({k: v.detach().float().cpu().clone() for k, v in unwrap(model).state_dict().items()})
+    save_model(fresh, os.path.join(path, "model.safetensors"))
     with open(os.path.join(path, "config.json"), "w") as f:
         f.write(cfg.to_json())
     if tokenizer is not None:

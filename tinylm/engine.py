@@ -61,6 +61,10 @@ def init_distributed() -> tuple[int, int]:
         os.environ.setdefault("MASTER_PORT", str(_free_port()))
         backend = "nccl" if torch.cuda.is_available() else "gloo"
         deepspeed.init_distributed(dist_backend=backend, verbose=False)
+    # DeepSpeed reads these even when the group already exists (e.g. made by Ray Train or an earlier call)
+    os.environ.setdefault("RANK", str(dist.get_rank()))
+    os.environ.setdefault("WORLD_SIZE", str(dist.get_world_size()))
+    os.environ.setdefault("LOCAL_RANK", "0" if dist.get_world_size() == 1 else str(dist.get_rank()))
     return dist.get_rank(), dist.get_world_size()
 
 
@@ -69,6 +73,8 @@ def build_engine(model: torch.nn.Module, optimizer: torch.optim.Optimizer, cfg: 
     conf = ds_config(cfg, dist.get_world_size())
     logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=conf)
+    if cfg.compile:
+        engine.compile()  # torch.compile of the wrapped module (DeepSpeed >= 0.14); an execution toggle
     return engine, conf
 
 
@@ -92,7 +98,8 @@ def save_checkpoint(engine, ckpt_dir: str, tag: str, client_state: dict, keep: i
     barrier()
     if dist.get_rank() == 0:
         with open(os.path.join(ckpt_dir, tag, COMPLETE), "w") as f:
-            json.dump({"tag": tag, "tokens": client_state.get("tokens_seen")}, f)
+            json.dump({"tag": tag, "tokens": client_state.get("tokens_seen"),
+                       "config": client_state.get("config", {})}, f)
         for old in complete_tags(ckpt_dir)[:-keep]:
             shutil.rmtree(os.path.join(ckpt_dir, old), ignore_errors=True)
     barrier()
@@ -115,10 +122,16 @@ def complete_tags(ckpt_dir: str) -> list[str]:
     return [t for _, t in sorted(tags)]
 
 
-def load_checkpoint(engine, ckpt_dir: str) -> dict | None:
+def load_checkpoint(engine, ckpt_dir: str, check=None) -> dict | None:
     """Load the newest complete checkpoint that loads; a partial or corrupt one is skipped with a warning
-    and the previous one used. Returns its client state, or None when there is nothing to resume."""
+    and the previous one used. Returns its client state, or None when there is nothing to resume.
+
+    ``check(saved_config)`` runs on the marker BEFORE any weights load and may raise (e.g. an architecture
+    change): a refused checkpoint must fail loudly, not look corrupt and silently restart from scratch."""
     for tag in reversed(complete_tags(ckpt_dir)):
+        if check is not None:
+            with open(os.path.join(ckpt_dir, tag, COMPLETE)) as f:
+                check(json.load(f).get("config", {}))
         try:
             path, client_state = engine.load_checkpoint(ckpt_dir, tag=tag)
         except Exception as e:  # noqa: BLE001 - any unreadable shard means "try the previous tag"

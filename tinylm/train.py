@@ -154,14 +154,8 @@ def train(cfg: Config, out_dir: str, report: Report | None = None, resume_from: 
     ckpt_every = max(1, round(cfg.ckpt_every_tokens / tokens_per_step)) if cfg.ckpt_every_tokens else eval_every
     rng = np.random.default_rng([cfg.seed, run.rank])
     step, elapsed, history = 0, 0.0, []
-    state = eng.load_checkpoint(run.engine, resume_from or ckpt_dir)
+    state = eng.load_checkpoint(run.engine, resume_from or ckpt_dir, check=lambda saved: check_resume(cfg, saved))
     if state is not None:
-        saved = state.get("config", {})
-        changed = [k for k in ARCH_FIELDS if k in saved and saved[k] != getattr(cfg, k)]
-        if changed:
-            raise ConfigError(f"cannot resume: architecture fields changed since the checkpoint: {changed}; only "
-                              "execution settings (precision, compile, attention, activation_checkpointing, "
-                              "batch/accumulation) may change on resume")
         step, elapsed, history = state["step"], state["elapsed_s"], state.get("history", [])
         rng.bit_generator.state = state["rng"][run.rank] if run.rank < len(state["rng"]) else rng.bit_generator.state
         log.info("resumed at step %d (%d tokens) from %s", step, step * tokens_per_step, resume_from or ckpt_dir)
@@ -235,6 +229,16 @@ def train(cfg: Config, out_dir: str, report: Report | None = None, resume_from: 
         # the last report carries a checkpoint: Ray Train V2 keeps no metrics for a run that reported none
         report({k: v for k, v in final.items() if k != "info"} | run.info, last_ckpt)
     return final
+
+
+def check_resume(cfg: Config, saved: dict) -> None:
+    """Only execution settings may change when resuming; an architecture change is refused."""
+    changed = {k: (saved[k], getattr(cfg, k)) for k in ARCH_FIELDS if k in saved and saved[k] != getattr(cfg, k)}
+    if changed:
+        raise ConfigError(f"cannot resume: architecture fields changed since the checkpoint (saved -> now): "
+                          f"{changed}; only execution settings (precision, compile, attention, "
+                          "activation_checkpointing, batch_size/grad_accum, zero_stage) may change on resume. "
+                          "Use a new output folder to train the new architecture.")
 
 
 def gather_rng(rng: np.random.Generator, world: int) -> list:

@@ -34,7 +34,7 @@ def format_table(metrics: dict[str, float], tasks: list[str]) -> str:
     lines.append("-" * 58)
     lines.append(f"{'score':<12}{'mean*':<12}{metrics['eval_score']:>10.4f}{'':>12}"
                  f"{metrics['eval_score_random']:>12.4f}")
-    lines.append(f"* primary metric (eval_score averages them); n per task: "
+    lines.append("* primary metric (eval_score averages them); n per task: "
                  + ", ".join(f"{t} {int(metrics[f'eval_{t}_n'])}" for t in tasks)
                  + f"; {metrics['eval_time_s']:.1f} s")
     return "\n".join(lines)

@@ -3,7 +3,8 @@
 Prompt (OLMES zero-shot, as in the records): "Title: {title}\\nBackground: {paragraph}\\nQuestion: {question}
 \\nAnswer:". The model generates greedily until a newline, end-of-text or ``MAX_NEW_TOKENS`` tokens (gold answers
 average ~3 words); the prompt is left-truncated to ``min(block_size - MAX_NEW_TOKENS, MAX_CONTEXT)`` tokens, so the
-question is always seen (a cost cap: generation re-reads the whole prompt at every step, there is no KV cache). ``em`` (exact match) and ``f1`` (token-overlap F1, the "partial match") take the max over gold
+question is always seen (a cost cap: generation re-reads the whole prompt at every step, there is no KV
+cache). ``em`` (exact match) and ``f1`` (token-overlap F1, the "partial match") take the max over gold
 answers after the official v1.1 normalisation (lower case, drop punctuation and a/an/the, collapse spaces).
 
 Random baseline (``random`` for f1, ``em_random`` for em), from the data: a guesser that copies a uniformly random
