@@ -17,10 +17,13 @@ if [ -n "$PGBIN" ] && [ -z "${TINYLM_POSTGRES_URI:-}" ] && id postgres >/dev/nul
   PGDATA=$(mktemp -d /tmp/tinylm-pg.XXXXXX)
   chown postgres "$PGDATA"
   PGPORT=$($PY -c "import socket; s=socket.socket(); s.bind(('127.0.0.1', 0)); print(s.getsockname()[1])")
-  su postgres -c "$PGBIN/initdb -D $PGDATA -A trust -U postgres" >/dev/null
+  PGPASS="tinylm-$RANDOM$RANDOM"  # real password auth, so the tests also check credentials never leak
+  echo "$PGPASS" > "$PGDATA.pw" && chown postgres "$PGDATA.pw"
+  su postgres -c "$PGBIN/initdb -D $PGDATA -A scram-sha-256 --pwfile=$PGDATA.pw -U postgres" >/dev/null
+  rm -f "$PGDATA.pw"
   su postgres -c "$PGBIN/pg_ctl -D $PGDATA -o '-h 127.0.0.1 -p $PGPORT -k $PGDATA' -l $PGDATA/log -w start" >/dev/null
   trap 'su postgres -c "$PGBIN/pg_ctl -D $PGDATA -m fast stop" >/dev/null 2>&1; rm -rf "$PGDATA"' EXIT
-  export TINYLM_POSTGRES_URI="postgresql://postgres@127.0.0.1:$PGPORT/postgres"
+  export TINYLM_POSTGRES_URI="postgresql://postgres:$PGPASS@127.0.0.1:$PGPORT/postgres"
   echo "PostgreSQL on 127.0.0.1:$PGPORT"
 fi
 

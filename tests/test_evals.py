@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import string
 from types import SimpleNamespace
 
@@ -127,7 +128,7 @@ def test_greedy_until_reads_each_rows_own_last_position():
 def _manual_ll(model, ids: list[int], n_cont: int) -> float:
     logits, _ = model(torch.tensor([ids[:-1]]))
     logp = torch.log_softmax(logits[0].double(), -1)
-    return float(sum(logp[p, ids[p + 1]] for p in range(len(ids) - 1 - n_cont, len(ids) - 1)))
+    return float(sum(logp[p, ids[p + 1]].detach() for p in range(len(ids) - 1 - n_cont, len(ids) - 1)))
 
 
 def test_padding_is_never_seen_nor_scored():
@@ -195,8 +196,10 @@ def test_prompt_formats_on_real_records():
 def test_hellaswag_preprocess_as_lm_eval():
     raw = "[header] How to clean a roof [title] Get a ladder. [step] Climb  it."
     assert commonsense.hellaswag_preprocess(raw) == " How to clean a roof. Get a ladder. Climb it."
-    wikihow = [d for d in commonsense.load_hellaswag() if "[" in d.context or any("[" in c for c in d.choices)]
-    assert not wikihow  # every bracket marker is gone
+    # lm-eval keeps the ".." that " [title]" -> ". " makes after a full stop (OLMES differs here; we follow lm-eval)
+    assert commonsense.hellaswag_preprocess("Find a job. [title] Apply.") == "Find a job.. Apply."
+    texts = [t for d in commonsense.load_hellaswag() for t in (d.context, *d.choices)]
+    assert not [t for t in texts if re.search(r"\[[^\]]*\]", t)]  # no WikiHow marker survives
 
 
 # --- offline data: real records, expected counts --------------------------------------------------------------
@@ -211,10 +214,37 @@ def test_every_task_loads_offline_with_the_expected_count(monkeypatch):
     for name, task in TASKS.items():
         docs = task.load()
         if isinstance(docs[0], MC):
-            assert all(0 <= d.gold < len(d.choices) and len(set(d.choices)) == len(d.choices) for d in docs), name
+            assert all(0 <= d.gold < len(d.choices) for d in docs), name
+    for name in ("arithmetic", "completion", "association"):  # built here: distinct choices (SIQA has repeats)
+        assert all(len(set(d.choices)) == len(d.choices) for d in TASKS[name].load()), name
     ctx = [d.context for d in TASKS["association"].load()]
     for template in ("The opposite of ", "Another word for ", " is a kind of"):  # all three relations
         assert sum(template in c for c in ctx) >= 150, template
+
+
+def test_offline_mode_never_tries_the_hub(monkeypatch):
+    from tinylm.evals.sources import EvalDataUnavailable, load_records
+
+    def missing():
+        raise FileNotFoundError("no wheel")
+
+    def hub():
+        raise AssertionError("the hub must not be tried in offline mode")
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(EvalDataUnavailable, match="offline mode"):
+        load_records("demo", missing, hub)
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
+    monkeypatch.delenv("TINYLM_OFFLINE", raising=False)
+    assert load_records("demo", missing, lambda: [1, 2]) == [1, 2]  # online copy only as the fallback
+
+
+def test_subsets_are_fixed_by_seed():
+    pool = list(range(1000))
+    a, b = select(pool, 200, seed=0), select(pool, 200, seed=0)
+    assert a == b and len(set(a)) == 200 and a == sorted(a) and a != select(pool, 200, seed=1)
+    assert select(pool, 0) == pool == select(pool, 5000)
 
 
 # --- random baselines from the data ---------------------------------------------------------------------------

@@ -85,3 +85,38 @@ def test_interrupt_then_resume_finishes_each_trial_once(tmp_path):
     for tid in done_first:
         assert after.loc[after["trial_id"] == tid, "end_time"].iloc[0] == before.loc[before["trial_id"] == tid, "end_time"].iloc[0]
     print(f"resume wall time: {time.time() - t0:.0f} s")
+
+
+@pytest.mark.postgres
+def test_sweep_on_postgres_tracking_and_optuna(tmp_path):
+    """The cluster setup in miniature: MLflow and Optuna on a real PostgreSQL, two trials writing at once."""
+    import uuid
+
+    import optuna
+    import psycopg
+    import sqlalchemy
+
+    from tinylm.tracking import load_runs
+
+    admin = os.environ.get("TINYLM_POSTGRES_URI")
+    if not admin:
+        pytest.skip("TINYLM_POSTGRES_URI is not set (scripts/test.sh starts PostgreSQL and sets it)")
+    suffix = uuid.uuid4().hex[:8]
+    url = sqlalchemy.engine.make_url(admin)
+    with psycopg.connect(host=url.host, port=url.port, user=url.username, password=url.password or None,
+                         dbname=url.database, autocommit=True) as conn:
+        for db in (f"mlflow_{suffix}", f"optuna_{suffix}"):
+            conn.execute(f"CREATE DATABASE {db}")
+    mlflow_uri = url.set(database=f"mlflow_{suffix}").render_as_string(hide_password=False)
+    optuna_uri = url.set(database=f"optuna_{suffix}").render_as_string(hide_password=False)
+    p = run_script(tmp_path, "--tracking-uri", mlflow_uri, "--optuna-storage", optuna_uri, "--max-concurrent", "2",
+                   "--no-asha", "--kill-margin", "1e9", "--set", "train_tokens=8192")
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    df = load_runs(mlflow_uri, sweep="tiny")
+    assert len(df) == 4 and df["trial_id"].is_unique and (df["status"] == "completed").all()
+    overlap = (df["start_time"].max() < df["end_time"].min()) or any(
+        (a.start_time < b.end_time) and (b.start_time < a.end_time)
+        for a in df.itertuples() for b in df.itertuples() if a.run_id != b.run_id)
+    assert overlap, "two trials wrote at the same time"
+    study = optuna.load_study(study_name="tiny", storage=optuna_uri)
+    assert len(study.trials) == 4

@@ -90,8 +90,9 @@ def head_at_positions(model: torch.nn.Module):
             hidden = model(x)[0]
         finally:
             model.lm_head = head
+        tol = 1e-4 if full.dtype == torch.float32 else 3e-2  # bf16 / fp16 GEMMs may round per shape
         ok = hidden.shape[-1] == head.in_features and torch.allclose(head(hidden).float(), full.float(),
-                                                                      rtol=1e-4, atol=1e-4)
+                                                                      rtol=tol, atol=tol)
     if not ok:
         yield lambda logits: logits
         return

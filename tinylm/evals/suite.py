@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import random
+import resource
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -48,7 +52,7 @@ def resolve_tasks(tasks: Sequence[str] | str) -> list[str]:
     if isinstance(tasks, str):
         tasks = list(TASKS) if tasks.strip() in ("all", "") else [t.strip() for t in tasks.split(",") if t.strip()]
     unknown = [t for t in tasks if t not in TASKS]
-    if unknown:
+    if unknown or not tasks:
         raise ValueError(f"unknown eval task(s) {unknown}; choose from {', '.join(TASKS)} or 'all'")
     return list(dict.fromkeys(tasks))
 
@@ -111,9 +115,36 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _rss_kb(field: str) -> int:
+_CPU_PEAK = """
+import json, sys, torch
+from tinylm.config import Config
+from tinylm.model import GPT
+def kb(field):
     with open("/proc/self/status") as f:
         return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
+cfg, B = Config.from_dict(json.loads(sys.argv[1])), int(sys.argv[2])
+torch.set_num_threads(1)
+model, x = GPT(cfg).eval(), torch.randint(cfg.vocab_size, (B, cfg.block_size))
+with open("/proc/self/clear_refs", "w") as f:
+    f.write("5")  # resets the high-water mark VmHWM (Linux >= 4.0)
+rss0 = kb("VmRSS")
+with torch.no_grad():
+    model(x)
+print((kb("VmHWM") - rss0) / 1024)
+"""
+
+
+def _cpu_activation_mb(cfg, batch_size: int) -> float:
+    """Peak resident-memory growth of one batched forward, measured in a fresh process: in this one, memory
+    freed earlier (training, the warm-up) is reused without growing the resident set, so nothing would show."""
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # tinylm importable
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
+    res = subprocess.run([sys.executable, "-c", _CPU_PEAK, cfg.to_json(), str(batch_size)], capture_output=True,
+                         text=True, timeout=300, env=env)
+    if res.returncode:
+        raise RuntimeError(res.stderr[-500:])
+    return float(res.stdout.split()[-1])
 
 
 @torch.no_grad()
@@ -124,8 +155,8 @@ def efficiency(model: torch.nn.Module, cfg, device="cpu", batch_size: int = 8, r
         ``infer_tokens_per_s``: tokens/s of a batched forward (``batch_size`` x ``block_size``, median of
         ``repeats`` after a warm-up); ``latency_ms_b1_l128`` / ``latency_ms_b1_l512``: median forward latency at
         batch 1 and that length (NaN when longer than ``block_size``); ``peak_mem_mb``: on CUDA the peak allocated
-        memory of the batched forward; on CPU the weights plus the peak growth of the process's resident set
-        during it (``/proc/self/clear_refs`` resets the high-water mark; the process peak RSS if that fails).
+        memory of the batched forward; on CPU the weights plus the peak resident-set growth of the same forward
+        in a fresh fp32 process (``_cpu_activation_mb``, ~3 s; the process peak RSS if that fails).
     """
     core = unwrap(model)
     dev = model_device(core)
@@ -147,20 +178,15 @@ def efficiency(model: torch.nn.Module, cfg, device="cpu", batch_size: int = 8, r
         weights_mb = sum(p.numel() * p.element_size() for p in core.parameters()) / 2**20
         if dev.type == "cuda":
             torch.cuda.reset_peak_memory_stats(dev)
-        try:
-            open("/proc/self/clear_refs", "w").write("5")
-            rss0 = _rss_kb("VmRSS")
-        except OSError:
-            rss0 = None
         times = [forward(batch_size, T) for _ in range(repeats)]
         if dev.type == "cuda":
             peak = torch.cuda.max_memory_allocated(dev) / 2**20
-        elif rss0 is not None:
-            peak = weights_mb + max(0, _rss_kb("VmHWM") - rss0) / 1024
         else:
-            import resource
-
-            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+            try:
+                peak = weights_mb + _cpu_activation_mb(cfg, batch_size)
+            except (OSError, RuntimeError, ValueError, subprocess.SubprocessError) as e:
+                log.warning("CPU memory probe failed (%s); reporting the process peak RSS", e)
+                peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         out = {"infer_tokens_per_s": batch_size * T / statistics.median(times)}
         for L in (128, 512):
             if L > T:
