@@ -12,6 +12,7 @@ Results: results/baselines/baselines.csv and baselines.md (one row per task and 
 """
 
 import argparse
+import logging
 import os
 
 import pandas as pd
@@ -41,6 +42,7 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=2, help="suite runs per model (variance check)")
     p.add_argument("--out", default="results/baselines")
     args = p.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     cfg = Config.from_name("medium", scale=args.scale, seed=0)
     res = {name: evaluate_tier(cfg, steps, os.path.join(args.out, name), args.n, args.repeats)
            for name, steps in STEPS.items()}

@@ -291,22 +291,11 @@ def main(argv: list[str] | None = None) -> dict:
 
         return getattr(sanity, args.sanity)(cfg, out)
     t0 = time.perf_counter()
-    if args.track:
-        from tinylm.tracking import Tracker, default_uri
+    if args.track:  # the notebook API's path: one MLflow parent + child run around the same train()
+        from tinylm.api import run_experiment
 
-        tracker = Tracker(default_uri(os.path.abspath("results")), experiment="single-runs")
-        parent = tracker.start_sweep(f"single:{out}", params={}, tags={"tinylm.sweep": "single-runs"})
-        run_id = tracker.trial_run(parent, os.path.basename(out), cfg.to_dict())
-
-        def report(m, _ckpt):
-            tracker.log_metrics(run_id, {k: v for k, v in m.items() if isinstance(v, (int, float))},
-                                step=int(m.get("tokens", 0)))
-
-        final = train(cfg, out, report=report)
-        tracker.set_tags(run_id, final["info"])
-        tracker.finish_run(run_id, final["status"], final["stop_reason"],
-                           {k: v for k, v in final.items() if isinstance(v, (int, float))})
-        tracker.finish_run(parent, "completed")
+        result = run_experiment(cfg, out_dir=out, track=True)
+        final = {**result.metrics, "info": result.info}
     else:
         final = train(cfg, out)
     keys = ("status", "final_val_loss", "final_val_ppl", "tokens", "params_total", "tokens_per_s", "mfu",
