@@ -86,6 +86,7 @@ def _worker_loop(loop: dict) -> None:
     from tinylm.train import train
 
     torch.set_num_threads(max(1, int(loop["threads"])))
+    _quiet_ray_train()
     cfg = Config.from_dict(loop["cfg"])
     rank = ray.train.get_context().get_world_rank()
     resume = None
@@ -107,6 +108,16 @@ def _worker_loop(loop: dict) -> None:
             ray.train.report(m)
 
     train(cfg, loop["out_dir"], report=report, resume_from=resume)
+
+
+def _quiet_ray_train() -> None:
+    """Ray Train logs every report in full at INFO (a logger named by its file); our one line per eval is enough."""
+    try:
+        from ray.train.v2._internal.execution import context
+
+        logging.getLogger(context.__file__).setLevel(logging.WARNING)
+    except ImportError:  # a private module: if it moves, we only lose the quieting
+        pass
 
 
 # --- the per-trial driver (a Tune function trainable) ------------------------------------------------------
