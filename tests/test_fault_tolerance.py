@@ -94,7 +94,8 @@ def test_worker_killed_mid_trial_restarts_from_checkpoint(tmp_path):
 @pytest.mark.slow
 def test_corrupt_checkpoint_falls_back_to_the_previous_one(tmp_path):
     code = f"""
-import glob, os, sys
+import glob, logging, os, sys
+logging.basicConfig(level=logging.INFO)
 from tinylm.config import Config
 from tinylm.train import train
 cfg = Config.from_name("debug", train_tokens=8192, eval_every_tokens=2048, eval_tokens=1024)

@@ -212,6 +212,11 @@ def train(cfg: Config, out_dir: str, report: Report | None = None, resume_from: 
             window_loss, window_steps, window_t = 0.0, 0, time.perf_counter()
 
     final = dict(metrics)
+    # every result carries the scheduler's keys (Tune rejects a result without its metric): a run that diverged
+    # before its first eval reports NaN, which ASHA ignores and Optuna records as FAIL
+    final.setdefault("tokens", step * tokens_per_step)
+    for key in ("val_loss", "val_ppl", "val_bpb"):
+        final.setdefault(key, float("nan"))
     final.update(status=status, stop_reason=stop_reason, train_flops=fpt * step * tokens_per_step,
                  train_time_s=elapsed, **sizes)
     if metrics:

