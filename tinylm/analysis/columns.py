@@ -98,9 +98,15 @@ def _nunique(s: pd.Series) -> int:
     return s.astype(str).nunique(dropna=False)
 
 
+SOLVED = ("n_embd", "n_layer", "n_head", "d_ff")  # outputs of the budget solver when target_params > 0
+
+
 def varying_columns(df: pd.DataFrame) -> list[str]:
-    """Config fields that take more than one value in ``df`` (the sweep's axes), in Config field order."""
-    return [c for c in config_columns(df) if _nunique(df[c]) > 1]
+    """Config fields that take more than one value in ``df`` (the sweep's axes), in Config field order. In a
+    budget sweep (``target_params`` > 0 on every row) the solved dims follow from the other fields: they are
+    results of the intervention, not axes, so they are left out."""
+    solved = "target_params" in df.columns and bool((pd.to_numeric(df["target_params"], errors="coerce") > 0).all())
+    return [c for c in config_columns(df) if _nunique(df[c]) > 1 and not (solved and c in SOLVED)]
 
 
 def fmt_value(v: Any) -> str:
