@@ -102,6 +102,10 @@ class Config:
     device: str = "auto"
 
     def __post_init__(self) -> None:
+        for f in fields(self):  # Config(n_layer="4") from code gets the same typed check as the CLI
+            value = getattr(self, f.name)
+            if type(value) is not _TYPES[f.name]:
+                object.__setattr__(self, f.name, coerce(f.name, value))
         if self.target_params > 0:
             from tinylm.budget import solve  # local import: budget imports config
 

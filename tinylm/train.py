@@ -227,8 +227,9 @@ def train(cfg: Config, out_dir: str, report: Report | None = None, resume_from: 
         final.update(end_of_run_evals(run))
     if run.rank == 0 and status == "completed":
         save_pretrained(os.path.join(out_dir, "model"), model, cfg, run.data.tokenizer, extra=run.info)
-    with open(os.path.join(out_dir, "metrics.json"), "w") as f:
-        json.dump(final, f, indent=2, default=str)
+    if run.rank == 0:  # one writer: ranks share out_dir on one node
+        with open(os.path.join(out_dir, "metrics.json"), "w") as f:
+            json.dump(final, f, indent=2, default=str)
     final["info"] = run.info
     if report is not None:
         # the last report carries a checkpoint: Ray Train V2 keeps no metrics for a run that reported none
