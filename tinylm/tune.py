@@ -152,6 +152,30 @@ def is_baseline(cfg: Config, baseline: dict) -> bool:
 
 
 # --- Tune callbacks: the kill rule and MLflow ------------------------------------------------------------
+_RULES: dict[str, KillRule] = {}
+
+
+def _shared_rule(key: str, state: dict) -> KillRule:
+    """Unpickle to ONE rule per sweep: Tune restores the stopper and the callbacks separately, and the
+    callback must see the stopper's kill reasons."""
+    if key not in _RULES:
+        rule = KillRule()
+        rule.__dict__.update(state)
+        rule.key = key
+        _RULES[key] = rule
+    return _RULES[key]
+
+
+class SharedKillRule(KillRule):
+    def __init__(self, key: str, **kwargs):
+        super().__init__(**kwargs)
+        self.key = key
+        _RULES[key] = self
+
+    def __reduce__(self):
+        return _shared_rule, (self.key, {k: v for k, v in self.__dict__.items() if k != "key"})
+
+
 class KillStopper(tune.Stopper):
     def __init__(self, rule: KillRule):
         self.rule = rule
@@ -215,7 +239,7 @@ class TrackingCallback(tune.Callback):
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         last = trial.last_result or {}
-        status, reason = trial_status(trial.trial_id, last, self.rule)
+        status, reason = trial_status(trial.trial_id, last, self.rule, asha=self.sweep.asha)
         run_id = self._run(trial)
         strings = {k: str(v) for k, v in last.items() if k in ("git_sha", "git_dirty", "git_diff_sha", "hostname",
                    "device", "tokenizer_hash", "data_fingerprint", "data_source", "world_size", "torch")}
@@ -238,12 +262,14 @@ class TrackingCallback(tune.Callback):
         self.tracker.finish_run(self._run(trial), "failed", err or "trial raised an error")
 
 
-def trial_status(trial_id: str, last: dict, rule: KillRule) -> tuple[str, str]:
-    """completed / diverged (the run said so), killed_rule (the PRD rule fired), else stopped_asha."""
+def trial_status(trial_id: str, last: dict, rule: KillRule, asha: bool = True) -> tuple[str, str]:
+    """completed / diverged (the run said so), killed_rule (the PRD rule fired), else stopped by ASHA."""
     if last.get("status") in STATUS_DONE:
         return last["status"], str(last.get("stop_reason", ""))
     if trial_id in rule.reasons:
         return "killed_rule", rule.reasons[trial_id]
+    if not asha:
+        return "failed", f"ended at {int(last.get('tokens', 0)):,} tokens without a final result"
     return "stopped_asha", f"stopped early by ASHA at {int(last.get('tokens', 0)):,} tokens"
 
 
@@ -369,7 +395,7 @@ def _fit(sweep: Sweep, base: Config, param_space: dict, res: dict, parent: str, 
     storage_root = os.environ.get("TINYLM_STORAGE") or os.path.join(sweep.root, "ray")
     param_space["__sweep"] = {"name": sweep.name, "root": sweep.root, "storage_root": storage_root,
                               "baseline": sweep.baseline, "max_failures": sweep.max_failures, **res}
-    rule = KillRule(margin=sweep.kill_margin, window=sweep.kill_window or (
+    rule = SharedKillRule(f"{sweep.root}/{name}", margin=sweep.kill_margin, window=sweep.kill_window or (
         1_000_000 if base.scale == "full" else max(1, base.train_tokens // 6)))
     scheduler = FIFOScheduler()
     if sweep.asha:
