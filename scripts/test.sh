@@ -28,4 +28,5 @@ if [ -n "$PGBIN" ] && [ -z "${TINYLM_POSTGRES_URI:-}" ] && id postgres >/dev/nul
 fi
 
 export PYTHONUNBUFFERED=1
+export PATH="$PWD/.venv/bin:$PATH"  # CLIs the dev extra ships (hadolint, moto_server, mlflow) for subprocess tests
 "$PY" -m pytest -q --durations=25 "$@"

@@ -25,6 +25,9 @@ EXPERIMENT = Experiment(
     baseline=lambda scale: {"n_embd": Config.from_name("medium", scale=scale).n_embd},  # medium = baseline
     hypothesis="loss falls as a power law in non-embedding params from small to xlarge",
     description="seed architectures small/medium/large/xlarge at equal tokens",
+    # a scaling fit needs every size trained to the end: early stopping would drop the models that learn
+    # slowest at first (the big ones) and bias the exponent
+    asha=False, options=dict(kill_margin=float("inf")),
     smoke=dict(train_tokens=200_000, eval_every_tokens=40_000, lr=3e-3),
 )
 

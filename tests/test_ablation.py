@@ -140,7 +140,7 @@ def test_resume_execution_toggle_allowed_architecture_refused(tmp_path):
     assert more["status"] == "completed" and more["tokens"] == 8192
     assert more["train_time_s"] > first["train_time_s"]  # elapsed time carried over from the checkpoint
     # an architecture toggle with the same tensor shapes (RMSNorm vs bias-free LayerNorm): refused by name
-    with pytest.raises(ConfigError, match=r"cannot resume.*\['norm'\]"):
+    with pytest.raises(ConfigError, match=r"cannot resume.*'norm': \('layernorm', 'rmsnorm'\)"):
         train(_cfg(train_tokens=12288, norm="rmsnorm"), out)
 
 

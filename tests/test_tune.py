@@ -16,9 +16,9 @@ SCRIPT = os.path.join(ROOT, "tests", "tiny_sweep.py")
 pytestmark = pytest.mark.slow
 
 
-def run_script(results, *args, timeout=900):
+def run_script(results, *args, timeout=900, env=None):
     return subprocess.run([sys.executable, SCRIPT, "--results", str(results), *args], capture_output=True,
-                          text=True, timeout=timeout, cwd=ROOT)
+                          text=True, timeout=timeout, cwd=ROOT, env=env)
 
 
 def children(results, sweep="tiny"):
@@ -109,8 +109,11 @@ def test_sweep_on_postgres_tracking_and_optuna(tmp_path):
             conn.execute(f"CREATE DATABASE {db}")
     mlflow_uri = url.set(database=f"mlflow_{suffix}").render_as_string(hide_password=False)
     optuna_uri = url.set(database=f"optuna_{suffix}").render_as_string(hide_password=False)
-    p = run_script(tmp_path, "--tracking-uri", mlflow_uri, "--optuna-storage", optuna_uri, "--max-concurrent", "2",
-                   "--no-asha", "--kill-margin", "1e9", "--set", "train_tokens=8192")
+    # credentials travel in the environment, never on a command line (argv is visible to every user in ps)
+    env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_uri, "TINYLM_OPTUNA_STORAGE": optuna_uri}
+    p = run_script(tmp_path, "--max-concurrent", "2", "--no-asha", "--kill-margin", "1e9", "--set",
+                   "train_tokens=8192", env=env)
+    assert url.password not in p.stdout + p.stderr, "the password never reaches the output"
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     df = load_runs(mlflow_uri, sweep="tiny")
     assert len(df) == 4 and df["trial_id"].is_unique and (df["status"] == "completed").all()

@@ -488,17 +488,22 @@ def record_grid_in_optuna(sweep: Sweep, base: Config, param_space: dict) -> None
     seen = {t.user_attrs.get("ray_trial_id") for t in study.get_trials(deepcopy=False)}
     axes = [k for k, v in param_space.items() if isinstance(v, dict) and "grid_search" in v]
     for _, row in df[df["phase"] == "grid"].iterrows():
-        if row["trial_id"] in seen or not isinstance(row.get("val_loss"), float) or math.isnan(row["val_loss"]):
+        if row["trial_id"] in seen:
             continue
-        params = {k: row[k] for k in axes if k in row and k != VARIANT}
-        dists = {k: optuna.distributions.CategoricalDistribution(
-            [v for v in param_space[k]["grid_search"]]) for k in params}
-        state = (optuna.trial.TrialState.COMPLETE if row["status"] in STATUS_DONE
-                 else optuna.trial.TrialState.PRUNED)
+        params = {k: _py(row[k]) for k in axes if k in row and k != VARIANT}
+        dists = {k: optuna.distributions.CategoricalDistribution(list(param_space[k]["grid_search"])) for k in params}
+        loss = float(row["val_loss"]) if pd.notna(row.get("val_loss")) else None
+        if row["status"] == "completed" and loss is not None and math.isfinite(loss):
+            state = optuna.trial.TrialState.COMPLETE
+        elif row["status"] in ("stopped_asha", "killed_rule") and loss is not None:
+            state = optuna.trial.TrialState.PRUNED
+        else:  # diverged / failed: the dashboard shows them as failed, with the reason
+            state, loss = optuna.trial.TrialState.FAIL, None
+        tokens = int(row.get("tokens", 0) or 0)
         study.add_trial(optuna.trial.create_trial(
             params=params, distributions=dists, state=state,
-            value=float(row["val_loss"]) if state == optuna.trial.TrialState.COMPLETE else None,
-            intermediate_values={int(row.get("tokens", 0) or 0): float(row["val_loss"])},
+            value=loss if state == optuna.trial.TrialState.COMPLETE else None,
+            intermediate_values={tokens: loss} if loss is not None and math.isfinite(loss) else {},
             user_attrs={"ray_trial_id": row["trial_id"], "tinylm_status": row["status"],
                         "stop_reason": str(row.get("stop_reason", ""))}))
 
