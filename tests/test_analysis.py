@@ -434,3 +434,15 @@ def test_analysis_imports_neither_mlflow_nor_ray():
     code = ("import sys, tinylm.analysis, tinylm.analysis.__main__; "
             "bad = [m for m in ('mlflow', 'ray', 'torch') if m in sys.modules]; assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_implausible_exponent_is_flagged():
+    """A non-monotone set of points (the biggest model undertrained) must not read as a confident law."""
+    from tinylm.analysis import fits
+
+    n = np.array([2.4e5, 5.4e5, 1.07e6, 3.07e6])
+    loss = np.array([6.198, 6.011, 5.799, 6.083])  # the arch smoke sweep: 3.07M params is worse than 1.07M
+    fit = fits.fit_power_law(n, loss, name="N", n_boot=10)
+    good = fits.fit_power_law(n, 1.69 + 406.4 / n ** 0.34, name="N", n_boot=10)
+    assert good.warnings() == []
+    assert fit.params["alpha"] > 2 and fit.warnings() and "do not extrapolate" in fit.warnings()[0]

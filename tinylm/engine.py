@@ -73,6 +73,10 @@ def build_engine(model: torch.nn.Module, optimizer: torch.optim.Optimizer, cfg: 
     conf = ds_config(cfg, dist.get_world_size())
     logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=conf)
+    if dist.get_world_size() == 1 and cfg.zero_stage == 0:
+        # One rank, no partitions: DeepSpeed would still flatten every gradient, all-reduce it over a 1-rank
+        # group and copy it back at each step. (ZeRO 1/2 need that path to fill their partitions.)
+        engine.enable_backward_allreduce = False
     if cfg.compile:
         engine.compile()  # torch.compile of the wrapped module (DeepSpeed >= 0.14); an execution toggle
     return engine, conf

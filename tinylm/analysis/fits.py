@@ -44,6 +44,18 @@ class PowerLawFit:
     boot: np.ndarray | None = None  # (n_boot, n_params) natural-unit parameters, columns in ``params`` order
     n_boot_failed: int = 0
 
+    def warnings(self) -> list[str]:
+        """Plausibility checks a reader needs before trusting the law: published LM exponents lie around
+        0.05-0.5 (Kaplan et al. 2020: alpha_N ~ 0.076; Hoffmann et al. 2022: alpha ~ 0.34, beta ~ 0.28)."""
+        out = []
+        for name in ("alpha", "beta"):
+            v = self.params.get(name)
+            if v is not None and not 0.01 <= v <= 2.0:
+                out.append(f"{name} = {v:.3g} is far outside the exponents seen in LM scaling studies (~0.05-0.5): "
+                           "these points do not follow a power law (undertrained or non-monotone points, e.g. too "
+                           "few tokens per parameter for the larger models); do not extrapolate from this fit")
+        return out
+
     def predict(self, *xs: np.ndarray) -> np.ndarray:
         """L̂ at the given values, one array per variable (N, D for the Chinchilla form)."""
         return predict(self.params, *xs)

@@ -119,6 +119,7 @@ def _laws(fitted: dict, df: pd.DataFrame) -> list[str]:
         lines += ["", f"**{name}** ({fit.n_points} points): `{fit.formula()}`", "",
                   md_table([[k, v, lo, hi] for k, v, lo, hi in fit.table()], ["param", "value", f"{ci} lo",
                                                                               f"{ci} hi"]), ""]
+        lines += [f"> **Warning:** {w}" for w in fit.warnings()] + ([""] if fit.warnings() else [])
     ch = fitted.get("L(N,D)")
     if isinstance(ch, fits.PowerLawFit):
         cmax = float(np.nanmax(df["C"])) if df["C"].notna().any() else 1e18
