@@ -17,7 +17,7 @@ import math
 import os
 import shutil
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 
 import optuna
 import pandas as pd
@@ -549,4 +549,4 @@ def shutdown() -> None:
         ray.shutdown()
 
 
-__all__ = ["Sweep", "VARIANT", "run_sweep", "print_results", "results_table", "shutdown", "asdict"]
+__all__ = ["Sweep", "VARIANT", "print_results", "results_table", "run_sweep", "shutdown"]
