@@ -113,22 +113,13 @@ def test_speed_sweep_space_builds_valid_configs():
 
 # --- resume across toggles: execution may change, architecture may not --------------------------------------
 
-@pytest.fixture
-def train_env(inprocess_dist, one_thread, monkeypatch):
-    """For calling ``train`` in this process. ``inprocess_dist`` drops RANK/LOCAL_RANK/WORLD_SIZE after each
-    module while the gloo group lives on; DeepSpeed then asserts LOCAL_RANK is set, so put them back."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        for k, v in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1")):
-            monkeypatch.setenv(k, v)
 
 def _cfg(**kw) -> Config:
     return Config.from_name("debug", **{"train_tokens": 4096, "eval_every_tokens": 2048, "eval_tokens": 1024, **kw})
 
 
 @pytest.mark.slow
-@pytest.mark.usefixtures("train_env")
+@pytest.mark.usefixtures("inprocess_dist", "one_thread")
 def test_resume_execution_toggle_allowed_architecture_refused(tmp_path):
     from tinylm.train import train
 
@@ -145,7 +136,7 @@ def test_resume_execution_toggle_allowed_architecture_refused(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.usefixtures("train_env")
+@pytest.mark.usefixtures("inprocess_dist", "one_thread")
 def test_resume_refuses_shape_changing_architecture_toggle(tmp_path):
     from tinylm.train import train
 

@@ -90,18 +90,9 @@ def test_run_sweep_by_name_loads_the_script(fake_tune, tmp_path):
 
 # --- one real model, end to end ---------------------------------------------------------------------------------
 
-@pytest.fixture
-def train_env(inprocess_dist, one_thread, monkeypatch):
-    """For calling ``train`` in this process. ``inprocess_dist`` drops RANK/LOCAL_RANK/WORLD_SIZE after each
-    module while the gloo group lives on; DeepSpeed then asserts LOCAL_RANK is set, so put them back."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        for k, v in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1")):
-            monkeypatch.setenv(k, v)
 
 @pytest.mark.slow
-@pytest.mark.usefixtures("train_env")
+@pytest.mark.usefixtures("inprocess_dist", "one_thread")
 def test_run_experiment_tracked_end_to_end(tmp_path):
     from tinylm.export import resolve
     from tinylm.tracking import default_uri, load_runs

@@ -222,11 +222,10 @@ def train(cfg: Config, out_dir: str, report: Report | None = None, resume_from: 
     if metrics:
         final.update(final_val_loss=metrics["val_loss"], final_val_ppl=metrics["val_ppl"],
                      final_val_bpb=metrics["val_bpb"])
-    model = run.model
     if status == "completed":
         final.update(end_of_run_evals(run))
     if run.rank == 0 and status == "completed":
-        save_pretrained(os.path.join(out_dir, "model"), model, cfg, run.data.tokenizer, extra=run.info)
+        save_pretrained(os.path.join(out_dir, "model"), run.model, cfg, run.data.tokenizer, extra=run.info)
     if run.rank == 0:  # one writer: ranks share out_dir on one node
         with open(os.path.join(out_dir, "metrics.json"), "w") as f:
             json.dump(final, f, indent=2, default=str)
@@ -265,7 +264,6 @@ def end_of_run_evals(run: Run) -> dict:
 
     out = {}
     model = run.model
-    was_dtype = next(model.parameters()).dtype
     eff = efficiency(model, run.cfg, device=run.device)
     eff["infer_peak_mem_mb"] = eff.pop("peak_mem_mb", float("nan"))  # training's peak stays peak_mem_mb
     out.update(eff)
@@ -273,7 +271,6 @@ def end_of_run_evals(run: Run) -> dict:
         tasks = "all" if run.cfg.evals == "all" else run.cfg.evals.split(",")
         out.update(run_suite(model, run.data.tokenizer, tasks=tasks, n=run.cfg.eval_n, device=run.device,
                              seed=run.cfg.seed))
-    assert next(model.parameters()).dtype == was_dtype
     model.train()
     return out
 
