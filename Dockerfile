@@ -15,18 +15,27 @@
 # OSS Nvidia Driver" AMIs used in cluster/aws.yaml ship 580+) and a Turing-or-newer GPU (sm_75+).
 # The old rayproject/ray-ml images are no longer published, so torch and DeepSpeed are installed here.
 #
-# Pins below must equal the versions in the project's dev venv; tests/test_deploy.py checks that.
+# One lock for every install: requirements.lock (scripts/lock.sh) pins the whole environment, and every pip install
+# below runs under it (-c/-r requirements.lock). The ARG pins name the packages installed before the project and
+# must equal the lock; tests/test_deploy.py checks that, and scripts/lock.sh rewrites them with the lock.
 ARG BASE=rayproject/ray:2.60.0-py311-cu130
 FROM ${BASE}
 
 ARG TORCH_INDEX=https://download.pytorch.org/whl/cu130
 ARG RAY_VERSION=2.60.0
+
 ARG TORCH_VERSION=2.13.0
+
 ARG DEEPSPEED_VERSION=0.19.8
+
 ARG MLFLOW_VERSION=3.17.2
+
 ARG OPTUNA_VERSION=5.0.0
+
 ARG OPTUNA_DASHBOARD_VERSION=0.21.0
+
 ARG NINJA_VERSION=1.13.2
+
 # cuda: prebuild the GPU ops below; cpu: prebuild the CPU ops (the laptop variant).
 ARG DS_ACCELERATOR=cuda
 # Nothing is visible to nvcc at build time, so name the GPUs of cluster/aws.yaml explicitly:
@@ -49,6 +58,8 @@ USER 1000:100
 ENV PYTHONUNBUFFERED=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
+COPY --chown=1000:100 requirements.lock /home/ray/requirements.lock
+
 # torch first, from the index that matches the base image's CUDA (plain PyPI torch would be whatever CUDA line
 # PyPI carries for that release).
 RUN pip install --no-cache-dir "torch==${TORCH_VERSION}" --index-url "${TORCH_INDEX}" \
@@ -60,7 +71,7 @@ RUN pip install --no-cache-dir "torch==${TORCH_VERSION}" --index-url "${TORCH_IN
 #         (flatten/unflatten used by ZeRO); everything else (transformer kernels, AIO, inference, ...) stays JIT.
 #   cpu:  CPU_ADAM, CPU_LION, SHM_COMM (the gloo shared-memory collectives that init_distributed loads on CPU).
 # --no-build-isolation: setup.py must see the torch installed above to compile against it.
-RUN pip install --no-cache-dir "ninja==${NINJA_VERSION}" \
+RUN pip install --no-cache-dir -c /home/ray/requirements.lock "ninja==${NINJA_VERSION}" \
     && if [ "${DS_ACCELERATOR}" = "cuda" ]; then \
          export DS_BUILD_FUSED_ADAM=1 DS_BUILD_FUSED_LAMB=1 DS_BUILD_FUSED_LION=1 \
                 DS_BUILD_CPU_ADAM=1 DS_BUILD_CPU_LION=1 DS_BUILD_UTILS=1; \
@@ -68,25 +79,21 @@ RUN pip install --no-cache-dir "ninja==${NINJA_VERSION}" \
          export DS_BUILD_CPU_ADAM=1 DS_BUILD_CPU_LION=1 DS_BUILD_SHM_COMM=1; \
        fi \
     && DS_ACCELERATOR="${DS_ACCELERATOR}" MAX_JOBS=4 \
-       pip install --no-cache-dir --no-build-isolation "deepspeed==${DEEPSPEED_VERSION}" \
+       pip install --no-cache-dir --no-build-isolation -c /home/ray/requirements.lock "deepspeed==${DEEPSPEED_VERSION}" \
     && DS_ACCELERATOR="${DS_ACCELERATOR}" ds_report
 
-# The project. Pinning the stack again on the same command keeps pip from moving anything installed above.
+# The project.
 WORKDIR /home/ray/tinylm
 COPY --chown=1000:100 pyproject.toml README* ./
 COPY --chown=1000:100 tinylm/ tinylm/
-RUN pip install --no-cache-dir . \
-        "ray[default,tune,train]==${RAY_VERSION}" \
-        "torch==${TORCH_VERSION}" \
-        "deepspeed==${DEEPSPEED_VERSION}" \
-        "mlflow==${MLFLOW_VERSION}" \
-        "optuna==${OPTUNA_VERSION}" \
-        "optuna-dashboard==${OPTUNA_DASHBOARD_VERSION}" \
-    && python -c "import importlib.metadata as m; \
-pins = {'ray': '${RAY_VERSION}', 'torch': '${TORCH_VERSION}', 'deepspeed': '${DEEPSPEED_VERSION}', \
-'mlflow': '${MLFLOW_VERSION}', 'optuna': '${OPTUNA_VERSION}', 'optuna-dashboard': '${OPTUNA_DASHBOARD_VERSION}'}; \
-bad = {k: m.version(k) for k, v in pins.items() if m.version(k).split('+')[0] != v}; \
-assert not bad, f'pins moved: {bad}'; import tinylm; print('tinylm ok', pins)"
+# The whole lock (a no-op for what is already at its pin), then the project without resolving anything again.
+# The check compares every installed distribution to its pin (torch's local label, +cu130, aside).
+RUN pip install --no-cache-dir -r /home/ray/requirements.lock \
+    && pip install --no-cache-dir --no-deps . \
+    && python -c "import importlib.metadata as m, re; \
+pins = dict(re.findall(r'(?m)^([A-Za-z0-9_.-]+)==([^\s;]+)', open('/home/ray/requirements.lock').read())); \
+bad = {k: (v, m.version(k)) for k, v in pins.items() if m.version(k).split('+')[0] != v}; \
+assert not bad, f'installed != requirements.lock: {bad}'; import tinylm; print('tinylm ok', len(pins), 'pins')"
 COPY --chown=1000:100 sweeps/ sweeps/
 
 # Healthy = the Ray node in this container answers (head or worker started by `ray up`, or the local cluster a

@@ -2,17 +2,24 @@
 #
 # MLflow tracking server for docker/compose.yaml: runs/metrics in Postgres (psycopg2), artifacts proxied by the
 # server (--artifacts-destination) to a volume or to S3 (boto3), so clients need neither DB nor bucket access.
-# Pins equal the project's dev venv (tests/test_deploy.py checks that).
+# Built from the repository root (compose.yaml: context ..) so it installs under requirements.lock, the one lock of
+# every install: the ARG pins must equal the lock (tests/test_deploy.py; scripts/lock.sh rewrites them) and the
+# lock constrains everything they pull in.
 FROM python:3.11-slim-bookworm
 
 ARG MLFLOW_VERSION=3.17.2
+
 ARG PSYCOPG2_BINARY_VERSION=2.9.13
-ARG BOTO3_VERSION=1.44.5
+
+ARG BOTO3_VERSION=1.44.8
+
 
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 
+COPY requirements.lock /tmp/requirements.lock
+
 # A named volume mounted on /mlartifacts starts with that directory's owner, so the server can write artifacts.
-RUN pip install --no-cache-dir \
+RUN pip install --no-cache-dir -c /tmp/requirements.lock \
         "mlflow==${MLFLOW_VERSION}" \
         "psycopg2-binary==${PSYCOPG2_BINARY_VERSION}" \
         "boto3==${BOTO3_VERSION}" \

@@ -1,17 +1,25 @@
 # syntax=docker/dockerfile:1
 #
 # optuna-dashboard for docker/compose.yaml, reading the `optuna` Postgres database the sweeps write to.
-# Pins equal the project's dev venv (tests/test_deploy.py checks that).
+# Built from the repository root (compose.yaml: context ..) so it installs under requirements.lock, the one lock of
+# every install: the ARG pins must equal the lock (tests/test_deploy.py; scripts/lock.sh rewrites them) and the
+# lock constrains everything they pull in.
 FROM python:3.11-slim-bookworm
 
 ARG OPTUNA_VERSION=5.0.0
+
 ARG OPTUNA_DASHBOARD_VERSION=0.21.0
+
 ARG PSYCOPG2_BINARY_VERSION=2.9.13
+
 ARG GUNICORN_VERSION=26.2.0
+
 
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 
-RUN pip install --no-cache-dir \
+COPY requirements.lock /tmp/requirements.lock
+
+RUN pip install --no-cache-dir -c /tmp/requirements.lock \
         "optuna==${OPTUNA_VERSION}" \
         "optuna-dashboard==${OPTUNA_DASHBOARD_VERSION}" \
         "psycopg2-binary==${PSYCOPG2_BINARY_VERSION}" \
