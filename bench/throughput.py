@@ -54,7 +54,7 @@ def timed(step, n: int) -> tuple[float, float]:
 
 
 def bench(preset: str, steps: int, warmup: int, rounds: int, block_size: int, batch_size: int, peak: float) -> dict:
-    from tinylm.train import _batch, setup, train_step
+    from tinylm.train import sample_batch, setup, train_step
 
     cfg = Config.from_name(preset, block_size=block_size, batch_size=batch_size, precision="fp32", zero_stage=0,
                            schedule="constant", warmup_tokens=1, dropout=0.0)
@@ -68,7 +68,7 @@ def bench(preset: str, steps: int, warmup: int, rounds: int, block_size: int, ba
     set_lr(opt, cfg, cfg.train_tokens)
     import numpy as np
 
-    x, y = _batch(run, run.data.train, np.random.default_rng(0))  # ONE batch, reused by both
+    x, y = sample_batch(run, run.data.train, np.random.default_rng(0))  # ONE batch, reused by both
     run.engine.train()
     model.train()
     ds = lambda: train_step(run, lambda: (x, y))  # noqa: E731

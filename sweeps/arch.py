@@ -10,14 +10,18 @@ Results: results/arch/results.csv, MLflow experiment "arch"; python -m tinylm.an
 """
 
 from tinylm.config import Config
-from tinylm.experiment import Experiment, main
+from tinylm.experiment import VARIANT, Experiment, main
 
 DIMS = ("n_embd", "n_layer", "n_head", "d_ff")
+RUN = ("train_tokens", "eval_every_tokens", "warmup_tokens", "lr")  # laptop: per size, from the size rules
 
 
 def space(scale: str) -> dict:
     presets = ("small", "medium", "large", "xlarge")
-    return {"__variant": [{k: getattr(Config.from_name(p, scale=scale), k) for k in DIMS} for p in presets]}  # <-
+    if scale == "laptop":  # each preset's laptop replica, each trained on 20 tokens per parameter (a scaling fit)
+        cfgs = [Config.from_name(p, scale="laptop").with_tokens_per_param(20) for p in presets]
+        return {VARIANT: [{k: getattr(c, k) for k in (*DIMS, *RUN)} for c in cfgs]}
+    return {VARIANT: [{k: getattr(Config.from_name(p, scale=scale), k) for k in DIMS} for p in presets]}  # <-
 
 
 EXPERIMENT = Experiment(

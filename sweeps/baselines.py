@@ -5,6 +5,7 @@ the same model moves no metric by more than 2 % (the suite is deterministic; ``s
 
     python sweeps/baselines.py                 # smoke: medium at 1/4 width (V=2k, T=128), ~10 min on 2 CPU cores
     python sweeps/baselines.py --scale full    # medium (384/6/8, V=8k, T=256): 1000 steps = 4M tokens (use a GPU)
+    python sweeps/baselines.py --dry-run       # the two tiers' shapes and tokens, then exit
 
 Scale: ``Config.from_name("medium", scale=...)`` trained with ``tinylm.train.train`` for 100 and 1000 optimizer
 steps; the random tier is each task's ``eval_<task>_random`` (chance level computed from its data).
@@ -37,13 +38,24 @@ def evaluate_tier(cfg: Config, steps: int, out: str, n: int, repeats: int) -> tu
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--scale", choices=("smoke", "full"), default="smoke")
+    p.add_argument("--scale", choices=("smoke", "laptop", "full"), default="smoke",
+                   help="smoke: mechanics (default here: the tiers are step counts, not a scaling claim)")
+    p.add_argument("--dry-run", action="store_true", help="print the tiers (shape, params, tokens) and exit")
     p.add_argument("--n", type=int, default=200, help="examples per task")
     p.add_argument("--repeats", type=int, default=2, help="suite runs per model (variance check)")
     p.add_argument("--out", default="results/baselines")
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     cfg = Config.from_name("medium", scale=args.scale, seed=0)
+    if args.dry_run:
+        from tinylm.budget import num_params
+
+        for name, steps in STEPS.items():
+            tokens = steps * cfg.tokens_per_step
+            print(f"{name}: {steps} steps = {tokens:,} tokens on medium at {args.scale} (d={cfg.n_embd}, "
+                  f"L={cfg.n_layer}, heads={cfg.n_head}, V={cfg.vocab_size}, {num_params(cfg):,} params, "
+                  f"{tokens / num_params(cfg):.2f} tokens/param), then the eval suite ({args.n} examples/task)")
+        return
     res = {name: evaluate_tier(cfg, steps, os.path.join(args.out, name), args.n, args.repeats)
            for name, steps in STEPS.items()}
     rows = []

@@ -9,12 +9,14 @@ data buys less. Run length grows with the data (one pass over it), so D is both 
 Results: results/data_scale/results.csv, MLflow "data_scale"; python -m tinylm.analysis data_scale fits L(D).
 """
 
-from tinylm.experiment import Experiment, main
+from tinylm.experiment import VARIANT, Experiment, main
 
 
 def space(scale: str) -> dict:
-    base = 60_000 if scale == "smoke" else 6_250_000
-    return {"__variant": [{"data_scale": float(k), "max_tokens": base, "train_tokens": base * k,  # <-
+    # laptop: 1x = 2.5 tokens per parameter of medium's laptop replica (443k params), so 8x = 20 (the full scale's
+    # 0.45-3.6 tokens/param could not support an L(D) fit); sotu holds ~4M tokens at V=1024: 8x repeats (flagged)
+    base = {"smoke": 60_000, "laptop": 1_107_600}.get(scale, 6_250_000)
+    return {VARIANT: [{"data_scale": float(k), "max_tokens": base, "train_tokens": base * k,  # <-
                            "eval_every_tokens": base * k // 4} for k in (1, 2, 4, 8)]}
 
 
@@ -25,6 +27,7 @@ EXPERIMENT = Experiment(
     hypothesis="loss follows E + B/D^beta with beta ~ 0.3",
     description="data scale 1x/2x/4x/8x at a fixed model (seed 001)",
     smoke=dict(lr=3e-3),
+    laptop=dict(dataset="sotu"),
 )
 
 if __name__ == "__main__":

@@ -4,7 +4,8 @@ Hypothesis (PRD): at 10M parameters and V=16k, 35 % in the embedding beats both 
 45 % (too shallow: 4-7 layers) in validation perplexity. The solver re-derives width/depth/d_ff per share so
 every variant has the same total (within 1 %).
 
-    python sweeps/embed.py                # smoke: 0.66M params, V=4k (same depths as full scale)
+    python sweeps/embed.py                # laptop replica: 246k params, V=1536 (d = 40/56/72), 5 tokens/param
+    python sweeps/embed.py --dry-run      # the trials, shapes and estimated time
     python sweeps/embed.py --scale full   # 10M params, V=16k, 50M tokens
 
 Results: results/embed/results.csv, MLflow "embed"; the analysis plots PPL vs embedding share.
@@ -18,7 +19,8 @@ EXPERIMENT = Experiment(
     baseline={"embed_share": 0.35},
     hypothesis="35 % of params in the embedding beats 25 % and 45 % at a fixed 10M budget",
     description="embedding share 25/35/45 % at fixed total params, V=16k (PRD)",
-    smoke=dict(train_tokens=240_000, eval_every_tokens=40_000, lr=3e-3),
+    smoke=dict(train_tokens=240_000, eval_every_tokens=40_000),
+    laptop=dict(target_params=245_760),  # d = 40 / 56 / 72 at 25 / 35 / 45 % (V=1536): every share is reachable
 )
 
 if __name__ == "__main__":

@@ -4,11 +4,16 @@ Hypothesis: at 10M parameters (V=16k, 35 % in the embedding) a SwiGLU MLP with e
 validation perplexity within 5 %, while its extra depth (more layers fit the budget) costs latency.
 Every variant has the same total parameter count: the budget solver re-derives width, depth and d_ff.
 
-    python sweeps/glu.py                  # smoke: ~0.66M params, V=4k, 4 variants, local Ray, minutes on a CPU
+    python sweeps/glu.py --analyze        # laptop replica: 143k params, V=1536, 5 tokens/param, 3 seeds, verdict
+    python sweeps/glu.py --dry-run        # the 12 trials, their shapes, tokens/param and the time it will take
     python sweeps/glu.py --scale full     # 10M params, V=16k, 50M tokens per trial, on the attached Ray cluster
-    python sweeps/glu.py --refine 20      # Optuna refinement of glu_factor and lr around the grid's best
+    python sweeps/glu.py --two-phase      # PRD: rank all 4 short, then finalists x 3 seeds to the end
+    python sweeps/glu.py --scale smoke    # mechanics only (seconds per trial; claims nothing)
 
-Results: results/glu/results.csv, MLflow experiment "glu", Optuna study "glu"; python -m tinylm.analysis glu.
+Laptop scale (tinylm.config.LAPTOP_RULES): embedding share 35 %, tied, the four GLU factors (real 2.00 / 2.50 /
+3.00 / 3.75 at 9 / 8 / 7 / 6 layers of width 32, head size 16) and the PRD's 5 tokens per parameter are kept; LR,
+warmup and beta2 follow the size rules. No ASHA, no kill rule: a verdict needs every seed of every variant.
+Results: results/glu/results.csv, MLflow experiment "glu", REPORT.md under results/analysis/glu (with --analyze).
 """
 
 from tinylm.experiment import Experiment, main
@@ -20,7 +25,10 @@ EXPERIMENT = Experiment(
     baseline={"glu_factor": 4.0},
     hypothesis="SwiGLU 2.66x matches 4x within 5 % perplexity at a fixed parameter budget",
     description="GLU expansion factor at fixed total params (seed: 2.0 / 2.66 / 3.0 / 4.0)",
-    smoke=dict(train_tokens=240_000, eval_every_tokens=40_000, lr=3e-3),
+    # the verdict is a paired comparison over seeds: every seed of every variant must finish (two-phase keeps
+    # its own short ranking phase for the PRD pipeline)
+    asha=False, options=dict(seeds=3, kill_margin=float("inf")),
+    smoke=dict(train_tokens=240_000, eval_every_tokens=40_000),
 )
 
 if __name__ == "__main__":

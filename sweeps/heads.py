@@ -16,7 +16,9 @@ from tinylm.experiment import Experiment, main
 EXPERIMENT = Experiment(
     name="heads", preset="medium",
     overrides=dict(n_embd=320, n_layer=6, n_head=5, d_ff=1280),
-    space={"n_head": [5, 8, 10, 16]},  # <- the intervention
+    space=lambda scale: {"n_head": [5, 8, 10] if scale == "laptop" else [5, 8, 10, 16]},  # <- the intervention
+    # laptop: width/2 (not /4) so 5-10 heads keep a head size >= 16 (16 heads would be 10), V/4 to keep the share
+    laptop=dict(n_embd=160, d_ff=640, vocab_size=2048),
     baseline={"n_head": 8},
     hypothesis="8 heads beat 5 and 16 at hidden 320 with equal parameters",
     description="number of attention heads 5/8/10/16 at hidden 320, 6 layers",

@@ -9,14 +9,20 @@ fewer tokens; Lion needs an LR ~3-10x below AdamW's (Chen et al. 2023) and then 
 Results: results/optim/results.csv, MLflow "optim"; compare the curves in the report (fig_curves).
 """
 
-from tinylm.experiment import Experiment, main
+from tinylm.config import Config
+from tinylm.experiment import VARIANT, Experiment, main
+
+
+def ref(scale: str) -> float:
+    """AdamW's LR: the seed's 1e-3 at full and smoke, the size rule at laptop (tinylm.config.laptop_lr)."""
+    return Config.from_name("medium", scale="laptop").lr if scale == "laptop" else 1e-3
 
 EXPERIMENT = Experiment(
     name="optim", preset="medium",
-    space={"__variant": [  # <- the intervention: optimizer with its own LR
-        {"optimizer": "adamw", "lr": 1e-3},
-        {"optimizer": "lion", "lr": 2e-4, "beta2": 0.99},
-        {"optimizer": "muon", "lr": 1e-3, "muon_lr": 0.02},
+    space=lambda scale: {VARIANT: [  # <- the intervention: optimizer with its own LR (AdamW's x 1, Lion's / 5)
+        {"optimizer": "adamw", "lr": ref(scale)},
+        {"optimizer": "lion", "lr": float(f"{ref(scale) / 5:.3g}"), "beta2": 0.99},
+        {"optimizer": "muon", "lr": ref(scale), "muon_lr": 0.02},
     ]},
     baseline={"optimizer": "adamw"},
     hypothesis="Muon reaches AdamW's final loss in fewer tokens; Lion matches AdamW at ~1/5 the LR",

@@ -16,7 +16,7 @@ artifact of the sweep's MLflow parent run), results/speed/results.csv, MLflow ex
 import math
 import os
 
-from tinylm import ablation
+from tinylm import ablation, layout
 from tinylm.experiment import Experiment, main
 
 BASELINE = dict(compile=False, precision="fp32", activation_checkpointing=False, grad_accum=1, attention="sdpa",
@@ -43,7 +43,7 @@ def report(table, sweep, base, space) -> None:
     paths = ablation.write(rows, os.path.join(sweep.root, sweep.name), "speed_table",
                            title=f"speed ablation ({base.scale}, {base.train_tokens:,} tokens per row)")
     parents = list_sweeps(sweep.uri())
-    parent = parents[parents.sweep_key == f"{sweep.name}@{sweep.root}"].run_id.iloc[-1]
+    parent = parents[parents.sweep_key == layout.sweep_key(sweep.name, sweep.root)].run_id.iloc[-1]
     tracker = Tracker(sweep.uri(), sweep.name)
     for path in paths.values():
         tracker.log_artifact(parent, path)

@@ -9,12 +9,12 @@ Hypothesis: BPE reaches lower bits per byte than characters for the same compute
 Results: results/tokenizer/results.csv, MLflow "tokenizer" (val_bpb).
 """
 
-from tinylm.experiment import Experiment, main
+from tinylm.experiment import VARIANT, Experiment, main
 
 
 def space(scale: str) -> dict:
-    bpe = 2048 if scale == "smoke" else 8000
-    return {"__variant": [{"tokenizer": "bpe", "vocab_size": bpe},  # <- the intervention
+    bpe = {"smoke": 2048, "laptop": 1000}.get(scale, 8000)  # laptop: V/8 (LAPTOP_RULES)
+    return {VARIANT: [{"tokenizer": "bpe", "vocab_size": bpe},  # <- the intervention
                           {"tokenizer": "char", "vocab_size": 512}]}
 
 

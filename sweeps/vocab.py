@@ -14,7 +14,8 @@ from tinylm.experiment import Experiment, main
 
 
 def space(scale: str) -> dict:
-    return {"vocab_size": [1024, 2048] if scale == "smoke" else [8000, 16000],  # <- the intervention
+    sizes = {"smoke": [1024, 2048], "laptop": [1000, 2000]}.get(scale, [8000, 16000])  # laptop: V/8 (LAPTOP_RULES)
+    return {"vocab_size": sizes,  # <- the intervention
             "tie_embeddings": [True, False]}
 
 

@@ -9,13 +9,20 @@ fitting L(N) across this sweep and depth.py tells whether depth or width buys mo
 Results: results/width/results.csv, MLflow "width"; python -m tinylm.analysis width fits L(N).
 """
 
-from tinylm.experiment import Experiment, main
+from tinylm.experiment import VARIANT, Experiment, main
 
 
 def space(scale: str) -> dict:
-    div, head = (4, 16) if scale == "smoke" else (1, 64)
-    return {"__variant": [{"n_embd": w // div, "n_head": w // div // head, "d_ff": 4 * w // div}  # <-
-                          for w in (128, 256, 384, 512)]}
+    div, head = (4, 16) if scale in ("smoke", "laptop") else (1, 64)
+    points = [{"n_embd": w // div, "n_head": w // div // head, "d_ff": 4 * w // div}  # <-
+              for w in (128, 256, 384, 512)]
+    if scale == "laptop":  # a scaling sweep: 20 tokens per parameter per width, LR/warmup by the size rules
+        base = EXPERIMENT.base("laptop")
+        for p in points:
+            c = base.replace(**p).with_tokens_per_param(20)
+            p.update(train_tokens=c.train_tokens, eval_every_tokens=c.eval_every_tokens,
+                     warmup_tokens=c.warmup_tokens, lr=c.lr)
+    return {VARIANT: points}
 
 
 EXPERIMENT = Experiment(

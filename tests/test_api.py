@@ -62,6 +62,20 @@ def fake_tune(monkeypatch):
     return calls
 
 
+def test_analyze_reports_through_the_analysis_library(fake_tune, tmp_path, monkeypatch):
+    """--analyze (analyze=True) builds the report with analysis.report.report_sweep, as the analysis CLI does for
+    `python -m tinylm.analysis toy --out <results>/analysis --baseline lr=0.001`."""
+    import tinylm.analysis.report as report
+
+    seen = []
+    monkeypatch.setattr(report, "report_sweep", lambda *a, **k: seen.append((a, k)) or tmp_path / "REPORT.md")
+    exp = Experiment(name="toy", preset="debug", space={"lr": [1e-3, 2e-3]}, baseline={"lr": 1e-3})
+    run_sweep(exp, analyze=True, results=str(tmp_path))
+    (_uri, sweep, out, baseline, prices), kw = seen[0]
+    assert sweep == "toy" and out == tmp_path / "analysis" and baseline == {"lr": 1e-3} and kw == {"n_boot": 200}
+    assert prices and len(seen) == 1
+
+
 def test_run_sweep_equals_cli(fake_tune, tmp_path):
     seen = []
     exp = Experiment(name="toy", preset="debug", space={"lr": [1e-3, 2e-3]}, baseline={"lr": 1e-3},

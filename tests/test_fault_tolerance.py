@@ -74,21 +74,27 @@ def test_driver_killed_then_resumed_and_a_diverging_trial(tmp_path):
 
 
 @pytest.mark.slow
-def test_worker_killed_mid_trial_restarts_from_checkpoint(tmp_path):
-    """kill -9 of the Ray Train worker after a checkpoint: FailureConfig restarts the worker group, which
-    resumes from the last checkpoint (at most one checkpoint interval lost) and finishes the trial."""
-    env = {**os.environ, "TINY_SPACE": json.dumps({"lr": [3e-3]})}
+@pytest.mark.parametrize("path", ["local", "trainer"])
+def test_worker_killed_mid_trial_restarts_from_checkpoint(tmp_path, path):
+    """kill -9 of the process that trains, after a checkpoint. 1-worker trials train in the Tune trial's own
+    process (Train's local mode): Tune retries the trial (its FailureConfig). Trials on the TorchTrainer path
+    (multi-worker; forced here for one worker): Train's FailureConfig restarts the worker group. Both resume from
+    the last checkpoint (at most one checkpoint interval lost) and finish the trial, recorded once."""
+    env = {**os.environ, "TINY_SPACE": json.dumps({"lr": [3e-3]}), "TINYLM_LOCAL_MODE": str(int(path == "local"))}
     proc = subprocess.Popen(sweep_cmd(tmp_path, "--set", "train_tokens=40960"), stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, cwd=ROOT, env=env, start_new_session=True)
     wait_for(proc, lambda line: "[tiny]" in line and "tokens" in line and "8,192" in line)
+    marks = ("RayTrainWorker",) if path == "trainer" else ("ImplicitFunc", "_trial_driver")
     workers = [p for p in psutil.process_iter(["cmdline", "name"])
-               if "RayTrainWorker" in " ".join(p.info["cmdline"] or []) + (p.info["name"] or "")]
-    assert workers, "found the training worker"
+               if any(m in " ".join(p.info["cmdline"] or []) + (p.info["name"] or "") for m in marks)]
+    assert workers, "found the training process"
     for w in workers:
         w.kill()
     rest, _ = proc.communicate(timeout=900)
     assert proc.returncode == 0, rest[-3000:]
-    assert "resumed at step" in rest, rest[-3000:]
+    with open(os.path.join(tmp_path, "tiny", "output.log")) as f:  # Ray's and the trials' own output
+        log = f.read()
+    assert "resumed at step" in log, log[-3000:]
     df = children(tmp_path)
     assert len(df) == 1 and df.iloc[0]["status"] == "completed" and df.iloc[0]["tokens"] == 40960
 

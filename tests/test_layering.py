@@ -3,6 +3,10 @@
 deepspeed only in tinylm/engine.py, ray only in tinylm/tune.py, mlflow only in tinylm/tracking.py, found by
 scanning the AST of every .py under tinylm/ (lazy imports inside functions count too). model.py stays pure
 PyTorch, and importing it (or config / budget) must not pull any of them into sys.modules.
+
+Inside the package, every module has a layer (LAYERS) and imports only its own layer or below, with no import
+cycles, no other module's ``_private`` names, no library code importing a CLI and no ``main()`` outside a
+command's own module; today's exceptions are listed one by one in KNOWN, which may only shrink.
 """
 
 from __future__ import annotations
@@ -41,7 +45,7 @@ SOURCES = sorted(PKG.rglob("*.py"))
 
 def test_the_scan_sees_the_package():
     names = {p.relative_to(PKG).as_posix() for p in SOURCES}
-    assert {"engine.py", "tune.py", "tracking.py", "model.py", "train.py", "config.py"} <= names
+    assert {"engine.py", "tune.py", "tracking.py", "model.py", "train/__init__.py", "config.py"} <= names
     assert "deepspeed" in imported_roots(PKG / "engine.py")
     assert "ray" in imported_roots(PKG / "tune.py")
     assert "mlflow" in imported_roots(PKG / "tracking.py")
@@ -73,3 +77,225 @@ def test_config_does_not_import_torch():
     code = "import sys; import tinylm.config, tinylm.budget; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
     assert out.stdout.strip() == "False"
+
+
+# --- the import order of the whole package (issue 14, item 1) ------------------------------------------------
+# Lowest first. A module may import modules of its own layer or below; never above. Imports made by a command's
+# own ``main()``, under ``if __name__ == "__main__":`` or anywhere in a ``__main__.py`` belong to the top layer
+# (CLI): a command may use anything, and nothing may import a command. Lazy (function-level) imports count.
+LAYERS: list[tuple[str, set[str]]] = [
+    ("core", {"errors", "layout", "config", "budget", "model",
+              "evals.names"}),  # task names only, no imports: config validates `evals` against them
+    ("parts", {"data", "tokenize", "optim", "engine", "checkpoint", "perf", "rules", "ranking"}),
+    ("evals", {"evals", "evals.scorer", "evals.decode", "evals.suite", "evals.sources", "evals.arithmetic",
+               "evals.association", "evals.commonsense", "evals.completion", "evals.lambada", "evals.qa",
+               "evals.squad"}),  # the benchmark library: train() runs it at the end of a run
+    ("train", {"train", "sanity"}),
+    ("tracking", {"tracking"}),
+    ("sweeps", {"tune", "ablation"}),
+    ("analysis", {"analysis", "analysis.columns", "analysis.cost", "analysis.decision", "analysis.fits",
+                  "analysis.ladder", "analysis.pareto", "analysis.plan", "analysis.plots", "analysis.report",
+                  "analysis.scaling", "analysis.stats", "analysis.validity", "analysis.verdict"}),
+    # "" is tinylm/__init__.py (lazy re-exports of the API); experiment runs a sweep end to end: the dry-run plan,
+    # the sweep (tune), the report (analysis); api.run_sweep and the sweep scripts call it
+    ("api", {"", "api", "experiment", "log", "export"}),
+    ("cli", {"train.__main__", "evals.__main__", "analysis.__main__"}),
+]
+LAYER = {mod: i for i, (_, mods) in enumerate(LAYERS) for mod in mods}
+CLI = len(LAYERS) - 1
+
+# Today's violations, each (kind, importer, imported). The test fails on any violation not listed here AND on
+# any listed one that no longer occurs: fix one, delete its line; the list only shrinks.
+KNOWN = {
+    # experiment.main is the sweep scripts' CLI (sweeps/*.py call it), in a library module that is no command.
+    ("main-not-a-command", "experiment", "main"),
+}
+
+
+def _modname(path: Path) -> str:
+    parts = list(path.relative_to(PKG).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts = parts[:-1]
+    return ".".join(parts)
+
+
+MODULES = {_modname(p): p for p in SOURCES}
+
+
+def _resolve(dotted: str) -> str | None:
+    """``tinylm.a.b`` -> the package-relative module name it loads (the longest existing prefix)."""
+    if dotted != "tinylm" and not dotted.startswith("tinylm."):
+        return None
+    parts = dotted.split(".")[1:]
+    while parts and ".".join(parts) not in MODULES:
+        parts.pop()
+    return ".".join(parts)
+
+
+def _is_main_guard(node: ast.AST) -> bool:
+    return (isinstance(node, ast.If) and isinstance(node.test, ast.Compare)
+            and getattr(node.test.left, "id", None) == "__name__"
+            and any(getattr(c, "value", None) == "__main__" for c in node.test.comparators))
+
+
+@functools.cache
+def package_imports(mod: str) -> tuple[tuple[str, str, str, bool], ...]:
+    """(imported module, imported name or "", private attribute or "", in a CLI context) for every import of a
+    tinylm module in ``mod``, at any depth; ``from pkg import sub`` resolves to the submodule; a private name
+    imported or read as ``module._name`` is reported as such; ``importlib.import_module(<variable>)`` counts
+    every "tinylm...." string constant of the file as an import."""
+    path = MODULES[mod]
+    tree = ast.parse(path.read_text(), filename=str(path))
+    cli_module = path.name == "__main__.py"
+    out: list[tuple[str, str, str, bool]] = []
+    aliases: dict[str, str] = {}  # local name -> tinylm module it is bound to
+    dynamic = False
+
+    def add(dotted: str, name: str, cli: bool) -> None:
+        target = _resolve(dotted)
+        if target is None:
+            return
+        sub = f"{target}.{name}" if target else name
+        if name and sub in MODULES:  # from tinylm.evals import decode: the submodule
+            target, name = sub, ""
+        out.append((target, name, "", cli))
+
+    def visit(node: ast.AST, cli: bool) -> None:
+        nonlocal dynamic
+        for ch in ast.iter_child_nodes(node):
+            ctx = cli or _is_main_guard(ch) or (isinstance(ch, ast.FunctionDef) and ch.name == "main"
+                                                and node is tree)
+            if isinstance(ch, ast.Import):
+                for a in ch.names:
+                    add(a.name, "", ctx)
+                    if a.asname and _resolve(a.name) is not None:
+                        aliases[a.asname] = _resolve(a.name)
+            elif isinstance(ch, ast.ImportFrom):
+                base = ch.module or ""
+                if ch.level:  # relative: from .x import y
+                    here = ["tinylm", *mod.split(".")] if path.name == "__init__.py" else \
+                        ["tinylm", *mod.split(".")[:-1]]
+                    here = here[: len(here) - ch.level + 1]
+                    base = ".".join(here + ([ch.module] if ch.module else []))
+                for a in ch.names:
+                    add(base, a.name, ctx)
+                    target = _resolve(f"{base}.{a.name}")
+                    if target is not None and target in MODULES and target != _resolve(base):
+                        aliases[a.asname or a.name] = target
+            elif (isinstance(ch, ast.Attribute) and isinstance(ch.value, ast.Name) and ch.value.id in aliases
+                  and ch.attr.startswith("_") and not ch.attr.startswith("__")):
+                out.append((aliases[ch.value.id], "", ch.attr, ctx))
+            elif (isinstance(ch, ast.Call) and getattr(ch.func, "id", getattr(ch.func, "attr", None))
+                  in ("import_module", "__import__") and ch.args):
+                arg = ch.args[0]
+                if isinstance(arg, ast.Constant) and isinstance(arg.value, str):
+                    add(arg.value, "", ctx)
+                else:
+                    dynamic = True
+            visit(ch, ctx)
+
+    visit(tree, cli_module)
+    if dynamic:
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and _resolve(node.value) is not None \
+                    and node.value.startswith("tinylm.") and _resolve(node.value) == node.value[len("tinylm."):]:
+                add(node.value, "", cli_module)
+    return tuple(out)
+
+
+def _defines_main(mod: str) -> bool:
+    tree = ast.parse(MODULES[mod].read_text())
+    return any(isinstance(n, ast.FunctionDef) and n.name == "main" for n in tree.body)
+
+
+def _is_command(mod: str) -> bool:
+    """``python -m tinylm.<mod>`` runs it: a ``__main__.py`` or a module with a ``__main__`` guard."""
+    tree = ast.parse(MODULES[mod].read_text())
+    return MODULES[mod].name == "__main__.py" or any(_is_main_guard(n) for n in tree.body)
+
+
+def _strongly_connected(graph: dict[str, set[str]]) -> list[set[str]]:
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    comps: list[set[str]] = []
+
+    def visit(v: str) -> None:  # Tarjan; the package is small enough to recurse
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        for w in graph.get(v, ()):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = set()
+            while True:
+                w = stack.pop()
+                comp.add(w)
+                if w == v:
+                    break
+            comps.append(comp)
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return comps
+
+
+def import_violations() -> set[tuple[str, str, str]]:
+    found: set[tuple[str, str, str]] = set()
+    graph: dict[str, set[str]] = {m: set() for m in MODULES}
+    for mod in MODULES:
+        for target, name, private, cli in package_imports(mod):
+            if target == mod:
+                continue
+            graph[mod].add(target)
+            own = CLI if cli or mod.endswith("__main__") else LAYER[mod]
+            if LAYER[target] > own:
+                found.add(("upward", mod, target))
+            if not cli and (target.endswith("__main__") or name == "main"):
+                found.add(("cli-import", mod, target))
+            for n in (name, private):
+                if n.startswith("_") and not n.startswith("__"):
+                    found.add(("private", mod, f"{target}.{n}"))
+        if _defines_main(mod) and not _is_command(mod):
+            found.add(("main-not-a-command", mod, "main"))
+    for comp in _strongly_connected(graph):
+        if len(comp) > 1:
+            found.update(("cycle", a, b) for a in comp for b in graph[a] & comp)
+    return found
+
+
+def test_every_module_has_a_layer():
+    missing = sorted(set(MODULES) - set(LAYER))
+    assert not missing, f"place these tinylm modules in LAYERS (tests/test_layering.py): {missing}"
+
+
+def test_the_import_scan_sees_lazy_imports_and_private_names():
+    imports = {(t, n, p, cli) for t, n, p, cli in package_imports("train")}
+    assert ("engine", "", "", False) in imports  # `from tinylm import engine` inside setup(): the submodule
+    assert ("api", "run_experiment", "", True) in package_imports("train.__main__")  # --track: the command's
+    assert {t for t, *_ in package_imports("")} >= {"api", "config"}  # tinylm/__init__'s import_module(name)
+    assert ("decode", "evals.decode") == ("decode", _resolve("tinylm.evals.decode"))
+    graph = {"a": {"b"}, "b": {"c", "a"}, "c": set(), "d": {"d"}}
+    assert sorted(map(sorted, _strongly_connected(graph))) == [["a", "b"], ["c"], ["d"]]
+
+
+def test_the_import_scan_sees_private_names(tmp_path, monkeypatch):
+    fake = tmp_path / "fake.py"
+    fake.write_text("from tinylm import tune\nfrom tinylm.train import _x\n\n\ndef f():\n    return tune._py(1)\n")
+    monkeypatch.setitem(MODULES, "zz_fake", fake)
+    imports = set(package_imports("zz_fake"))
+    assert ("tune", "", "_py", False) in imports  # tune._py(...) read via the module
+    assert ("train", "_x", "", False) in imports  # from tinylm.train import _x
+
+
+def test_imports_follow_the_layer_order():
+    assert not set(MODULES) - set(LAYER), "every module needs a layer first"
+    found = import_violations()
+    new, fixed = sorted(found - KNOWN), sorted(KNOWN - found)
+    assert not new, ("imports against the order config/budget/model -> parts -> evals -> train -> tracking -> "
+                     f"sweeps -> analysis -> api -> CLIs (tests/test_layering.py LAYERS): {new}")
+    assert not fixed, f"fixed, so delete them from KNOWN in tests/test_layering.py: {fixed}"

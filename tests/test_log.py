@@ -61,3 +61,40 @@ def test_cli_json(uri, tmp_path, capsys):
     assert glu["device"] == "cpu:x86_64x2" and glu["best"]["trial_id"] == "b" and glu["start_time"]
     assert [b["trial_id"] for b in data["baselines"]] == ["a"]
     assert data["baselines"][0]["final_val_loss"] == 5.0 and data["baselines"][0]["config"]["glu_factor"] == 4.0
+
+
+# --- one definition of the best trial (tinylm.ranking) ----------------------------------------------------------------
+def test_trial_loss_is_the_final_eval_else_the_latest():
+    from tinylm.ranking import best_trial, loss_metric, trial_loss, varied
+
+    assert trial_loss({"final_val_loss": 4.5, "val_loss": 4.0}) == 4.5
+    assert trial_loss({"val_loss": 4.0}) == 4.0 and loss_metric({"val_loss": 4.0}) == "val_loss"
+    assert trial_loss({"final_val_loss": float("nan"), "val_loss": "4.25"}) == 4.25  # diverged at the end
+    assert trial_loss({"final_val_loss": None}) != trial_loss({})  # NaN: no loss at all
+    assert best_trial([{"val_loss": 5.0}, {"final_val_loss": 4.5}, {"val_loss": 4.0}, {"val_loss": 4.0}]) == 2
+    assert best_trial([{}, {"final_val_loss": float("nan")}]) is None and best_trial([]) is None
+    assert varied([{"name": "a", "lr": "0.1", "seed": "0"}, {"name": "b", "lr": "0.2", "seed": "0"}]) == ["lr"]
+    assert varied([{"lr": "0.1"}, {}]) == ["lr"]  # a trial without the field counts as another value
+
+
+def test_text_and_json_log_name_the_same_best_trial(tmp_path):
+    """A trial stopped before its final eval ranks on its latest val loss in the text log AND in the JSON (they
+    used to disagree: the JSON ignored every trial without a final val loss), and both list the same varied
+    fields (the JSON used to count the run name)."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    t = Tracker(uri, "lr")
+    parent = t.start_sweep("lr@/r", params={}, tags={"tinylm.sweep": "lr"})
+    for tid, lr, final, latest in (("done", 1e-3, 4.5, 4.6), ("stopped", 3e-3, None, 4.0)):
+        rid = t.trial_run(parent, tid, Config.from_name("debug", lr=lr).replace(name=f"lr-{tid}").to_dict())
+        t.log_metrics(rid, {"val_loss": latest}, step=1000)
+        t.finish_run(rid, "completed" if final else "stopped_asha", "",
+                     {"final_val_loss": final} if final else {})
+    t.finish_run(parent, "completed")
+    out = tmp_path / "log.json"
+    main(["--uri", uri, "--json", str(out)])
+    text_best = master_log(uri)["sweeps"][0]
+    json_best = json.loads(out.read_text())["sweeps"][0]
+    assert text_best["best"]["trial_id"] == json_best["best"]["trial_id"] == "stopped"
+    assert text_best["best"]["final_val_loss"] == json_best["best"]["value"] == 4.0
+    assert json_best["best"]["metric"] == "val_loss"
+    assert text_best["varied"] == json_best["varied"] == ["lr"]

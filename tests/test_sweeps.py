@@ -34,7 +34,7 @@ def test_space_builds_valid_configs(path):
     exp = mod.EXPERIMENT
     assert exp.hypothesis and exp.description, "every experiment states its hypothesis"
     assert (mod.__doc__ or "").count("python sweeps/") >= 2, "the docstring gives the commands"
-    for scale in ("smoke", "full"):
+    for scale in ("smoke", "laptop", "full"):
         base = exp.base(scale)
         assert base.scale == scale
         space = exp.space_at(scale)
@@ -58,7 +58,7 @@ def test_budget_sweeps_keep_total_params_fixed():
 
     for name, key, values in (("embed", "embed_share", (0.25, 0.35, 0.45)), ("glu", "glu_factor", (2.0, 2.66, 3.0, 4.0))):
         exp = load(os.path.join(ROOT, "sweeps", f"{name}.py")).EXPERIMENT
-        for scale in ("smoke", "full"):
+        for scale in ("smoke", "laptop", "full"):
             base = exp.base(scale)
             for v in values:
                 cfg = build_config(base.to_dict() | {key: v})
@@ -72,3 +72,121 @@ def test_seed_head_grid_fails_before_scheduling():
     exp = load(os.path.join(ROOT, "sweeps", "heads.py")).EXPERIMENT
     with pytest.raises(ConfigError, match=r"n_embd=320 is not divisible by n_head=12.*allowed n_head: \[1, 2, 4, 5, 8, 10, 16, 20, 32, 40, 64\]"):
         grid_space(exp.base("full"), {"n_head": [5, 8, 12, 16]}, seeds=1)
+
+
+# --- the laptop scale: a replica of each experiment, not a shrunken copy ------------------------------------------
+SCALING = {"arch", "width", "depth", "ladder"}  # scaling fits need >= 20 tokens per parameter
+
+
+def laptop_configs(exp):
+    from tinylm.analysis.plan import expand
+    from tinylm.tune import build_config
+
+    base = exp.base("laptop")
+    return base, [build_config(base.to_dict() | ({"__variant": {k: v for k, v in p.items() if k != "seed"}}))
+                  for p in expand(exp.space_at("laptop"), 1, base)]
+
+
+@pytest.mark.parametrize("path", GRID_SCRIPTS, ids=lambda p: os.path.basename(p))
+def test_laptop_config_is_a_replica(path):
+    """Head size >= 16; tokens per parameter = the full experiment's (>= 20 for scaling sweeps); the embedding
+    share of a parameter budget as requested (±1 pt) and of a fixed-shape preset within 2.5 pts of full scale;
+    LR / warmup / beta2 from the size rules, never a per-script constant."""
+    from tinylm.budget import embed_share, num_params
+    from tinylm.config import laptop_lr
+
+    exp = load(path).EXPERIMENT
+    base, cfgs = laptop_configs(exp)
+    full = exp.base("full")
+    full_tpp = full.train_tokens / num_params(full)
+    for c in cfgs:
+        n = num_params(c)
+        assert c.head_dim >= 16, f"{exp.name}: head size {c.head_dim}"
+        tpp = c.train_tokens / n
+        if exp.name in SCALING:
+            assert 19.5 <= tpp <= 20.5, f"{exp.name}: {tpp:.2f} tokens/param"
+        elif exp.name == "data_scale":
+            assert 2.4 <= tpp <= 20.5
+        elif exp.name not in ("seq", "speed", "vocab", "tokenizer"):  # their axis changes N at fixed tokens
+            assert abs(tpp / full_tpp - 1) < 0.03, f"{exp.name}: {tpp:.2f} vs full {full_tpp:.2f} tokens/param"
+        if c.target_params:
+            assert abs(embed_share(c) - c.embed_share) <= 0.011
+        if c.optimizer == "adamw" and exp.name not in ("optim",):
+            ok = c.lr == pytest.approx(laptop_lr(n), rel=0.01) or c.lr == pytest.approx(laptop_lr(num_params(base)))
+            assert ok or exp.name == "ladder", "LR by the size rule (of the trial, or of the base for ablations)"
+        assert c.beta2 == 0.99 and c.batch_size * c.block_size <= 4096
+    if not full.target_params and exp.name not in ("vocab", "tokenizer", "width", "ladder", "arch", "depth"):
+        assert abs(embed_share(base) - embed_share(full)) <= 0.025, "the preset's embedding share is kept"
+
+
+def test_glu_laptop_keeps_every_glu_factor_distinct_and_close():
+    from tinylm.budget import num_params
+
+    exp = load(os.path.join(ROOT, "sweeps", "glu.py")).EXPERIMENT
+    base, cfgs = laptop_configs(exp)
+    real = [c.ffn_hidden / c.n_embd for c in cfgs]
+    for c, r in zip(cfgs, real):
+        assert abs(r / c.glu_factor - 1) <= 0.07, (c.glu_factor, r)
+        assert abs(num_params(c) / base.target_params - 1) <= 0.01
+    assert len(set(real)) == 4 and real == sorted(real)
+    assert exp.options["seeds"] >= 2 and not exp.asha, "the verdict needs every seed of every variant"
+
+
+def test_dry_run_prints_the_trials_and_starts_nothing(capsys, monkeypatch):
+    import sys
+
+    from tinylm.experiment import run
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # importing ray would fail: --dry-run must not need it
+    exp = load(os.path.join(ROOT, "sweeps", "glu.py")).EXPERIMENT
+    table = run(exp, dry_run=True)
+    out = capsys.readouterr().out
+    assert "DRY RUN" in out and "estimated wall time here" in out and "diagnostics" in out
+    assert len(table) == 4 * exp.options["seeds"] and (table["tokens_per_param"].round(1) == 5.0).all()
+    run(exp, scale="smoke", dry_run=True)
+    assert "SMOKE scale: mechanics only" in capsys.readouterr().out
+
+
+def test_ladder_spans_a_decade_at_twenty_tokens_per_param():
+    from tinylm.budget import num_params
+
+    mod = load(os.path.join(ROOT, "sweeps", "ladder.py"))
+    base, cfgs = laptop_configs(mod.EXPERIMENT)
+    sizes = sorted({num_params(c) for c in cfgs})
+    assert len(sizes) >= 5 and sizes[-1] / sizes[0] >= 10
+    lrs = {}
+    for c in cfgs:
+        lrs.setdefault(num_params(c), set()).add(c.lr)
+    assert all(len(v) >= 3 for v in lrs.values()), "an LR grid per size"
+    iso = mod.iso_points("laptop")
+    budgets = {round(6 * (base.replace(**{k: v for k, v in p.items()}).train_tokens)
+                     * num_params(base.replace(**p)), -10) for p in iso}
+    assert len(iso) >= 12 and len(budgets) >= 3
+
+
+def test_two_phase_trains_finalists_to_the_end(monkeypatch, tmp_path):
+    """Phase 2 is the PRD's decision: no ASHA and no kill rule may stop a finalist (issue 11: the rule killed all
+    three 2.66 seeds once); phase 1 ranks on a short run with a warmup that fits in it."""
+    import pandas as pd
+
+    tune = pytest.importorskip("tinylm.tune")
+    from tinylm.experiment import run
+
+    calls = []
+
+    def run_sweep_(sweep, base, space, refine_space=None):
+        calls.append((sweep, base, space))
+        return pd.DataFrame([{"glu_factor": g, "val_loss": 5.0 + i / 10, "status": "completed"}
+                             for i, g in enumerate((2.66, 3.0, 2.0, 4.0))])
+
+    monkeypatch.setattr(tune, "run_sweep", run_sweep_)
+    monkeypatch.setattr(tune, "print_results", lambda *a, **k: "")
+    monkeypatch.setattr(tune, "shutdown", lambda: None)
+    exp = load(os.path.join(ROOT, "sweeps", "glu.py")).EXPERIMENT
+    run(exp, two_phase=True, kill_margin=0.02, results=str(tmp_path))
+    (rank, short, _), (final, full, space) = calls
+    assert rank.kill_margin == 0.02 and short.train_tokens < full.train_tokens
+    assert short.warmup_tokens <= short.train_tokens // 4
+    assert not final.asha and final.kill_margin == float("inf") and final.seeds >= 3
+    assert full.train_tokens == exp.base("laptop").train_tokens
+    assert [v["glu_factor"] for v in space["__variant"]] == [2.66, 3.0, 4.0]  # 2 finalists + the baseline

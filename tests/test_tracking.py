@@ -32,7 +32,9 @@ from tinylm.tracking import (
     load_curves,
     load_runs,
     mask_uri,
+    parent_run_name,
     resolve_uri,
+    ui_url,
 )
 
 # MLflow's own sqlalchemy mappers use a deprecated loader; not ours to fix.
@@ -128,6 +130,44 @@ def test_restart_reuses_parent_and_children(uri):
     assert c0.data.params["lr"] == "0.003" and c0.data.tags["tinylm.param_changed.lr"] == "0.5"
     # another sweep key is another parent
     assert tr2.start_sweep("glu-other", {}, {"tinylm.sweep": "glu"}) != parent
+
+
+def test_experiment_opens_in_the_model_training_view(uri):
+    # MLflow 3's UI shows an untagged experiment as GenAI (traces); this tag selects runs and metrics
+    tr = Tracker(uri, "fresh")
+    assert tr.client.get_experiment(tr.experiment_id).tags["mlflow.experimentKind"] == "custom_model_development"
+    old = tr.client.create_experiment("made-before-the-tag")  # a store written by an older tinylm: tagged on use
+    assert "mlflow.experimentKind" not in tr.client.get_experiment(old).tags
+    assert Tracker(uri, "made-before-the-tag").experiment_id == old
+    assert tr.client.get_experiment(old).tags["mlflow.experimentKind"] == "custom_model_development"
+    chosen = tr.client.create_experiment("chosen", tags={"mlflow.experimentKind": "genai_development"})
+    Tracker(uri, "chosen")  # a kind someone chose is left alone
+    assert tr.client.get_experiment(chosen).tags["mlflow.experimentKind"] == "genai_development"
+
+
+def test_ui_url_opens_the_model_training_view():
+    assert ui_url("sqlite:////r/mlflow.db", "3") == "http://127.0.0.1:5000/#/experiments/3?workflowType=machine_learning"
+    assert ui_url("https://me:pw@mlflow.example/", "7") == \
+        "https://me:***@mlflow.example/#/experiments/7?workflowType=machine_learning"
+
+
+def test_parent_run_names_carry_no_results_path(uri):
+    assert parent_run_name("glu@/home/me/results") == "glu"
+    assert parent_run_name("single:/home/me/results/runs/a") == parent_run_name("single:/x/a/") == "single:a"
+    assert parent_run_name("glu-abc123") == "glu-abc123"
+    tr = Tracker(uri, "tinylm")
+    root = "/home/someone/tinylm/results"
+    parent = tr.start_sweep(f"glu@{root}", {}, {"tinylm.sweep": "glu"})
+    run = tr.client.get_run(parent)
+    assert run.info.run_name == "glu" and run.data.tags["tinylm.sweep_key"] == f"glu@{root}"  # the key keeps it
+    single = tr.client.get_run(tr.start_sweep(f"single:{root}/runs/one", {}, {"tinylm.sweep": "single-runs"}))
+    assert single.info.run_name == "single:one" and root not in single.info.run_name
+    # a parent named with the path by an older tinylm is renamed when the sweep resumes
+    tr.client.set_tag(parent, "mlflow.runName", f"glu@{root}")
+    assert tr.start_sweep(f"glu@{root}", {}, {"tinylm.sweep": "glu"}) == parent
+    assert tr.client.get_run(parent).info.run_name == "glu"
+    named = tr.start_sweep("k-1", {}, {"tinylm.sweep": "k", "mlflow.runName": "my name"})  # an explicit name wins
+    assert tr.client.get_run(named).info.run_name == "my name"
 
 
 def test_load_runs_round_trips_config_with_types(uri):

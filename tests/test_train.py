@@ -191,6 +191,55 @@ def test_nan_val_loss_stops_the_run(tmp_path, monkeypatch):
     assert final["status"] == "diverged" and final["stop_reason"] == "non-finite val loss at step 2"
 
 
+# --- evaluation split across ranks -------------------------------------------------------------------------------------
+@pytest.mark.parametrize("n,world", [(1, 1), (4, 1), (4, 2), (5, 2), (1, 2), (10, 3)])
+def test_eval_share_covers_every_val_batch_once(n, world):
+    from tinylm.train import eval_share
+
+    shares = [list(eval_share(n, rank, world)) for rank in range(world)]
+    assert sorted(i for share in shares for i in share) == list(range(n))  # every batch, exactly once
+    assert max(map(len, shares)) - min(map(len, shares)) <= 1
+
+
+def test_evaluate_splits_the_val_batches_across_ranks():
+    """evaluate() as rank 0 and rank 1 of 2 (no process group here, so no reduction: each returns its share's loss
+    sum / n) runs the model on disjoint shares of the 1-rank batches, which add up to the 1-rank mean; at 1 rank
+    the result is exactly the mean of the batch losses (as before the split)."""
+    from types import SimpleNamespace
+
+    import numpy as np
+    import torch
+
+    from tinylm.train import evaluate
+
+    class Engine:  # the loss of a batch is a function of its tokens; batches and losses are recorded
+        def __init__(self):
+            self.seen, self.losses = [], []
+
+        def __call__(self, x, y):
+            loss = x.double().mean() / 1000 + y.double().std() / 1000
+            self.seen.append(x.flatten().tolist())
+            self.losses.append(loss.item())
+            return None, loss
+
+        def eval(self):
+            pass
+
+        def train(self):
+            pass
+
+    cfg = debug(eval_tokens=5 * 512)  # 5 batches of 8 x 64 tokens: the ranks get 3 and 2
+    data = SimpleNamespace(val=np.arange(10_000, dtype=np.uint16) % 997)
+    runs = {(rank, world): SimpleNamespace(cfg=cfg, engine=Engine(), data=data, device=torch.device("cpu"),
+                                           rank=rank, world=world) for rank, world in ((0, 1), (0, 2), (1, 2))}
+    loss = {key: evaluate(r) for key, r in runs.items()}
+    one, first, second = (runs[key].engine for key in ((0, 1), (0, 2), (1, 2)))
+    assert (len(one.seen), len(first.seen), len(second.seen)) == (5, 3, 2)
+    assert sorted(first.seen + second.seen) == sorted(one.seen) and len(set(map(tuple, one.seen))) == 5
+    assert loss[0, 1] == float(np.mean(one.losses))
+    assert loss[0, 2] + loss[1, 2] == pytest.approx(loss[0, 1], rel=1e-12)
+
+
 # --- DeepSpeed --------------------------------------------------------------------------------------------------------
 def test_ds_config_is_derived_from_the_config():
     cfg = debug(batch_size=4, grad_accum=3, grad_clip=0.5, zero_stage=2, precision="bf16")

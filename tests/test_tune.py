@@ -13,7 +13,6 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "tests", "tiny_sweep.py")
-pytestmark = pytest.mark.slow
 
 
 def run_script(results, *args, timeout=900, env=None):
@@ -27,6 +26,7 @@ def children(results, sweep="tiny"):
     return load_runs(f"sqlite:///{results}/mlflow.db", sweep=sweep)
 
 
+@pytest.mark.slow
 def test_grid_sweep_with_asha_mlflow_and_optuna(tmp_path):
     import optuna
 
@@ -51,13 +51,21 @@ def test_grid_sweep_with_asha_mlflow_and_optuna(tmp_path):
     states = {t.user_attrs["ray_trial_id"]: t.state.name for t in grid}
     for _, row in df.iterrows():
         assert states[row["trial_id"]] == ("COMPLETE" if row["status"] == "completed" else "PRUNED")
-    # refinement: its own study, seeded with the grid's best point
+    # refinement: its own study, told the grid's completed results; both refinement trials are new points
     refine = optuna.load_study(study_name="tiny-refine", storage=storage).trials
-    assert len(refine) == 2 and refine[0].params["lr"] == pytest.approx(3e-3)
+    told = [t for t in refine if t.user_attrs.get("source") == "grid"]
+    new = [t for t in refine if t.user_attrs.get("source") != "grid"]
+    completed = df[df["status"] == "completed"]
+    assert len(told) == len(completed) and len(new) == 2
+    assert {t.user_attrs["ray_trial_id"]: t.value for t in told} == pytest.approx(
+        dict(zip(completed["trial_id"], completed["val_loss"])))
+    grid_lrs = set(df["lr"].round(12))
+    assert all(round(t.params["lr"], 12) not in grid_lrs for t in new)
     assert "results CSV" in p.stdout and "optuna-dashboard" in p.stdout
     print(f"tiny sweep (4 grid + 2 refine trials): {wall:.0f} s")
 
 
+@pytest.mark.slow
 def test_interrupt_then_resume_finishes_each_trial_once(tmp_path):
     cmd = [sys.executable, SCRIPT, "--results", str(tmp_path), "--no-asha", "--max-concurrent", "1"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT,
@@ -123,3 +131,27 @@ def test_sweep_on_postgres_tracking_and_optuna(tmp_path):
     assert overlap, "two trials wrote at the same time"
     study = optuna.load_study(study_name="tiny", storage=optuna_uri)
     assert len(study.trials) == 4
+
+
+def test_refine_study_is_told_the_grid_results_once(tmp_path):
+    """--refine adds the grid's completed trials to the refine study with their losses (no re-training), skips
+    what it cannot place in the refine space, and adds nothing twice when the sweep is run again."""
+    import math
+
+    import optuna
+    import pandas as pd
+    from ray import tune as rtune
+
+    from tinylm.tune import tell_grid_results
+
+    grid = pd.DataFrame({"trial_id": ["a", "b", "c", "d", "e"], "lr": [3e-3, 1e-3, 1e-2, 3e-3, 5.0],
+                         "n_layer": [2, 2, 3, 4, 2], "val_loss": [5.0, 5.5, math.nan, 6.0, 4.0],
+                         "status": ["completed", "completed", "diverged", "stopped_asha", "completed"]})
+    space = {"lr": rtune.loguniform(5e-4, 2e-2), "n_layer": rtune.randint(1, 6)}
+    storage = f"sqlite:///{tmp_path}/optuna.db"
+    assert tell_grid_results(storage, "s-refine", space, grid) == 2  # e: lr outside the space; c, d: not completed
+    assert tell_grid_results(storage, "s-refine", space, grid) == 2
+    trials = optuna.load_study(study_name="s-refine", storage=storage).trials
+    assert sorted((t.user_attrs["ray_trial_id"], t.value, t.params["n_layer"]) for t in trials) == [
+        ("a", 5.0, 2), ("b", 5.5, 2)]
+    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)

@@ -22,13 +22,14 @@ from typing import Any
 import pandas as pd
 
 from tinylm.config import ARCH_FIELDS, FIELDS, Config, check_keys
+from tinylm.layout import VARIANT  # the grid key of fields changed together (tinylm.tune reads it)
+from tinylm.ranking import LOSS
 
-VARIANT = "__variant"  # tinylm.tune.VARIANT (not imported: tune imports ray; a test checks they agree)
 # metric column -> (table header, fallback columns): the seed's four before/after numbers
 METRICS: dict[str, tuple[str, tuple[str, ...]]] = {
     "peak_mem_mb": ("peak memory (MB)", ()),
     "tokens_per_s": ("tokens/s", ()),
-    "final_val_loss": ("final val loss", ("val_loss",)),
+    "final_val_loss": ("final val loss", LOSS[1:]),  # tinylm.ranking: the final eval, else the latest
     "train_time_s": ("train time (s)", ("elapsed_s",)),
 }
 

@@ -46,11 +46,26 @@ class Result:
     @classmethod
     def load(cls, out_dir: str) -> Result:
         """A finished run's folder (``metrics.json`` + ``model/``), e.g. a sweep trial's."""
-        with open(os.path.join(out_dir, "metrics.json")) as f:
-            metrics = json.load(f)
-        with open(os.path.join(out_dir, "run_info.json")) as f:  # written at setup, also for diverged runs
-            run_info = json.load(f)
-        return cls(Config.from_dict(run_info["config"]), metrics, out_dir, run_info.get("info", {}))
+        def read(name: str) -> dict:
+            path = os.path.join(out_dir, name)
+            try:
+                with open(path) as f:
+                    data = json.load(f)
+            except FileNotFoundError:
+                raise FileNotFoundError(f"{out_dir} is not a finished run folder: no {name}") from None
+            except (OSError, ValueError) as e:
+                raise ValueError(f"{path} is unreadable ({type(e).__name__}: {e})") from None
+            if not isinstance(data, dict):
+                raise ValueError(f"{path} holds a {type(data).__name__}, not a JSON object")
+            return data
+
+        metrics = read("metrics.json")
+        run_info = read("run_info.json")  # written at setup, also for diverged runs
+        try:
+            cfg = Config.from_dict(run_info["config"])
+        except (KeyError, TypeError, ConfigError) as e:
+            raise ValueError(f"{os.path.join(out_dir, 'run_info.json')} holds no valid config ({e})") from None
+        return cls(cfg, metrics, out_dir, run_info.get("info", {}))
 
     @property
     def model_dir(self) -> str:
@@ -79,6 +94,8 @@ class Result:
         """
         import torch
 
+        if not isinstance(prompt, str):
+            raise TypeError(f"prompt must be a str, got {type(prompt).__name__}")
         model, tok = self.model(device), self.tokenizer()
         if tok is None:
             raise FileNotFoundError(f"{self.model_dir} has no tokenizer.json")
@@ -107,10 +124,11 @@ def run_experiment(cfg: Config, out_dir: str | None = None, track: bool = False,
     if not track:
         final = train(cfg, out)
     else:
+        from tinylm.layout import single_key
         from tinylm.tracking import Tracker, default_uri
 
         tracker = Tracker(default_uri(os.path.abspath(results_dir)), experiment="single-runs")
-        parent = tracker.start_sweep(f"single:{out}", params={}, tags={"tinylm.sweep": "single-runs"})
+        parent = tracker.start_sweep(single_key(out), params={}, tags={"tinylm.sweep": "single-runs"})
         run_id = tracker.trial_run(parent, os.path.basename(out), cfg.to_dict())
         numbers = lambda m: {k: v for k, v in m.items() if isinstance(v, (int, float))}
         try:
@@ -173,13 +191,18 @@ def _rows(item: Any, uri: str | None) -> pd.DataFrame:
         df["source"] = df["sweep"] if "sweep" in df.columns else "table"
     elif isinstance(item, (str, os.PathLike)) and os.path.isfile(os.path.join(item, "metrics.json")):
         return _rows(Result.load(str(item)), uri)
+    elif isinstance(item, os.PathLike) or (isinstance(item, str) and (os.path.isdir(item) or os.sep in item)):
+        raise FileNotFoundError(f"compare(): {str(item)!r} is not a finished run folder (no metrics.json there); "
+                                "pass a run folder, a sweep name, a Result or a results table")
     elif isinstance(item, str):
-        from tinylm.tracking import default_uri, load_runs
+        from tinylm.layout import resolve_uri
+        from tinylm.tracking import load_runs
 
-        df = load_runs(uri or default_uri("results"), sweep=item)
+        df = load_runs(resolve_uri(uri), sweep=item)  # $MLFLOW_TRACKING_URI, else $TINYLM_RESULTS or ./results
         df["source"] = item
     else:
-        raise TypeError(f"compare() takes Results, run folders, sweep names or results tables; got {type(item)}")
+        raise TypeError(f"compare() takes Results, run folders, sweep names or results tables; got "
+                        f"{type(item).__name__} {item!r:.80}")
     if "trial_id" in df.columns:
         df["run"] = df["trial_id"].astype(str)
     return df
@@ -199,13 +222,19 @@ def compare(results_or_sweep_names, uri: str | None = None) -> pd.DataFrame:
         final val loss.
     """
     from tinylm.config import FIELDS
+    from tinylm.ranking import trial_loss
 
     items = results_or_sweep_names
     if isinstance(items, (Result, str, os.PathLike, pd.DataFrame)):
         items = [items]
+    if not isinstance(items, list | tuple):
+        raise TypeError(f"compare() takes a Result, run folder, sweep name or results table, or a list of them; got "
+                        f"{type(items).__name__} {items!r:.80}")
+    if not items:
+        raise ValueError("compare() needs at least one Result, run folder, sweep name or results table; got none")
     df = pd.concat([_rows(i, uri) for i in items], ignore_index=True)
-    for col, fallback in (("final_val_loss", "val_loss"), ("final_val_ppl", "val_ppl"),
-                          ("train_time_s", "elapsed_s")):
+    df["final_val_loss"] = [trial_loss(r) for r in df.to_dict("records")]  # the one rule (tinylm.ranking)
+    for col, fallback in (("final_val_ppl", "val_ppl"), ("train_time_s", "elapsed_s")):
         if fallback in df.columns:
             df[col] = pd.to_numeric(df.get(col), errors="coerce").fillna(pd.to_numeric(df[fallback], errors="coerce"))
     for col in COMPARE:

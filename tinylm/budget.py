@@ -13,12 +13,52 @@ from __future__ import annotations
 
 import argparse
 import math
+import typing
 from dataclasses import dataclass, field
 
-from tinylm.config import Config, ConfigError
+from tinylm.errors import ConfigError
 
 
-def block_counts(cfg: Config) -> dict[str, int]:
+class Arch(typing.Protocol):
+    """The architecture fields parameter accounting reads: a Config has them all, and so does the solver's Shape.
+    budget.py imports nothing of Config (config.py imports the solver to derive a budget's dims)."""
+
+    n_embd: int
+    n_layer: int
+    vocab_size: int
+    block_size: int
+    mlp: str
+    pos: str
+    norm: str
+    bias: bool
+    tie_embeddings: bool
+
+    @property
+    def ffn_hidden(self) -> int: ...
+
+
+@dataclass(frozen=True)
+class Shape:
+    """A candidate model of the solver: dims plus the fields that change its parameter count (Config's defaults)."""
+
+    n_embd: int
+    n_layer: int
+    n_head: int
+    d_ff: int
+    vocab_size: int
+    block_size: int
+    mlp: str
+    pos: str
+    norm: str
+    tie_embeddings: bool
+    bias: bool = False
+
+    @property
+    def ffn_hidden(self) -> int:
+        return self.d_ff
+
+
+def block_counts(cfg: Arch) -> dict[str, int]:
     """Parameters of ONE transformer block, by component."""
     d, ff, b = cfg.n_embd, cfg.ffn_hidden, int(cfg.bias)
     attn = 4 * d * d + b * 4 * d  # c_attn (d -> 3d) + c_proj (d -> d)
@@ -30,7 +70,7 @@ def block_counts(cfg: Config) -> dict[str, int]:
     return {"attn": attn, "mlp": mlp, "norms": 2 * norm}
 
 
-def param_counts(cfg: Config) -> dict[str, int]:
+def param_counts(cfg: Arch) -> dict[str, int]:
     """Exact parameter counts by component; ``total`` equals the built model's ``sum(p.numel())``.
 
     ``nonembed`` follows Kaplan et al. (2020): total minus the token embedding, the position embedding and an
@@ -56,14 +96,25 @@ def param_counts(cfg: Config) -> dict[str, int]:
     return counts
 
 
-def num_params(cfg: Config, non_embedding: bool = False) -> int:
+def num_params(cfg: Arch, non_embedding: bool = False) -> int:
     c = param_counts(cfg)
     return c["nonembed"] if non_embedding else c["total"]
 
 
-def embed_share(cfg: Config) -> float:
+def embed_share(cfg: Arch) -> float:
     c = param_counts(cfg)
     return c["embedding"] / c["total"]
+
+
+MAX_WIDTH = 16_384  # widest n_embd the solver considers (GPT-3 175B has 12,288)
+
+
+def _finite(x) -> bool:
+    return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _int(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
 
 
 @dataclass(frozen=True)
@@ -126,15 +177,28 @@ def solve(total_params: float, vocab_size: int, embed_share: float, glu_factor: 
     Raises:
         ConfigError: when no choice meets both tolerances (the message says what was closest).
     """
+    for name, value, ok, allowed in (
+            ("total_params", total_params, _finite(total_params) and total_params >= 1, "a finite number >= 1"),
+            ("vocab_size", vocab_size, _int(vocab_size) and vocab_size > 0, "an int > 0"),
+            ("embed_share", embed_share, _finite(embed_share) and 0 < embed_share < 1,
+             "in (0, 1) (PRD: 0.25, 0.35, 0.45)"),
+            ("glu_factor", glu_factor, _finite(glu_factor) and glu_factor > 0, "> 0 (PRD: 2.0, 2.66, 3.0, 4.0)"),
+            ("block_size", block_size, _int(block_size) and block_size > 0, "an int > 0")):
+        if not ok:
+            raise ConfigError(f"{name}={value!r} must be {allowed}")
     target = int(round(float(total_params)))
-    if not 0 < embed_share < 1:
-        raise ConfigError(f"embed_share={embed_share} must be in (0, 1) (PRD: 0.25, 0.35, 0.45)")
-    if glu_factor <= 0:
-        raise ConfigError(f"glu_factor={glu_factor} must be > 0 (PRD: 2.0, 2.66, 3.0, 4.0)")
+    # The embedding alone is vocab_size * n_embd, so the share fixes the width: bound it before searching (a
+    # 1e12 budget at V=16k would mean n_embd ~ 2e7 and a search over millions of widths).
+    need = (embed_share - share_tol) * target / vocab_size
+    if need > MAX_WIDTH:
+        raise ConfigError(
+            f"total_params={target:,} with vocab_size={vocab_size} and embed_share={embed_share} needs "
+            f"n_embd >= {int(need):,} (the embedding is vocab_size * n_embd); the solver searches n_embd <= "
+            f"{MAX_WIDTH:,}. Lower total_params or embed_share, or raise vocab_size")
     base = dict(vocab_size=vocab_size, mlp=mlp, pos=pos, norm=norm, tie_embeddings=tie_embeddings,
-                block_size=block_size, glu_factor=glu_factor)
+                block_size=block_size)
     d_lo = (embed_share - share_tol) * target / vocab_size
-    d_hi = (embed_share + share_tol) * target / vocab_size
+    d_hi = min(MAX_WIDTH, (embed_share + share_tol) * target / vocab_size)
     closest = (math.inf, "nothing in the share window")
     # The total and the share are hard limits; the GLU factor is matched as closely as the budget allows. With a
     # big vocabulary share only 1-4 wide layers fit and one layer is 20-50 % of the backbone, so d_ff must absorb
@@ -147,7 +211,7 @@ def solve(total_params: float, vocab_size: int, embed_share: float, glu_factor: 
                 [d // hd for hd in head_dims if d % hd == 0]
             if not heads:
                 continue
-            probe = param_counts(Config(n_embd=d, n_layer=1, n_head=heads[0], d_ff=ff_multiple, **base))
+            probe = param_counts(Shape(n_embd=d, n_layer=1, n_head=heads[0], d_ff=ff_multiple, **base))
             fixed = probe["total"] - probe["per_block"]  # embeddings, final norm, head
             per_ff = 3 * d if mlp == "swiglu" else 2 * d  # params per unit of d_ff in one block
             for n_layer in range(1, 129):
@@ -158,7 +222,7 @@ def solve(total_params: float, vocab_size: int, embed_share: float, glu_factor: 
                 cands = {ff_multiple * math.floor(ff_exact / ff_multiple),
                          ff_multiple * math.ceil(ff_exact / ff_multiple)}
                 for ff in sorted(f for f in cands if lo <= f <= hi and f > 0):
-                    cfg = Config(n_embd=d, n_layer=n_layer, n_head=heads[0], d_ff=ff, **base)
+                    cfg = Shape(n_embd=d, n_layer=n_layer, n_head=heads[0], d_ff=ff, **base)
                     c = param_counts(cfg)
                     err = abs(c["total"] - target) / target
                     share = c["embedding"] / c["total"]
@@ -185,8 +249,8 @@ def solve(total_params: float, vocab_size: int, embed_share: float, glu_factor: 
                     table=c)
 
 
-def solve_config(base: Config, total_params: float, embed_share: float, glu_factor: float) -> Config:
-    """``base`` with the dims the solver picks for this budget (the sweep scripts' entry point)."""
+def solve_config(base: typing.Any, total_params: float, embed_share: float, glu_factor: float) -> typing.Any:
+    """``base`` (a Config) with the dims the solver picks for this budget (the sweep scripts' entry point)."""
     sol = solve(total_params, base.vocab_size, embed_share, glu_factor, mlp=base.mlp, pos=base.pos,
                 norm=base.norm, tie_embeddings=base.tie_embeddings, block_size=base.block_size)
     return base.replace(glu_factor=glu_factor, **sol.dims)

@@ -38,25 +38,49 @@ def save_pretrained(path: str, model: GPT, cfg: Config, tokenizer=None, extra: d
     return path
 
 
+class ModelFolderError(ValueError):
+    """A model folder that is missing, incomplete or corrupt; the message names the path and what is expected."""
+
+
 def load_pretrained(path: str, device: str = "cpu") -> tuple[GPT, Config, object]:
-    """Load a folder written by ``save_pretrained``: returns (model in eval mode, Config, tokenizer or None)."""
+    """Load a folder written by ``save_pretrained``: returns (model in eval mode, Config, tokenizer or None).
+
+    Raises:
+        ModelFolderError: no such folder, no ``config.json`` / ``model.safetensors``, or a file that does not
+            parse (e.g. a truncated copy); the message names the file.
+    """
     from safetensors.torch import load_model
 
+    expected = "expected a folder written by save_pretrained / python -m tinylm.export (a run's model/)"
+    if not os.path.isdir(path):
+        raise ModelFolderError(f"{path}: no such folder; {expected}")
     cfg_path = os.path.join(path, "config.json")
     if not os.path.exists(cfg_path):
-        raise FileNotFoundError(f"{path} is not a tinylm model folder (no config.json); expected the output of "
-                                "save_pretrained / python -m tinylm.export")
-    with open(cfg_path) as f:
-        cfg = Config.from_dict(json.load(f))
+        raise ModelFolderError(f"{path} is not a tinylm model folder (no config.json); {expected}")
+    try:
+        with open(cfg_path) as f:
+            cfg = Config.from_dict(json.load(f))
+    except (OSError, ValueError, TypeError) as e:  # ConfigError is a ValueError
+        raise ModelFolderError(f"{cfg_path} is unreadable ({type(e).__name__}: {e})") from None
+    weights = os.path.join(path, "model.safetensors")
+    if not os.path.isfile(weights):
+        raise ModelFolderError(f"{path} has config.json but no model.safetensors; {expected}")
     model = GPT(cfg)
-    load_model(model, os.path.join(path, "model.safetensors"), device=device)
+    try:
+        load_model(model, weights, device=device)
+    except Exception as e:  # noqa: BLE001 - safetensors raises its own error types; the path is what matters
+        raise ModelFolderError(f"{weights} is unreadable or does not match {cfg_path} ({type(e).__name__}: "
+                               f"{str(e)[:300]}); a truncated or partial copy? copy the folder again") from None
     model.to(device).eval()
     tok = None
     tok_path = os.path.join(path, "tokenizer.json")
     if os.path.exists(tok_path):
         from tinylm.data import load_tokenizer
 
-        tok = load_tokenizer(tok_path)
+        try:
+            tok = load_tokenizer(tok_path)
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise ModelFolderError(f"{tok_path} is unreadable ({type(e).__name__}: {e})") from None
     return model, cfg, tok
 
 
@@ -65,3 +89,41 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     while hasattr(model, "module") or hasattr(model, "_orig_mod"):
         model = getattr(model, "module", None) or model._orig_mod
     return model
+
+
+def resume_point(ckpt_dir: str) -> dict | None:
+    """The newest checkpoint in ``ckpt_dir`` that a run would continue from: its completion marker (``tag``,
+    ``tokens``, ``config``), read before any data, model or process group exists; None when there is none.
+
+    A marker that exists but cannot be read is corruption, not a partial save: it is named in a warning, and when
+    no readable one is left this raises ConfigError instead of letting a new run start over and overwrite the
+    checkpoints (a tag folder without a marker is a save that never finished, and is ignored as before)."""
+    import logging
+
+    from tinylm.config import ConfigError
+    from tinylm.engine import COMPLETE, complete_tags
+
+    if not os.path.isdir(ckpt_dir):
+        return None
+    corrupt = []
+    for tag in sorted(os.listdir(ckpt_dir)):
+        marker = os.path.join(ckpt_dir, tag, COMPLETE)
+        if os.path.isfile(marker):
+            try:
+                with open(marker) as f:
+                    point = json.load(f)
+                if not isinstance(point, dict) or not isinstance(point.get("config", {}), dict):
+                    raise ValueError(f"not a marker object: {str(point)[:80]}")
+            except (OSError, ValueError) as e:
+                corrupt.append(tag)
+                logging.getLogger(__name__).warning("checkpoint marker %s is unreadable (%s: %s)", marker,
+                                                    type(e).__name__, e)
+    tags = complete_tags(ckpt_dir)
+    if not tags:
+        if corrupt:
+            raise ConfigError(f"every checkpoint in {ckpt_dir} has a corrupt completion marker ({COMPLETE} in "
+                              f"{', '.join(corrupt)}); refusing to start over and overwrite them. Restore the "
+                              f"markers, or move {ckpt_dir} away to train from scratch")
+        return None
+    with open(os.path.join(ckpt_dir, tags[-1], COMPLETE)) as f:
+        return {"ckpt_dir": ckpt_dir, **json.load(f)}

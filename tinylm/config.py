@@ -4,22 +4,28 @@ Every trial is ``Config(**base, **sampled)``; Ray Tune samples Config field name
 ``asdict(cfg)``. This module imports nothing heavy so the CLI, Tune's driver and tests can load it cheaply.
 
 Presets follow the seeds (``small`` / ``medium`` / ``large`` / ``xlarge``) plus ``debug`` (CPU, seconds) and
-``budget-10m`` (10M params, V=16k, dims from the solver in ``tinylm.budget``). ``Config.at_scale("smoke")``
-shrinks sizes and token counts only, so smoke and full runs share every code path.
+``budget-10m`` (10M params, V=16k, dims from the solver in ``tinylm.budget``). ``Config.at_scale("laptop")`` makes a
+scaled-down replica of a full-scale experiment by documented rules (``LAPTOP_RULES``); ``at_scale("smoke")`` shrinks
+sizes and token counts only (mechanics). All scales share every code path.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import math
+import numbers
 import typing
 from dataclasses import asdict, dataclass, field, fields, replace
 
+from tinylm.budget import num_params, solve  # budget imports nothing of config: no cycle
+from tinylm.errors import ConfigError  # defined below everything; tinylm.config.ConfigError is the same class
+
 # Allowed values of the string-selected variants. Kept here so the error messages and the CLI share them.
 CHOICES: dict[str, tuple[str, ...]] = {
-    "scale": ("smoke", "full"),
+    "scale": ("smoke", "laptop", "full"),
     "tokenizer": ("bpe", "char", "gpt2"),
     "norm": ("layernorm", "rmsnorm"),
     "pos": ("learned", "rope"),
@@ -32,16 +38,12 @@ CHOICES: dict[str, tuple[str, ...]] = {
 }
 
 
-class ConfigError(ValueError):
-    """A bad field value or an impossible combination; the message names the field and what is allowed."""
-
-
 @dataclass(frozen=True)
 class Config:
     # --- experiment -------------------------------------------------------------------------------
     name: str = "tinylm"
     seed: int = 0
-    scale: str = "full"  # smoke | full: only changes sizes and token counts (see at_scale)
+    scale: str = "full"  # smoke | laptop | full: only changes sizes, token counts and size-dependent hparams (at_scale)
 
     # --- data ---------------------------------------------------------------------------------------
     dataset: str = "wiki-offline"  # see tinylm.data.CORPORA; or "text:<path>" / "jsonl:<path>"
@@ -104,13 +106,12 @@ class Config:
     def __post_init__(self) -> None:
         for f in fields(self):  # Config(n_layer="4") from code gets the same typed check as the CLI
             value = getattr(self, f.name)
-            if type(value) is not _TYPES[f.name]:
+            if type(value) is not _TYPES[f.name] or type(value) is float:  # floats: NaN / inf are refused too
                 object.__setattr__(self, f.name, coerce(f.name, value))
         if self.target_params > 0:
-            from tinylm.budget import solve  # local import: budget imports config
-
             sol = solve(self.target_params, self.vocab_size, self.embed_share, self.glu_factor, mlp=self.mlp,
-                        pos=self.pos, norm=self.norm, tie_embeddings=self.tie_embeddings, block_size=self.block_size)
+                        pos=self.pos, norm=self.norm, tie_embeddings=self.tie_embeddings, block_size=self.block_size,
+                        **({"head_dims": LAPTOP_HEAD_DIMS} if self.scale == "laptop" else {}))
             for k, v in sol.dims.items():
                 object.__setattr__(self, k, v)  # derived fields of a frozen dataclass, as litgpt does
         for name, allowed in CHOICES.items():
@@ -146,6 +147,35 @@ class Config:
             raise ConfigError(f"lr={self.lr} and muon_lr={self.muon_lr} must be > 0")
         if not 0.0 <= self.min_lr_ratio <= 1.0:
             raise ConfigError(f"min_lr_ratio={self.min_lr_ratio} must be in [0, 1]")
+        for name, ok, allowed in (  # (field, valid?, what is allowed)
+                ("beta1", 0.0 <= self.beta1 < 1.0, "in [0, 1)"),
+                ("beta2", 0.0 <= self.beta2 < 1.0, "in [0, 1)"),
+                ("weight_decay", self.weight_decay >= 0, ">= 0"),
+                ("grad_clip", self.grad_clip >= 0, ">= 0 (0 = no clipping)"),
+                ("rope_theta", self.rope_theta > 0, "> 0"),
+                ("embed_share", 0.0 < self.embed_share < 1.0, "in (0, 1) (PRD: 0.25, 0.35, 0.45)"),
+                ("seed", self.seed < 2**63, "< 2**63 (torch.manual_seed's range)")):
+            if not ok:
+                raise ConfigError(f"{name}={getattr(self, name)} must be {allowed}")
+        if not self.name.strip() or "/" in self.name or self.name in (".", ".."):
+            raise ConfigError(f"name={self.name!r} must be a non-empty folder name without '/' (it names the run "
+                              "folder)")
+        kind, sep, path = self.dataset.partition(":")
+        if not self.dataset.strip() or (sep and kind in ("text", "jsonl") and not path.strip()):
+            raise ConfigError(f"dataset={self.dataset!r} names no corpus; use a corpus name (tinylm.data.CORPORA), "
+                              "text:<file|dir|glob> or jsonl:<file|glob>")
+        if self.tokens_per_step > self.train_tokens:
+            raise ConfigError(f"one optimiser step is batch_size*block_size*grad_accum = {self.batch_size}*"
+                              f"{self.block_size}*{self.grad_accum} = {self.tokens_per_step:,} tokens, more than "
+                              f"train_tokens={self.train_tokens:,}; lower block_size or batch_size, or raise "
+                              "train_tokens")
+        if self.evals not in ("", "all"):
+            from tinylm.evals.names import parse_tasks  # torch-free
+
+            try:
+                parse_tasks(self.evals)
+            except ValueError as e:
+                raise ConfigError(f"evals={self.evals!r}: {e}") from None
         if self.optimizer == "muon" and self.zero_stage > 0:
             raise ConfigError(f"optimizer='muon' needs whole weight matrices; zero_stage={self.zero_stage} shards "
                               "them. Use zero_stage=0 with muon, or optimizer in (adamw, lion)")
@@ -194,17 +224,37 @@ class Config:
 
     def replace(self, **changes: typing.Any) -> Config:
         check_keys(changes)
-        return replace(self, **{k: coerce(k, v) for k, v in changes.items()})
+        changes = {k: coerce(k, v) for k, v in changes.items()}
+        new = replace(self, **changes)
+        # With a parameter budget the dims are the solver's: a dim asked for explicitly is refused, not replaced
+        # in silence (a value equal to the solver's passes, so cfg.replace(**cfg.to_dict()) still works).
+        ignored = {k: v for k, v in changes.items() if k in SOLVED_DIMS and v != getattr(new, k)}
+        if new.target_params > 0 and ignored:
+            asked = ", ".join(f"{k}={v}" for k, v in ignored.items())
+            solved = ", ".join(f"{k}={getattr(new, k)}" for k in SOLVED_DIMS)
+            raise ConfigError(f"{asked}: with target_params={new.target_params:,} the dims are solved from "
+                              f"target_params, vocab_size, embed_share and glu_factor (here {solved}); set "
+                              "target_params=0 to choose dims yourself, or change the solver's inputs")
+        return new
 
     def at_scale(self, scale: str) -> Config:
-        """The same experiment at another scale. ``smoke`` divides width by 4 and depth by 2 (keeping the
-        head count so the head-size ratio between presets holds), caps the sequence at 128 and the vocabulary
-        at 2048, and shrinks every token budget so a trial takes seconds on a CPU. ``full`` is the identity
-        on a full-scale config. No code path depends on the scale."""
+        """The same experiment at another scale. No code path depends on the scale.
+
+        - ``full``: the identity on a full-scale config.
+        - ``laptop``: a scaled-down *replica* (see ``_laptop`` and ``LAPTOP_RULES``): it keeps the experiment's
+          dimensionless quantities (embedding share, GLU factor, tied/untied, tokens per parameter) and scales
+          the hyperparameters with size by documented rules, so its answers mean something (minutes on 2 cores).
+        - ``smoke``: mechanics only (tests, CI): it divides width by 4 and depth by 2 (keeping the head count),
+          caps the sequence at 128 and the vocabulary at 2048, and shrinks every token budget so a trial takes
+          seconds. Its models are undertrained (< 1 token per parameter) with head size 8: **a smoke run can
+          claim nothing about the hypothesis**.
+        A config that is already small (the ``debug`` preset, ``scale="smoke"``) is returned unchanged."""
         if scale not in CHOICES["scale"]:
             raise ConfigError(f"scale={scale!r}; choose one of {', '.join(CHOICES['scale'])}")
-        if scale == "full" or self.scale == "smoke":
+        if scale == "full" or self.scale != "full":  # a small preset (debug) has no full experiment to replicate
             return replace(self, scale=scale) if scale == "full" else self
+        if scale == "laptop":
+            return self._laptop()
         n_head = self.n_head
         n_embd = max(n_head * 8, (self.n_embd // 4) // n_head * n_head)
         vocab = self.vocab_size
@@ -222,6 +272,33 @@ class Config:
             target_params=int(self.target_params * (vocab / self.vocab_size) ** 2),
         )
 
+    def _laptop(self) -> Config:
+        """The laptop replica of this full-scale config; every rule is listed (with its reason) in LAPTOP_RULES."""
+        tpp = self.train_tokens / num_params(self)  # the full experiment's tokens per parameter (kept)
+        common = dict(scale="laptop", block_size=min(self.block_size, LAPTOP["block_size"]), num_documents=0,
+                      batch_size=LAPTOP["batch_size"], grad_accum=1, beta2=LAPTOP["beta2"],
+                      eval_tokens=min(self.eval_tokens, LAPTOP["eval_tokens"]), eval_n=min(self.eval_n, 50),
+                      ckpt_every_tokens=0)
+        if self.target_params:  # a parameter budget: the solver re-derives the shapes at the laptop budget
+            small = replace(self, vocab_size=LAPTOP["budget_vocab"], target_params=LAPTOP["budget_params"],
+                            n_layer=1, n_head=1, n_embd=LAPTOP["min_width"], d_ff=0, **common)
+        else:
+            d = max(LAPTOP["min_width"], 16 * round(self.n_embd / 4 / 16))
+            small = replace(self, vocab_size=max(256, self.vocab_size // 8) if self.tokenizer == "bpe" else
+                            self.vocab_size, n_embd=d, n_head=max(1, d // LAPTOP["head_size"]),
+                            n_layer=max(2, self.n_layer // 2),
+                            d_ff=8 * math.ceil(self.d_ff * d / self.n_embd / 8) if self.d_ff else 0, **common)
+        return small.with_tokens_per_param(tpp)
+
+    def with_tokens_per_param(self, tpp: float) -> Config:
+        """This config trained on ``tpp`` tokens per (total) parameter, with the laptop rules that depend on N
+        (warmup = N tokens, LR = laptop_lr(N), 8 evals per run) re-applied. Used by at_scale and the sweeps."""
+        n = num_params(self)
+        step = self.tokens_per_step
+        tokens = max(step, step * round(tpp * n / step))
+        return replace(self, train_tokens=tokens, eval_every_tokens=max(step, step * round(tokens / 8 / step)),
+                       warmup_tokens=min(n, tokens // 4), lr=laptop_lr(n))
+
     def to_dict(self) -> dict[str, typing.Any]:
         return asdict(self)
 
@@ -234,8 +311,54 @@ class Config:
         return cls(**{k: coerce(k, v) for k, v in d.items()})
 
 
+# --- the laptop scale: every number below is a rule with its reason (printed by --dry-run, cited in reports) ----
+LAPTOP: dict[str, typing.Any] = dict(
+    budget_vocab=1536, budget_params=143_242, min_width=32, head_size=16, block_size=128, batch_size=16,
+    beta2=0.99, eval_tokens=16_384, lr_anchor=3e-3, lr_anchor_params=189_000, lr_exponent=-1 / 3)
+LAPTOP_HEAD_DIMS = (64, 32, 48, 96, 128, 80, 40, 56, 36, 28, 24, 20, 16)  # the solver's head sizes, none < 16
+LAPTOP_RULES: tuple[tuple[str, str], ...] = (
+    ("tokens per parameter = the full experiment's",
+     "the ratio sets how far from convergence a model is; a replica that changes it answers another question "
+     "(PRD GLU/embed: 50M tokens at 10M params = 5; scaling sweeps set >= 20 themselves)"),
+    ("parameter budgets (glu, embed): V = 1536, N = 143,242 (= 1.02 * 32 * 1536 / 0.35), dims from the solver, "
+     "head size >= 16",
+     "at V=1536 and 35 % embedding this N gives d=32 (2 heads of 16) and the only small budget found (solver probe "
+     "over V 1024-2048, d 32-80) that keeps every PRD GLU factor distinct and within 6 %: 2.0/2.66/3.0/4.0 -> "
+     "2.00/2.50/3.00/3.75 at 9/8/7/6 layers. Share, GLU factor and tying are kept; the aspect d/L (3.5-5) is "
+     "deeper than full scale's (~20): a stated caveat. At 5 tok/param a trial reads 0.72M tokens = 0.46 epochs of "
+     "wiki-offline (1.55M train tokens at V=1536). The embed sweep uses N = 245,760 (d = 40/56/72 at 25/35/45 %)"),
+    ("fixed shapes (seed presets): V/8, width/4 (multiple of 16), depth/2 (>= 2), head size 16, d_ff keeps its ratio",
+     "V/8 with d/4 and L/2 keeps the embedding share of every seed preset (emb/blocks ~ V/(d L)) and the "
+     "presets' d/L = 32 stays inside the seeds' range (d/L 64 at full); head size 16 is the smallest sane one"),
+    ("LR = 3e-3 * (N / 189k)^(-1/3)",
+     "exponent from Porian et al. 2024's fit LR ~ N^(-1/3) (5M-901M params); anchor measured here: 3e-3 was "
+     "the best of {1e-3, 3e-3, 1e-2} at 45k, 86k and 189k params (STACK.md micro ladder, batch 2048 tokens). "
+     "Porian's own constant extrapolated 25x below its range gives ~0.04, which we do not trust; the ladder sweep "
+     "re-tunes LR per size around this rule and flags a best LR at the grid edge. Measured by sweeps/ladder.py "
+     "(2026-11-30, sotu BPE-384, 20 tok/param): best LR 2.8e-3 / 2.2e-3 / 3.7e-3 / 6.1e-3 / >=4.9e-3 at 29k / 59k "
+     "/ 104k / 181k / 349k params vs the rule's 5.6e-3 / 4.4e-3 / 3.7e-3 / 3.0e-3 / 2.4e-3: within 2x everywhere, "
+     "but the optimum does not fall with N in this range, so the -1/3 exponent is not confirmed below 0.35M"),
+    ("batch = 16 x 128 = 2048 tokens",
+     "the batch at which the LR anchor was measured; Porian's batch rule gives 1.8k-7.8k tokens over 45k-400k "
+     "params, and a small batch costs nothing in tokens (more steps at the same compute)"),
+    ("beta2 = 0.99", "Porian et al.: AdamW beta2 = 0.99 for batches under ~524k tokens (0.95 above)"),
+    ("warmup = N tokens (1 token per parameter), capped at 1/4 of the run",
+     "Porian et al.: warm up ~1 token per parameter; at 5 tok/param that is 20 % of the run"),
+    ("8 evals per run, 16k validation tokens, the whole corpus (no document cap)",
+     "the end-of-run loss slope (undertraining diagnostic) needs several evals; the corpus bounds unique text"),
+)
+
+
+def laptop_lr(n_params: float) -> float:
+    """The laptop (and smoke) peak LR for a model of ``n_params`` total parameters (see LAPTOP_RULES)."""
+    return float(LAPTOP["lr_anchor"] * (n_params / LAPTOP["lr_anchor_params"]) ** LAPTOP["lr_exponent"])
+
+
 FIELDS: dict[str, dataclasses.Field] = {f.name: f for f in fields(Config)}
 _TYPES = typing.get_type_hints(Config)
+
+# Fields the budget solver derives when target_params > 0 (tinylm.budget.solve).
+SOLVED_DIMS = ("n_embd", "n_layer", "n_head", "d_ff")
 
 # Architectural fields: changing one of these makes a checkpoint incompatible (resume refuses it).
 ARCH_FIELDS = ("n_layer", "n_head", "n_embd", "d_ff", "glu_factor", "norm", "pos", "mlp", "tie_embeddings",
@@ -249,29 +372,50 @@ def check_keys(d: typing.Mapping[str, typing.Any]) -> None:
 
 
 def coerce(name: str, value: typing.Any) -> typing.Any:
-    """Convert a CLI string or a Tune/JSON value to the field's type, with an error naming the field."""
+    """Convert a CLI string or a Tune/JSON value to the field's type, with an error naming the field.
+
+    Refused: a bool for a number (``n_layer=True`` is Python's 1, never what was meant), a number other than 0/1
+    for a bool, NaN or infinity anywhere, a fractional value for an int, None or a container for a string."""
     typ = _TYPES[name]
+    article = {int: "an int", float: "a float", str: "a string"}
+    if isinstance(value, bool) and typ is not bool:
+        raise ConfigError(f"{name}={value!r} is a bool; {name} takes {article[typ]}")
     try:
         if typ is bool:
             if isinstance(value, str):
-                if value.lower() in ("1", "true", "yes", "on"):
+                if value.strip().lower() in ("1", "true", "yes", "on"):
                     return True
-                if value.lower() in ("0", "false", "no", "off"):
+                if value.strip().lower() in ("0", "false", "no", "off"):
                     return False
                 raise ValueError(value)
-            return bool(value)
+            if isinstance(value, numbers.Number) and value in (0, 1):
+                return bool(value)
+            raise ValueError(value)
         if typ is int:
+            if isinstance(value, numbers.Integral):
+                return int(value)
             if isinstance(value, str):
-                f = float(value)  # accepts "10e6"
-            else:
-                f = float(value)
+                with contextlib.suppress(ValueError):
+                    return int(value.strip().replace("_", ""))
+            f = float(value)  # accepts "10e6"
+            if not math.isfinite(f):
+                raise ConfigError(f"{name}={value!r} is not a finite number; {name} takes an int")
             if f != int(f):
                 raise ValueError(value)
             return int(f)
         if typ is float:
-            return float(value)
-        return str(value) if value is not None else value
-    except (TypeError, ValueError):
+            f = float(value)
+            if not math.isfinite(f):
+                raise ConfigError(f"{name}={value!r} is not a finite number; {name} takes a finite float")
+            return f
+        if isinstance(value, str):
+            return value
+        if isinstance(value, numbers.Number):
+            return str(value)
+        raise ValueError(value)
+    except ConfigError:
+        raise
+    except (TypeError, ValueError, OverflowError):
         raise ConfigError(f"{name}={value!r} is not a valid {typ.__name__}") from None
 
 
@@ -310,5 +454,5 @@ def field_help() -> str:
     return "\n".join(f"{f.name}: {_TYPES[f.name].__name__} = {f.default!r}" for f in fields(Config))
 
 
-__all__ = ["ARCH_FIELDS", "CHOICES", "Config", "ConfigError", "PRESETS", "add_config_args", "check_keys",
-           "coerce", "config_from_args", "field"]
+__all__ = ["ARCH_FIELDS", "CHOICES", "LAPTOP", "LAPTOP_RULES", "Config", "ConfigError", "PRESETS", "add_config_args",
+           "check_keys", "coerce", "config_from_args", "field", "laptop_lr"]

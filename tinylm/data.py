@@ -220,7 +220,7 @@ def _load_hub(name: str) -> tuple[list[str], str]:
     export = default_cache() / "corpora" / f"{name}.jsonl"
     tried = []
     if export.exists():
-        return to_docs(r["text"] for r in _read_jsonl(export)), f"local:{export}"
+        return to_docs(r["text"] for r in _read_jsonl(export, "text")), f"local:{export}"
     tried.append(f"local export {export}: not found")
     offline = _offline_requested()
     reason = "" if offline else _hub_unreachable(repo)
@@ -247,16 +247,90 @@ def _load_hub(name: str) -> tuple[list[str], str]:
 
 
 # --- local files ----------------------------------------------------------------------------------------
-def _read_jsonl(path: Path) -> Iterable[dict]:
-    with (gzip.open if path.suffix == ".gz" else open)(path, "rt", encoding="utf-8") as f:
-        yield from (json.loads(line) for line in f if line.strip())
+# A local file with more than this fraction of bytes that are not UTF-8 is refused (binary, or another encoding);
+# below it the bad bytes become U+FFFD with a warning naming the file and the first bad line.
+MAX_INVALID_UTF8 = 0.01
+
+
+def _where(data: bytes, offset: int) -> str:
+    return f"line {data.count(NL, 0, offset) + 1}, byte {offset}"
+
+
+NL, NUL = b"\n", b"\0"
+
+
+def _decode(path: Path, data: bytes) -> str:
+    """``data`` as UTF-8 text; a binary file (NUL bytes) or one mostly not UTF-8 raises ConfigError naming it."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        first = e.start
+    if NUL in data[:65536]:
+        where = _where(data, data.index(NUL))
+        raise ConfigError(f"{path} is a binary file (NUL byte at {where}); text:/jsonl: datasets read UTF-8 text: "
+                          "point dataset at text files only (e.g. text:<dir>/*.txt)")
+    text = data.decode("utf-8", errors="surrogateescape")  # each invalid byte -> one lone surrogate
+    bad = sum(1 for c in text if "\udc80" <= c <= "\udcff")
+    if bad > MAX_INVALID_UTF8 * len(data):
+        raise ConfigError(f"{path}: {bad:,} of {len(data):,} bytes ({bad / len(data):.0%}) are not valid UTF-8 (first "
+                          f"at {_where(data, first)}); tinylm reads UTF-8 text: convert it (iconv -f <encoding> -t "
+                          "utf-8) or leave it out of the dataset")
+    log.warning("%s: %d byte(s) are not valid UTF-8 (first at %s); they are read as U+FFFD", path, bad,
+                _where(data, first))
+    return data.decode("utf-8", errors="replace")
+
+
+def _open_binary(path: Path):
+    return gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")
+
+
+def _read_bytes(path: Path) -> bytes:
+    try:
+        with _open_binary(path) as f:
+            return f.read()
+    except (OSError, EOFError) as e:  # unreadable, or a corrupt .gz
+        raise ConfigError(f"cannot read {path}: {type(e).__name__}: {e}") from None
+
+
+def _read_jsonl(path: Path, field: str | None = None) -> Iterable[dict]:
+    """The records of a JSON-lines file (``.gz`` too), streamed; a line that is not UTF-8 JSON object, or one
+    without ``field`` as a string, raises ConfigError naming the file and the line."""
+    try:
+        with _open_binary(path) as f:
+            for i, raw in enumerate(f, 1):
+                if not raw.strip():
+                    continue
+                try:
+                    rec = json.loads(raw.decode("utf-8"))
+                except UnicodeDecodeError as e:
+                    raise ConfigError(f"{path}, line {i}: byte {e.start} of the line is not valid UTF-8; JSON "
+                                      "lines are UTF-8 text") from None
+                except ValueError as e:
+                    raise ConfigError(f"{path}, line {i}: not valid JSON ({e}); a jsonl corpus has one JSON object "
+                                      "per line") from None
+                if not isinstance(rec, dict):
+                    raise ConfigError(f"{path}, line {i}: a JSON {type(rec).__name__}, not an object with a "
+                                      f"{field or 'text'!r} field")
+                if field is not None and not isinstance(rec.get(field), str):
+                    what = (f"has no {field!r} field (keys: {sorted(rec)[:10]})" if field not in rec else
+                            f"has {field!r} of type {type(rec[field]).__name__}, not a string")
+                    raise ConfigError(f"{path}, line {i}: the record {what}; a jsonl corpus needs "
+                                      f'{{"{field}": "..."}} on every line')
+                yield rec
+    except (OSError, EOFError) as e:
+        raise ConfigError(f"cannot read {path}: {type(e).__name__}: {e}") from None
 
 
 def _local_files(spec: str) -> list[Path]:
-    """``text:``/``jsonl:`` target: a file, a directory (every file in it, recursively) or a glob pattern."""
-    path = Path(spec.split(":", 1)[1]).expanduser()
+    """``text:``/``jsonl:`` target: a file, a directory (every file in it, recursively, except hidden ones such
+    as ``.git``) or a glob pattern."""
+    target = spec.split(":", 1)[1]
+    if not target.strip():
+        raise ConfigError(f"dataset={spec!r} names no file; use {spec.split(':')[0]}:<file|dir|glob>")
+    path = Path(target).expanduser()
     if path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.is_file())
+        files = sorted(p for p in path.rglob("*") if p.is_file()
+                       and not any(part.startswith(".") for part in p.relative_to(path).parts))
     else:
         files = sorted(Path(p) for p in glob.glob(str(path)) if Path(p).is_file())
     if not files:
@@ -267,11 +341,20 @@ def _local_files(spec: str) -> list[Path]:
 def _load_local(spec: str) -> list[str]:
     files = _local_files(spec)
     if spec.startswith("jsonl:"):
-        return [r["text"].strip() for f in files for r in _read_jsonl(f) if r.get("text", "").strip()]
-    texts = [f.read_text(encoding="utf-8", errors="replace") for f in files]
+        return [r["text"].strip() for f in files for r in _read_jsonl(f, "text") if r["text"].strip()]
+    texts = [_decode(f, _read_bytes(f)) for f in files]
     if len(files) > 1 or Path(spec[5:]).expanduser().is_dir():  # several files: one document per file
         return [t.strip() for t in texts if t.strip()]
     return [p.strip() for p in re.split(r"\n\s*\n", texts[0]) if p.strip()]  # one file: one per paragraph
+
+
+def check_dataset(dataset: str) -> None:
+    """Cheap checks before any data is read: a known corpus name, or local files that exist."""
+    if dataset.startswith(LOCAL_PREFIXES):
+        _local_files(dataset)
+    elif dataset not in CORPORA:
+        raise ConfigError(f"dataset={dataset!r} is unknown; choose one of {', '.join(CORPORA)}, "
+                          f"or text:<path>, jsonl:<path>")
 
 
 _LOADERS: dict[str, Callable[[], list[str]]] = {
@@ -507,6 +590,6 @@ def get_batch(data: np.ndarray, batch_size: int, block_size: int, rng: np.random
     return buf[:, :-1].contiguous(), buf[:, 1:].contiguous()
 
 
-__all__ = ["CORPORA", "Corpus", "CorpusUnavailable", "TokenData", "data_settings", "default_cache", "fetch_package",
-           "get_batch", "get_tokenizer", "load_data", "load_documents", "load_tokenizer", "save_tokenizer",
-           "split_documents", "Tokenizer"]
+__all__ = ["CORPORA", "Corpus", "CorpusUnavailable", "TokenData", "check_dataset", "data_settings", "default_cache",
+           "fetch_package", "get_batch", "get_tokenizer", "load_data", "load_documents", "load_tokenizer",
+           "save_tokenizer", "split_documents", "Tokenizer"]

@@ -8,22 +8,96 @@ Works in one process without a launcher (STACK.md recipe) and, unchanged, inside
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
 import shutil
 import socket
+import sys
+import time
 
 import torch
 
+
+def _pin_op_toolchain() -> None:
+    """DeepSpeed JIT-builds its C++ ops (deepspeed_shm_comm: ~30-100 s) into torch's extensions cache. Two
+    things made every switch between entry points rebuild it (issue 12): (1) the `ninja` found on PATH — the
+    venv's (1.13, build log v7) when .venv/bin is on PATH (scripts/test.sh), the system's (1.11) when it is not
+    (the README's `.venv/bin/python sweeps/...`); each starts the build over on the other's log; (2) two
+    installs (venvs) sharing ~/.cache/torch_extensions/<py>_cpu overwrite each other's build (other include
+    paths). So: this interpreter's own bin dir goes first on PATH (its ninja, whatever the caller's PATH), and
+    the cache gets one folder per install (sys.prefix + torch + deepspeed versions), unless
+    TORCH_EXTENSIONS_DIR is set."""
+    bindir = os.path.dirname(sys.executable)
+    path = os.environ.get("PATH", "").split(os.pathsep)
+    if os.path.exists(os.path.join(bindir, "ninja")) and path[:1] != [bindir]:
+        os.environ["PATH"] = os.pathsep.join([bindir, *[p for p in path if p != bindir]])
+    if "TORCH_EXTENSIONS_DIR" not in os.environ:
+        from importlib.metadata import version
+
+        from torch.utils.cpp_extension import get_default_build_root
+
+        key = hashlib.sha256(f"{sys.prefix}|{torch.__version__}|{version('deepspeed')}".encode()).hexdigest()[:10]
+        accel = f"cu{torch.version.cuda.replace('.', '')}" if torch.version.cuda else "cpu"
+        os.environ["TORCH_EXTENSIONS_DIR"] = os.path.join(
+            get_default_build_root(), f"py{sys.version_info.major}{sys.version_info.minor}_{accel}-{key}")
+
+
+_pin_op_toolchain()
 os.environ.setdefault("DS_ACCELERATOR", "cuda" if torch.cuda.is_available() else "cpu")
 import deepspeed  # noqa: E402
 import torch.distributed as dist  # noqa: E402
 
 from tinylm.config import Config  # noqa: E402
+from tinylm.layout import COMPLETE  # noqa: E402 - the marker written after every rank saved a tag
 
 log = logging.getLogger(__name__)
-COMPLETE = "tinylm_complete.json"  # written after every rank finished saving a tag
+
+
+def _lock_holders(lock: str) -> list[int]:
+    """PIDs with ``lock`` open. torch's FileBaton keeps the fd of its ``lock`` file open for the whole build."""
+    real, pids = os.path.realpath(lock), []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            fds = os.listdir(f"/proc/{pid}/fd")
+            if any(os.readlink(f"/proc/{pid}/fd/{fd}") == real for fd in fds):
+                pids.append(int(pid))
+        except OSError:  # gone, or not ours to read
+            continue
+    return pids
+
+
+def clear_stale_build_locks(root: str | None = None, recheck_s: float = 1.0) -> list[str]:
+    """Remove op-build locks no live process holds (issue 13.9: a run killed during the build left one and every
+    later run waited on it forever, silently). A held lock is a build in progress and is left alone. Without
+    /proc (not Linux) a lock older than 30 minutes is reported in one line instead. Returns the removed paths."""
+    root = root or os.environ.get("TORCH_EXTENSIONS_DIR")
+    if not root or not os.path.isdir(root):
+        return []
+    locks = [os.path.join(root, d, "lock") for d in sorted(os.listdir(root))]
+    locks = [lock for lock in locks if os.path.exists(lock)]
+    if not locks:
+        return []
+    if not os.path.isdir("/proc"):
+        old = [lock for lock in locks if time.time() - os.path.getmtime(lock) > 1800]
+        if old:
+            raise RuntimeError(f"DeepSpeed op build lock {old[0]} is over 30 minutes old: if no build is running, "
+                               "delete it (a run killed during the build leaves it, and later runs wait on it)")
+        return []
+    suspects = [lock for lock in locks if not _lock_holders(lock)]
+    if suspects:
+        time.sleep(recheck_s)  # a builder closes its fd just before it deletes the lock: look twice
+    removed = []
+    for lock in suspects:
+        if os.path.exists(lock) and not _lock_holders(lock):
+            try:
+                os.remove(lock)
+            except FileNotFoundError:
+                continue
+            removed.append(lock)
+            log.warning("removed a stale DeepSpeed op build lock %s (no process holds it: a build was killed)", lock)
+    return removed
 
 
 def ds_config(cfg: Config, world_size: int = 1) -> dict:
@@ -55,6 +129,9 @@ def _free_port() -> int:
 
 def init_distributed() -> tuple[int, int]:
     """Join the process group Ray Train / torchrun made, or make a one-process group. Returns (rank, world)."""
+    # DeepSpeed loads (on first use: builds) its shm op here or, under a group Ray Train made, in initialize(),
+    # and torch waits on the build's lock file without a timeout
+    clear_stale_build_locks()
     if not dist.is_initialized():
         for k, v in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1"), ("MASTER_ADDR", "127.0.0.1")):
             os.environ.setdefault(k, v)
@@ -66,6 +143,34 @@ def init_distributed() -> tuple[int, int]:
     os.environ.setdefault("WORLD_SIZE", str(dist.get_world_size()))
     os.environ.setdefault("LOCAL_RANK", "0" if dist.get_world_size() == 1 else str(dist.get_rank()))
     return dist.get_rank(), dist.get_world_size()
+
+
+def fresh_process(seed: int) -> None:
+    """Make a reused process (a Tune actor running its next trial in Train's local mode) look new: no process
+    group or DeepSpeed group left from the last trial, a one-rank env with a fresh port (init_distributed only
+    sets what is unset), the global RNGs seeded."""
+    import random
+
+    import numpy as np
+
+    end_distributed()
+    os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(_free_port()))
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def end_distributed() -> None:
+    """Destroy the process group through DeepSpeed, which also drops the groups it caches (world, data
+    parallel, ...): torch's own destroy_process_group would leave those pointing at the dead group."""
+    import gc
+
+    if dist.is_initialized():
+        deepspeed.comm.destroy_process_group()
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def build_engine(model: torch.nn.Module, optimizer: torch.optim.Optimizer, cfg: Config):
@@ -87,12 +192,14 @@ def barrier() -> None:
         dist.barrier()
 
 
-def all_reduce_mean(x: float) -> float:
+def all_reduce_sum(x: float, device: torch.device | str = "cpu") -> float:
+    """``x`` summed over the ranks of the process group (``x`` itself without one). ``device``: the run's device,
+    where the reduction's tensor lives (NCCL reduces CUDA tensors only; gloo CPU ones)."""
     if not (dist.is_initialized() and dist.get_world_size() > 1):
         return x
-    t = torch.tensor([x], dtype=torch.float64)
+    t = torch.tensor([x], dtype=torch.float64, device=device)
     dist.all_reduce(t)
-    return t.item() / dist.get_world_size()
+    return t.item()
 
 
 def save_checkpoint(engine, ckpt_dir: str, tag: str, client_state: dict, keep: int = 2) -> str:

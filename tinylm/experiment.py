@@ -1,7 +1,9 @@
 """What a sweep script declares (``Experiment``) and the command line every sweep shares (``main``; ``run`` is
 the same call without argv, for ``tinylm.api.run_sweep`` and notebooks).
 
-    python sweeps/glu.py                      # smoke scale on this machine: local Ray, sqlite MLflow + Optuna
+    python sweeps/glu.py                      # laptop scale (a replica) on this machine: local Ray, sqlite stores
+    python sweeps/glu.py --dry-run            # the trials it would run (shapes, tokens/param, time), then exit
+    python sweeps/glu.py --scale smoke        # mechanics only (seconds per trial; claims nothing)
     python sweeps/glu.py --scale full         # the seed's sizes, on whatever Ray cluster is attached
     python sweeps/glu.py --refine 20          # + Optuna refinement around the grid's best
     python sweeps/glu.py --two-phase          # PRD: short ranking runs for all -> finalists x 3 seeds at full budget
@@ -11,26 +13,32 @@ the same call without argv, for ``tinylm.api.run_sweep`` and notebooks).
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from tinylm.config import Config, ConfigError, coerce
+from tinylm.config import CHOICES, Config, ConfigError, coerce
+from tinylm.layout import VARIANT, results_dir  # VARIANT: re-exported for the sweep scripts
+from tinylm.ranking import plain, trial_loss
 
 
 @dataclass(frozen=True)
 class Experiment:
     name: str
     preset: str
-    space: dict | Callable[[str], dict]  # field -> values (the intervention) or "__variant" -> list of field
+    space: dict | Callable[[str], dict]  # field -> values (the intervention) or VARIANT -> list of field
     # dicts; a function of the scale when the values themselves differ between smoke and full
     hypothesis: str = ""
     description: str = ""
     baseline: dict | Callable[[str], dict] = field(default_factory=dict)  # fields that pick the baseline trial
     overrides: dict = field(default_factory=dict)  # Config fields for every scale
     smoke: dict = field(default_factory=dict)  # Config fields applied only at smoke scale (after at_scale)
+    laptop: dict = field(default_factory=dict)  # Config fields applied only at laptop scale (after at_scale; sizes
+    # only: the tokens per parameter and the size-dependent hparams are re-derived after them)
+    tokens_per_param: float = 0.0  # laptop: train on this many tokens per parameter (0 = the full experiment's)
     refine_space: dict | None = None  # Tune domains for --refine (default: around the grid axes)
     asha: bool = True  # False for sweeps whose every row must finish (ablations, single long runs)
     options: dict = field(default_factory=dict)  # defaults for the sweep flags (CLI / run() kwargs still win),
@@ -44,15 +52,31 @@ class Experiment:
         return self.baseline(scale) if callable(self.baseline) else self.baseline
 
     def base(self, scale: str, **extra) -> Config:
-        cfg = Config.from_name(self.preset, scale=scale, **self.overrides)
-        if scale == "smoke":
+        if scale == "laptop":  # a replica of the full experiment: its overrides apply at full scale, then it shrinks
+            from tinylm.budget import num_params
+
+            full = Config.from_name(self.preset, **self.overrides)
+            cfg = full.at_scale("laptop")
+            if cfg.scale == "laptop":
+                tpp = self.tokens_per_param or full.train_tokens / num_params(full)
+                cfg = cfg.replace(**self.laptop).with_tokens_per_param(tpp)
+                run_length = ("train_tokens", "eval_every_tokens", "warmup_tokens")  # explicit laptop values win
+                cfg = cfg.replace(**{k: v for k, v in self.laptop.items() if k in run_length})
+        else:
+            cfg = Config.from_name(self.preset, scale=scale, **self.overrides)
+        if cfg.scale == "smoke":  # also a small preset (debug) asked for at laptop scale
             cfg = cfg.replace(**self.smoke)
         return cfg.replace(name=self.name, **extra)
 
 
 def parser(exp: Experiment) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=f"python sweeps/{exp.name}.py", description=exp.hypothesis or exp.name)
-    p.add_argument("--scale", choices=("smoke", "full"), default="smoke")
+    p.add_argument("--scale", choices=CHOICES["scale"], default="laptop",
+                   help="laptop: a scaled-down replica that can answer the question here (default); smoke: "
+                        "mechanics only, claims nothing; full: the experiment's own sizes (a cluster)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the trials (shapes, params, tokens, tokens/param, estimated time) and the "
+                        "diagnostics, then exit without starting Ray")
     p.add_argument("--seeds", type=int, default=1, help="repeat every grid point with this many seeds")
     p.add_argument("--refine", type=int, default=0, help="Optuna trials after the grid (0 = none)")
     p.add_argument("--two-phase", action="store_true", help="rank all variants short, then finalists x 3 seeds")
@@ -61,12 +85,16 @@ def parser(exp: Experiment) -> argparse.ArgumentParser:
     p.add_argument("--no-asha", action="store_true")
     p.add_argument("--grace-tokens", type=int, default=0)
     p.add_argument("--reduction-factor", type=int, default=2)
-    p.add_argument("--kill-margin", type=float, default=0.5)
+    p.add_argument("--kill-margin", type=float, default=0.02,
+                   help="PRD kill rule margin, RELATIVE to the baseline's perplexity (0.02 = 2 %%, the PRD's 0.5 "
+                        "points at its expected perplexity ~25; tinylm.rules); inf disables the rule")
     p.add_argument("--kill-window", type=int, default=0)
-    p.add_argument("--results", default=os.environ.get("TINYLM_RESULTS", "results"))
+    p.add_argument("--results", default=results_dir(), help="results folder (default $TINYLM_RESULTS or results)")
     p.add_argument("--address", default=None, help="Ray cluster address (or RAY_ADDRESS); default: local Ray")
     p.add_argument("--workers", type=int, default=0, help="Train workers per trial (0 = auto)")
     p.add_argument("--max-concurrent", type=int, default=0)
+    p.add_argument("--trials-per-gpu", type=int, default=0,
+                   help="K trials share each GPU (1/K of it each); on CPU: K trials at once, cores split (0 = auto)")
     p.add_argument("--tracking-uri", default="")
     p.add_argument("--optuna-storage", default="")
     p.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE", help="override Config fields")
@@ -89,6 +117,56 @@ def parse_sets(pairs: list[str]) -> dict:
     return out
 
 
+def _int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _number(v) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and v == v  # not NaN
+
+
+# Sweep flags (by dest): (valid?, what is allowed). Checked by check_options before any Config, store or Ray.
+FLAG_RULES: dict[str, tuple[Callable, str]] = {
+    "seeds": (lambda v: _int(v) and v >= 1, "an int >= 1"),
+    "refine": (lambda v: _int(v) and v >= 0, "an int >= 0 (0 = no refinement)"),
+    "finalists": (lambda v: _int(v) and v >= 1, "an int >= 1"),
+    "rank_fraction": (lambda v: _number(v) and 0 < v <= 1, "a fraction of train_tokens in (0, 1]"),
+    "grace_tokens": (lambda v: _int(v) and v >= 0, "an int >= 0 (0 = 1/4 of train_tokens)"),
+    "reduction_factor": (lambda v: _int(v) and v >= 2, "an int >= 2 (ASHA keeps 1/reduction_factor per rung)"),
+    "kill_margin": (lambda v: _number(v) and v >= 0, "a number >= 0 (inf disables the kill rule)"),
+    "kill_window": (lambda v: _int(v) and v >= 0, "an int >= 0 (0 = the default window)"),
+    "workers": (lambda v: _int(v) and v >= 0, "an int >= 0 (0 = auto)"),
+    "max_concurrent": (lambda v: _int(v) and v >= 0, "an int >= 0 (0 = from the resources)"),
+    "trials_per_gpu": (lambda v: _int(v) and v >= 0, "an int >= 0 (0 = auto)"),
+}
+
+
+def check_options(args: argparse.Namespace) -> None:
+    """Refuse a bad sweep flag (``--seeds 0``, ``--reduction-factor 0``, ``--workers -1``, ...) in one line, before
+    anything starts; ``run()`` kwargs get the same check as the CLI."""
+    for dest, (ok, allowed) in FLAG_RULES.items():
+        if dest in vars(args) and not ok(getattr(args, dest)):
+            raise ConfigError(f"--{dest.replace('_', '-')}={getattr(args, dest)!r} must be {allowed}")
+    results = os.path.abspath(str(args.results))
+    existing = results
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing) or not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"--results={args.results!r}: {existing} is not a writable folder")
+
+
+def check_space(base: Config, space: dict) -> None:
+    """Every grid point builds a valid Config before Ray starts, none sets a dim that the budget solver would
+    silently replace (``Config.replace`` refuses that), and every dataset named exists."""
+    from tinylm.data import check_dataset
+
+    points = [dict(v) for v in space.get(VARIANT, [])] if isinstance(space.get(VARIANT), list) else []
+    points += [{k: v} for k, values in space.items() if k != VARIANT and isinstance(values, list)
+               for v in values]
+    for dataset in {base.dataset} | {base.replace(**point).dataset for point in points}:
+        check_dataset(dataset)
+
+
 def main(exp: Experiment, argv: list[str] | None = None):
     """Parse the shared flags, run the sweep (or the two-phase pipeline) and print the ranked table."""
     from tinylm.tracking import TrackingError
@@ -99,10 +177,13 @@ def main(exp: Experiment, argv: list[str] | None = None):
     except (ConfigError, TrackingError) as e:
         sys.exit(f"error: {e}")
     except KeyboardInterrupt:
-        sys.exit(f"\ninterrupted: run the same command to resume ({exp.name}; results in {args.results})")
+        import shlex
+
+        sys.exit(f"\ninterrupted; finished trials are kept. Resume with the same command:\n"
+                 f"  python {shlex.join(sys.argv)}\n(sweep {exp.name}; results in {args.results})")
 
 
-def run(exp: Experiment, scale: str = "smoke", **options):
+def run(exp: Experiment, scale: str | None = None, **options):
     """Run ``exp`` as ``main`` does, without argv: ``options`` are the flags by dest name (``seeds=3``,
     ``no_asha=True``, ``max_concurrent=1``, ``set={"lr": 2e-3}`` or ``set=["lr=2e-3"]``); unset ones take the
     parser's defaults (with ``exp.options``). Returns the ranked results table. Raises ConfigError on a bad
@@ -112,18 +193,26 @@ def run(exp: Experiment, scale: str = "smoke", **options):
     unknown = sorted(set(options) - set(vars(args)))
     if unknown:
         raise ConfigError(f"unknown sweep option(s) {unknown}; allowed: {', '.join(sorted(vars(args)))}")
-    if scale not in ("smoke", "full"):
-        raise ConfigError(f"scale={scale!r}; choose one of smoke, full")
+    scale = args.scale if scale is None else scale
+    if scale not in CHOICES["scale"]:
+        raise ConfigError(f"scale={scale!r}; choose one of {', '.join(CHOICES['scale'])}")
     vars(args).update(options, scale=scale)
+    check_options(args)
     sets = args.set if isinstance(args.set, dict) else parse_sets(args.set)
     base = exp.base(args.scale, **sets)
+    check_space(base, exp.space_at(args.scale))
+    if args.dry_run:  # no Ray, no stores: what would run, and what it could claim
+        from tinylm.analysis.plan import print_plan
+
+        return print_plan(exp, base, args)
     from tinylm import tune
 
     common = dict(results_dir=args.results, asha=exp.asha and not args.no_asha, grace_tokens=args.grace_tokens,
                   reduction_factor=args.reduction_factor, kill_margin=args.kill_margin, kill_window=args.kill_window,
                   baseline=exp.baseline_at(args.scale), address=args.address, workers=args.workers,
-                  max_concurrent=args.max_concurrent, tracking_uri=args.tracking_uri,
-                  optuna_storage=args.optuna_storage, hypothesis=exp.hypothesis, description=exp.description)
+                  max_concurrent=args.max_concurrent, trials_per_gpu=args.trials_per_gpu,
+                  tracking_uri=args.tracking_uri, optuna_storage=args.optuna_storage, hypothesis=exp.hypothesis,
+                  description=exp.description)
     t0 = time.time()
     try:
         if args.two_phase:
@@ -137,12 +226,15 @@ def run(exp: Experiment, scale: str = "smoke", **options):
     tune.print_results(sweep, table, space)
     n_early = int(table["status"].isin(["stopped_asha", "killed_rule"]).sum())
     print(f"{len(table)} trials ({n_early} stopped early) in {time.time() - t0:.0f} s")
-    if args.analyze:
-        from tinylm.analysis.__main__ import main as analysis_main
+    if args.analyze:  # as `python -m tinylm.analysis <sweep> --out <results>/analysis --baseline ...` does
+        from pathlib import Path
 
-        baseline = [f"{k}={v}" for k, v in exp.baseline_at(args.scale).items()]
-        analysis_main([sweep.name, "--out", os.path.join(args.results, "analysis"),
-                       "--uri", sweep.uri(), *(["--baseline", *baseline] if baseline else [])])
+        from tinylm.analysis.cost import load_prices
+        from tinylm.analysis.report import report_sweep
+
+        path = report_sweep(sweep.uri(), sweep.name, Path(args.results) / "analysis",
+                            exp.baseline_at(args.scale) or None, load_prices(None), n_boot=200)
+        print(path)
     if exp.after is not None:
         exp.after(table, sweep=sweep, base=base, space=space)
     return table
@@ -153,17 +245,24 @@ def two_phase(exp: Experiment, base: Config, args, common: dict):
     budget with 3 seeds (or --seeds if larger)."""
     from tinylm import tune
 
-    short = base.replace(train_tokens=max(base.eval_every_tokens, int(base.train_tokens * args.rank_fraction)))
+    short_tokens = max(base.eval_every_tokens, int(base.train_tokens * args.rank_fraction))
+    # a laptop warmup of N tokens would fill most of a short ranking run: cap it at a quarter of the run
+    short = base.replace(train_tokens=short_tokens,
+                         warmup_tokens=min(base.warmup_tokens, short_tokens // 4) if base.warmup_tokens else 0)
     rank = tune.Sweep(name=f"{exp.name}-rank", seeds=1, **common)
     ranked = tune.run_sweep(rank, short, exp.space_at(args.scale))
     axes = [k for k in exp.space_at(args.scale) if k in ranked.columns]
-    done = ranked[ranked["val_loss"].notna()].drop_duplicates(subset=axes)
-    finalists = [{k: tune._py(row[k]) for k in axes} for _, row in done.head(args.finalists).iterrows()]
+    ranked = ranked.assign(_loss=[trial_loss(r) for r in ranked.to_dict("records")]).sort_values(
+        "_loss", na_position="last", kind="stable")  # the ranking of tinylm.ranking (final, else latest val loss)
+    done = ranked[ranked["_loss"].notna()].drop_duplicates(subset=axes)
+    finalists = [{k: plain(row[k]) for k in axes} for _, row in done.head(args.finalists).iterrows()]
     baseline = exp.baseline_at(args.scale)
     if baseline and not any(all(f.get(k) == v for k, v in baseline.items()) for f in finalists):
         finalists.append(dict(baseline))  # the decision rule needs the baseline at the full budget too
     print(f"phase 1 ranked {len(done)} variants; finalists: {finalists}")
-    space = {tune.VARIANT: finalists}
-    final = tune.Sweep(name=f"{exp.name}-final", seeds=max(3, args.seeds), asha=False,
-                       **{k: v for k, v in common.items() if k != "asha"})
+    space = {VARIANT: finalists}
+    # phase 2 is the PRD's decision: every finalist trains to the end (no ASHA, no kill rule), else the 3-seed
+    # comparison it exists for may never happen
+    final = tune.Sweep(name=f"{exp.name}-final", seeds=max(3, args.seeds), asha=False, kill_margin=math.inf,
+                       **{k: v for k, v in common.items() if k not in ("asha", "kill_margin")})
     return tune.run_sweep(final, base, space), final, space

@@ -26,6 +26,7 @@ import sys
 
 import torch
 
+from tinylm import layout
 from tinylm.checkpoint import load_pretrained, save_pretrained
 from tinylm.config import Config, ConfigError
 from tinylm.model import GPT
@@ -40,9 +41,9 @@ def resolve(source: str, uri: str | None = None, results_dir: str = "results") -
     if os.path.isdir(source):
         raise FileNotFoundError(f"{source} holds no model (no config.json, no model/config.json): the run did not "
                                 "complete, or pass its model folder")
-    from tinylm.tracking import default_uri, load_runs
+    from tinylm.tracking import load_runs
 
-    uri = uri or default_uri(results_dir)
+    uri = layout.resolve_uri(uri, results_dir)
     try:
         df = load_runs(uri, all_sweeps=True)
     except Exception as e:  # noqa: BLE001 - no store / unreachable: say what SOURCE was taken for
@@ -52,13 +53,9 @@ def resolve(source: str, uri: str | None = None, results_dir: str = "results") -
     if row.empty:
         raise FileNotFoundError(f"{source!r} is not a folder nor an MLflow run id in the tracking store")
     r = row.iloc[0]
-    key = str(r.get("sweep_key") or "")
-    if key.startswith("single:"):  # python -m tinylm.train --track / tinylm.run_experiment(track=True)
-        run_dir = key[len("single:"):]
-    elif "@" in key:  # sweep trials live in <results root>/<sweep>/trials/<trial id> (tinylm.tune)
-        name, root = key.split("@", 1)
-        run_dir = os.path.join(root, name, "trials", str(r["trial_id"]))
-    else:
+    # a sweep trial's folder, or the folder of a run tracked by python -m tinylm.train --track / run_experiment
+    run_dir = layout.run_dir(str(r.get("sweep_key") or ""), str(r["trial_id"]))
+    if run_dir is None:
         raise FileNotFoundError(f"run {source} has no sweep key to locate its folder")
     if not os.path.isfile(os.path.join(run_dir, "model", "config.json")):
         raise FileNotFoundError(f"run {source} (status {r.get('status')}) has no model at {run_dir}/model; it did "
@@ -174,12 +171,15 @@ def main(argv: list[str] | None = None) -> dict[str, str]:
     p.add_argument("--out", default=None, help="output folder (default results/exports/<name>)")
     p.add_argument("--hf", action="store_true", help="also write a transformers GPT2LMHeadModel folder to OUT/hf")
     p.add_argument("--uri", default=None, help="tracking URI for run ids (default $MLFLOW_TRACKING_URI or sqlite)")
-    p.add_argument("--results", default=os.environ.get("TINYLM_RESULTS", "results"))
+    p.add_argument("--results", default=layout.results_dir(),
+                   help="results folder (default $TINYLM_RESULTS or results)")
     args = p.parse_args(argv)
     try:
         paths = export(args.source, args.out, args.hf, args.uri, args.results)
-    except (ConfigError, FileNotFoundError, ValueError) as e:
+    except (ConfigError, FileNotFoundError, ValueError) as e:  # ModelFolderError is a ValueError
         sys.exit(f"error: {e}")
+    except OSError as e:  # an unwritable --out
+        sys.exit(f"error: cannot write the export ({type(e).__name__}: {e})")
     for kind, path in paths.items():
         print(f"{kind:7s}: {path}")
     if "hf" in paths:

@@ -11,29 +11,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 from typing import Any
 
 import pandas as pd
 
 from tinylm.config import FIELDS
+from tinylm.layout import results_dir
+from tinylm.ranking import best_trial, plain, trial_loss, varied
 
 RESULT_COLS = ("final_val_loss", "final_val_ppl", "params_total", "tokens", "train_time_s", "tokens_per_s",
                "peak_mem_mb")
-
-
-def _num(df: pd.DataFrame, col: str) -> pd.Series:
-    return pd.to_numeric(df[col], errors="coerce") if col in df.columns else pd.Series(math.nan, index=df.index)
-
-
-def _loss(df: pd.DataFrame) -> pd.Series:
-    return _num(df, "final_val_loss").fillna(_num(df, "val_loss"))
-
-
-def _varied(trials: pd.DataFrame) -> list[str]:
-    return [k for k in FIELDS if k in trials.columns and k not in ("name",)
-            and trials[k].astype(str).nunique(dropna=False) > 1]
 
 
 def _device(trials: pd.DataFrame) -> str:
@@ -52,9 +40,43 @@ def _is_baseline(runs: pd.DataFrame) -> pd.Series:
     return mask
 
 
+def require_store(uri: str) -> None:
+    """For commands that only read (log, analysis): a sqlite store must already exist and be a database. Opening
+    a missing one would create an empty ``mlflow.db`` in a mistyped folder and report "no sweeps"."""
+    from tinylm.tracking import TrackingError, mask_uri
+
+    if not uri.startswith("sqlite:"):
+        return
+    rest = uri.split("?", 1)[0][len("sqlite://"):]
+    if rest in ("", "/:memory:"):
+        return
+    path = rest[1:] if rest.startswith("/") else rest
+    if not os.path.isfile(path):
+        raise TrackingError(f"no tracking store at {mask_uri(uri)} ({path} does not exist); point --results at the "
+                            "folder a sweep wrote (it holds mlflow.db) or pass --uri")
+    with open(path, "rb") as f:
+        head = f.read(16)
+    if head and head != b"SQLite format 3\0":
+        raise TrackingError(f"{path} is not an SQLite database (corrupt or another file); point --uri at the "
+                            "sweep's mlflow.db")
+
+
+def read_store(uri: str, what, *args):
+    """``what(uri, *args)`` with any store failure (a corrupt database, a server error) as one TrackingError."""
+    from tinylm.tracking import TrackingError, mask_uri
+
+    try:
+        return what(uri, *args)
+    except TrackingError:
+        raise
+    except Exception as e:  # noqa: BLE001 - sqlalchemy / mlflow raise many types; the user needs the store's name
+        first = str(e).strip().splitlines()[0][:300] if str(e).strip() else ""
+        raise TrackingError(f"cannot read the tracking store {mask_uri(uri)}: {type(e).__name__}: {first}") from None
+
+
 def master_log(uri: str) -> dict[str, Any]:
     """``{"sweeps": [...], "baselines": DataFrame}``: one dict per sweep (the sweep row of ``list_sweeps`` plus
-    ``device``, ``trial_status``, ``varied`` and ``best``: the trial with the lowest final val loss)."""
+    ``device``, ``trial_status``, ``varied`` and ``best``: the best trial as ``tinylm.ranking`` defines it)."""
     from tinylm.tracking import list_sweeps, load_runs
 
     sweeps = list_sweeps(uri)
@@ -65,22 +87,19 @@ def master_log(uri: str) -> dict[str, Any]:
         trials = runs[runs["parent_run_id"] == row.run_id] if len(runs) else runs
         s["device"] = _device(trials) if len(trials) else ""
         s["trial_status"] = trials["status"].value_counts().to_dict() if len(trials) else {}
-        s["varied"] = _varied(trials) if len(trials) else []
+        rows = trials.to_dict("records") if len(trials) else []
+        s["varied"] = varied(rows)
         s["best"] = None
-        loss = _loss(trials) if len(trials) else pd.Series(dtype=float)
-        if loss.notna().any():
-            b = trials.loc[loss.idxmin()]
+        i = best_trial(rows)
+        if i is not None:
+            b = trials.iloc[i]
             s["best"] = {"trial_id": b["trial_id"], "run_id": b["run_id"], "status": b["status"],
-                         "final_val_loss": float(loss.min()),
+                         "final_val_loss": trial_loss(rows[i]),
                          **{c: float(b[c]) for c in RESULT_COLS[1:] if c in b and pd.notna(b[c])},
-                         "config": {k: _plain(b[k]) for k in s["varied"]}}
+                         "config": {k: plain(b[k]) for k in s["varied"]}}
         out.append(s)
     base = runs[_is_baseline(runs)] if len(runs) else runs
     return {"sweeps": out, "baselines": base}
-
-
-def _plain(v: Any) -> Any:
-    return v.item() if hasattr(v, "item") else v
 
 
 def _fmt(v: float) -> str:
@@ -125,9 +144,9 @@ def baselines_json(base: pd.DataFrame) -> list[dict]:
     cols = ["sweep", "trial_id", "run_id", "status", "start_time", *RESULT_COLS]
     rows = []
     for _, r in base.iterrows():
-        d = {c: _plain(r[c]) for c in cols if c in r and not (pd.api.types.is_scalar(r[c]) and pd.isna(r[c]))}
+        d = {c: plain(r[c]) for c in cols if c in r and not (pd.api.types.is_scalar(r[c]) and pd.isna(r[c]))}
         d["start_time"] = pd.Timestamp(r["start_time"]).isoformat() if pd.notna(r.get("start_time")) else None
-        d["config"] = {k: _plain(r[k]) for k in FIELDS if k in r and pd.notna(r[k])}
+        d["config"] = {k: plain(r[k]) for k in FIELDS if k in r and pd.notna(r[k])}
         rows.append(d)
     return rows
 
@@ -151,22 +170,36 @@ def write_json(uri: str, path: str, log: dict[str, Any]) -> None:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     p = argparse.ArgumentParser(prog="python -m tinylm.log", description=__doc__.split("\n")[0])
     p.add_argument("--uri", default=None, help="tracking URI (default $MLFLOW_TRACKING_URI or RESULTS/mlflow.db)")
-    p.add_argument("--results", default=os.environ.get("TINYLM_RESULTS", "results"))
+    p.add_argument("--results", default=results_dir(), help="results folder (default $TINYLM_RESULTS or results)")
     p.add_argument("--json", default=None, metavar="OUT.json", help="also export the log as JSON")
     args = p.parse_args(argv)
     from tinylm.tracking import TrackingError, check_tracking, resolve_uri
 
     uri = resolve_uri(args.uri, args.results)
     try:
+        if args.json:
+            _check_writable(args.json)
+        require_store(uri)
         check_tracking(uri)
-        log = master_log(uri)
-    except TrackingError as e:
+        log = read_store(uri, master_log)
+    except (TrackingError, ValueError) as e:
         raise SystemExit(f"error: {e}") from None
     print(format_log(log))
     if args.json:
-        write_json(uri, args.json, log)
+        try:
+            write_json(uri, args.json, log)
+        except OSError as e:
+            raise SystemExit(f"error: cannot write --json {args.json} ({type(e).__name__}: {e})") from None
         print(f"\nJSON log: {args.json}")
     return log
+
+
+def _check_writable(path: str) -> None:
+    if os.path.isdir(path):
+        raise ValueError(f"--json {path} is a folder; give a file name, e.g. {os.path.join(path, 'log.json')}")
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent) or not os.access(parent, os.W_OK):
+        raise ValueError(f"--json {path}: the folder {parent} does not exist or is not writable")
 
 
 if __name__ == "__main__":

@@ -18,14 +18,15 @@ from tinylm.config import Config
 
 
 def overfit(cfg: Config, out_dir: str, n_tokens: int = 1024, max_steps: int = 400, target: float = 0.1) -> dict:
-    from tinylm.train import _batch, setup, train_step
+    from tinylm.train import preflight, sample_batch, setup, train_step
 
     # one fixed batch of ~n_tokens, constant LR, no weight decay/dropout: pure memorisation
     bs = max(1, n_tokens // cfg.block_size)
     cfg = cfg.replace(batch_size=bs, grad_accum=1, dropout=0.0, weight_decay=0.0, schedule="constant",
                       warmup_tokens=1, optimizer="adamw")
+    preflight(cfg, out_dir, resume=False)
     run = setup(cfg, out_dir)
-    x, y = _batch(run, run.data.train, np.random.default_rng(cfg.seed))
+    x, y = sample_batch(run, run.data.train, np.random.default_rng(cfg.seed))
     losses = []
     for _ in range(max_steps):
         for g in run.optimizer.param_groups:
@@ -41,9 +42,10 @@ def overfit(cfg: Config, out_dir: str, n_tokens: int = 1024, max_steps: int = 40
 
 
 def lr_range(cfg: Config, out_dir: str, lr_min: float = 1e-6, lr_max: float = 1.0, steps: int = 150) -> dict:
-    from tinylm.train import _batch, setup, train_step
+    from tinylm.train import preflight, sample_batch, setup, train_step
 
     cfg = cfg.replace(schedule="constant", warmup_tokens=1)
+    preflight(cfg, out_dir, resume=False)
     run = setup(cfg, out_dir)
     rng = np.random.default_rng(cfg.seed)
     lrs, losses, smooth = [], [], None
@@ -51,7 +53,7 @@ def lr_range(cfg: Config, out_dir: str, lr_min: float = 1e-6, lr_max: float = 1.
         lr = lr_min * (lr_max / lr_min) ** (i / (steps - 1))
         for g in run.optimizer.param_groups:
             g["lr"] = lr * g.get("lr_scale", 1.0)
-        loss = train_step(run, lambda: _batch(run, run.data.train, rng))
+        loss = train_step(run, lambda: sample_batch(run, run.data.train, rng))
         if not math.isfinite(loss):
             break
         smooth = loss if smooth is None else 0.9 * smooth + 0.1 * loss  # EMA as in fastai's lr_find

@@ -33,12 +33,18 @@ from mlflow.entities import Metric, Param, Run, RunTag, ViewType
 from mlflow.exceptions import MlflowException
 from mlflow.utils.validation import MAX_ENTITY_KEY_LENGTH, MAX_PARAM_VAL_LENGTH, MAX_TAG_VAL_LENGTH
 
+from tinylm import ranking
 from tinylm.config import FIELDS, ConfigError, coerce
+from tinylm.layout import default_uri, mask_uri, parse_key, resolve_uri  # noqa: F401 - re-exported
 
 TAG_SWEEP, TAG_SWEEP_KEY, TAG_TRIAL_ID = "tinylm.sweep", "tinylm.sweep_key", "tinylm.trial_id"
 TAG_STATUS, TAG_STOP_REASON, TAG_RESTARTS = "tinylm.status", "tinylm.stop_reason", "tinylm.restarts"
 TAG_PARENT, TAG_RUN_NAME, TAG_NOTE = "mlflow.parentRunId", "mlflow.runName", "mlflow.note.content"
 TAG_GIT_COMMIT = "mlflow.source.git.commit"  # the UI shows it in the run header
+# MLflow 3's UI opens an untagged experiment as GenAI (traces, prompts); this experiment tag opens it as model
+# training (runs, metrics) in the 3.x UIs that read it. Name and value from MLflow 3.17's UI (its
+# ``ExperimentKind`` enum). 3.17's own UI reads the view from a per-browser switch instead: see ``ui_url``.
+TAG_EXPERIMENT_KIND, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
 # Provenance tags (set by the caller under these names); children inherit them from the parent.
 PROVENANCE = ("git_sha", "git_dirty", "tokenizer_hash", "data_fingerprint", "device", "hostname", "hypothesis")
 INHERITED = (TAG_SWEEP, TAG_SWEEP_KEY, TAG_GIT_COMMIT, *PROVENANCE)
@@ -53,25 +59,7 @@ class TrackingError(RuntimeError):
 
 
 # --- URIs and credentials -----------------------------------------------------------------------------------
-_USERINFO = re.compile(r"([a-zA-Z][\w+.-]*://[^:/@\s]*):[^@\s]*?@")
-_SECRET_QS = re.compile(r"((?:password|passwd|pwd|token|secret|access_key|api_key)=)[^&\s'\"]*", re.IGNORECASE)
-
-
-def mask_uri(text: Any) -> str:
-    """``scheme://user:secret@host`` -> ``scheme://user:***@host`` (and ``?password=...``) anywhere in text."""
-    return _SECRET_QS.sub(r"\1***", _USERINFO.sub(r"\1:***@", str(text)))
-
-
-def default_uri(results_dir: str, env: bool = True) -> str:
-    """``$MLFLOW_TRACKING_URI`` when set (and ``env``), else ``sqlite:///<absolute results_dir>/mlflow.db``."""
-    if env and os.environ.get("MLFLOW_TRACKING_URI"):
-        return os.environ["MLFLOW_TRACKING_URI"]
-    return "sqlite:///" + str(Path(results_dir).expanduser().resolve() / "mlflow.db")
-
-
-def resolve_uri(uri: str | None, results_dir: str) -> str:
-    """An explicit URI wins, then ``$MLFLOW_TRACKING_URI``, then the sqlite store in ``results_dir``."""
-    return uri or default_uri(results_dir)
+# mask_uri, default_uri and resolve_uri live in tinylm.layout (imported above, re-exported here)
 
 
 def _driver_uri(uri: str) -> str:
@@ -238,6 +226,30 @@ def _quoted(value: str, what: str) -> str:
     return value
 
 
+def ui_url(uri: str, experiment_id: str | None = None) -> str:
+    """The MLflow UI page of an experiment in the model training view (runs, metrics, charts).
+
+    MLflow 3.17's UI picks its view from the sidebar's GenAI / Model training switch (remembered per browser,
+    default GenAI), not from the experiment's ``mlflow.experimentKind`` tag (read only by earlier 3.x UIs); the
+    ``workflowType=machine_learning`` query sets that switch. ``uri``: an ``http(s)://`` tracking server serves
+    the UI itself; for a database store, ``mlflow ui``'s default address is meant.
+    """
+    base = mask_uri(uri).rstrip("/") if uri.startswith(("http://", "https://")) else "http://127.0.0.1:5000"
+    page = f"experiments/{experiment_id}" if experiment_id else "experiments"
+    return f"{base}/#/{page}?workflowType=machine_learning"
+
+
+def parent_run_name(sweep_key: str) -> str:
+    """A sweep's parent run name as the MLflow UI lists it: its key without the absolute results path the key
+    carries to stay unique (``glu@/home/me/results`` -> ``glu``, ``single:/home/me/results/runs/a`` ->
+    ``single:a``). The full key stays in the tag ``tinylm.sweep_key``."""
+    parsed = parse_key(sweep_key)
+    if parsed is None:
+        return sweep_key
+    kind, name, path = parsed
+    return name if kind == "sweep" else "single:" + re.split(r"[\\/]", path.rstrip("/\\"))[-1]
+
+
 class Tracker:
     """Writes one experiment of a tracking store; every call names its run id explicitly.
 
@@ -266,14 +278,18 @@ class Tracker:
                 root = str(Path(artifact_root).expanduser().resolve()) if local else artifact_root.rstrip("/")
                 location = root + "/" + re.sub(r"[^\w.-]", "_", experiment)
             try:
-                self.experiment_id = self.client.create_experiment(experiment, artifact_location=location)
+                self.experiment_id = self.client.create_experiment(
+                    experiment, artifact_location=location, tags={TAG_EXPERIMENT_KIND: EXPERIMENT_KIND})
             except MlflowException:  # created meanwhile by another process
-                self.experiment_id = self.client.get_experiment_by_name(experiment).experiment_id
+                exp = self.client.get_experiment_by_name(experiment)
+                self.experiment_id = exp.experiment_id
         else:
             self.experiment_id = exp.experiment_id
             if exp.lifecycle_stage == "deleted":
                 warnings.warn(f"MLflow experiment {experiment!r} was deleted; restoring it", stacklevel=2)
                 self.client.restore_experiment(self.experiment_id)
+        if exp is not None and TAG_EXPERIMENT_KIND not in exp.tags:  # made before tinylm tagged; a kind set by
+            self.client.set_experiment_tag(self.experiment_id, TAG_EXPERIMENT_KIND, EXPERIMENT_KIND)  # hand stays
 
     # --- runs ---------------------------------------------------------------------------------------------
     def start_sweep(self, sweep_key: str, params: dict, tags: dict, description: str = "", hypothesis: str = "",
@@ -290,8 +306,9 @@ class Tracker:
         """
         tags = dict(tags or {})
         name = sweep or tags.get(TAG_SWEEP) or self.experiment
-        run_name = str(tags.pop(TAG_RUN_NAME, "") or sweep_key)
-        all_tags = {**tags, TAG_SWEEP: name, TAG_SWEEP_KEY: sweep_key, TAG_STATUS: "running", TAG_STOP_REASON: ""}
+        run_name = str(tags.pop(TAG_RUN_NAME, "") or parent_run_name(sweep_key))
+        all_tags = {**tags, TAG_SWEEP: name, TAG_SWEEP_KEY: sweep_key, TAG_STATUS: "running", TAG_STOP_REASON: "",
+                    TAG_RUN_NAME: run_name}  # also renames a reused parent named by an older tinylm
         if hypothesis:
             all_tags["hypothesis"] = hypothesis
         if description:
@@ -550,10 +567,10 @@ def load_curves(uri: str, run_ids: Iterable[str], metric: str = "val_loss") -> p
         .reset_index(drop=True)
 
 
-def export_log(uri: str, path: str, metric: str = "final_val_loss") -> None:
+def export_log(uri: str, path: str) -> None:
     """Write the experiment log as JSON: every sweep with hypothesis, description, times, git commit, device,
-    trial status counts and the best trial (lowest ``metric``, else lowest ``val_loss``) with the Config
-    fields that vary across the sweep."""
+    trial status counts and the best trial (``tinylm.ranking``: lowest final val loss, else latest val loss) with
+    the Config fields that vary across the sweep."""
     exps, parents, children = _scan(uri)
     by_parent: dict[str, list[Run]] = {}
     for c in children:
@@ -564,17 +581,15 @@ def export_log(uri: str, path: str, metric: str = "final_val_loss") -> None:
         statuses: dict[str, int] = {}
         for c in trials:
             statuses[_status(c)] = statuses.get(_status(c), 0) + 1
-        varied = sorted(k for k in FIELDS if len({c.data.params.get(k) for c in trials}) > 1)
-        best = None
-        for m in (metric, "val_loss"):
-            scored = [c for c in trials if math.isfinite(c.data.metrics.get(m, math.nan))]
-            if scored:
-                b = min(scored, key=lambda c: c.data.metrics[m])
-                best = {"run_id": b.info.run_id, "trial_id": b.data.tags.get(TAG_TRIAL_ID), "metric": m,
-                        "value": b.data.metrics[m], "status": _status(b),
-                        "config": {k: coerce(k, b.data.params[k]) for k in varied if k in b.data.params},
-                        "metrics": b.data.metrics}
-                break
+        varied = ranking.varied(c.data.params for c in trials)
+        best, i = None, ranking.best_trial([c.data.metrics for c in trials])
+        if i is not None:
+            b = trials[i]
+            m = ranking.loss_metric(b.data.metrics)
+            best = {"run_id": b.info.run_id, "trial_id": b.data.tags.get(TAG_TRIAL_ID), "metric": m,
+                    "value": b.data.metrics[m], "status": _status(b),
+                    "config": {k: coerce(k, b.data.params[k]) for k in varied if k in b.data.params},
+                    "metrics": b.data.metrics}
         sweeps.append({
             "sweep": row.sweep, "sweep_key": row.sweep_key, "experiment": row.experiment, "run_id": row.run_id,
             "status": row.status, "hypothesis": row.hypothesis, "description": row.description,

@@ -1,9 +1,19 @@
 """The only module that imports ray: grid and Optuna sweeps, ASHA and the kill rule, MLflow logging, resume.
 
-Pattern (Ray Train V2 inside Tune, STACK.md): each Tune trial runs a *driver function* that needs no CPU (a
-``tune_driver`` custom resource, which a cluster puts on its on-demand head) and builds a ``TorchTrainer`` whose
-workers call ``tinylm.train.train`` unchanged. The Train run is named after the trial id, so a restarted
-sweep resumes each trial from its last checkpoint. ``time_attr`` for ASHA is tokens seen.
+Pattern (Ray Train V2 inside Tune, STACK.md): each Tune trial runs a *driver function* that builds a
+``TorchTrainer`` calling ``tinylm.train.train`` unchanged, named after the trial id (no timestamp). Two paths:
+
+- 1-worker trials (the default on one machine): Train's local mode (``num_workers=0``) runs the train function in
+  the Tune trial's own process, which asks for the trial's CPUs / GPU fraction, and Tune reuses that process for
+  the next trial (``reuse_actors``): no controller, placement group or worker process per trial and deepspeed
+  imported once per process (issue 12: ~27 s -> ~1.3 s from one trial's end to the next one's first step).
+  Local mode runs no Train callbacks, so the function reports every eval (and its checkpoint) to Tune itself, and
+  it resets the process's state per trial (process group, DeepSpeed's groups, RNGs, peak memory). A crashed
+  trial is retried by Tune from its last checkpoint.
+- multi-worker trials: a driver holding a ``tune_driver`` slot (a custom resource a cluster puts on its on-demand
+  head) runs a TorchTrainer worker group with Train's FailureConfig (worker restarts from the last checkpoint).
+
+A restarted sweep resumes each trial from its last checkpoint. ``time_attr`` for ASHA is tokens seen.
 
     run_sweep("glu", BASE, {"glu_factor": [2.0, 2.66, 3.0, 4.0]})          # grid
     run_sweep("glu", BASE, SPACE, refine=20)                                  # + Optuna around the grid's best
@@ -11,11 +21,13 @@ sweep resumes each trial from its last checkpoint. ``time_attr`` for ASHA is tok
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import os
 import shutil
+import sys
 import time
 from dataclasses import dataclass, field, replace
 
@@ -30,11 +42,13 @@ from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search.optuna import OptunaSearch
 
+from tinylm import layout
 from tinylm.config import FIELDS, Config, ConfigError, check_keys
-from tinylm.rules import KillRule
+from tinylm.layout import VARIANT, mask_uri  # VARIANT: a grid key whose values are dicts of Config fields
+from tinylm.ranking import plain
+from tinylm.rules import DEFAULT_MARGIN, KillRule
 
 log = logging.getLogger("tinylm.tune")
-VARIANT = "__variant"  # a grid key whose values are dicts of Config fields changed together
 STATUS_DONE = ("completed", "diverged")
 TUNE_KEYS = ("training_iteration", "time_this_iter_s", "timestamp", "pid", "iterations_since_restore",
              "time_since_restore", "time_total_s")  # Tune's bookkeeping, not metrics
@@ -51,12 +65,17 @@ class Sweep:
     asha: bool = True
     grace_tokens: int = 0  # ASHA grace period in tokens (0 = 1/4 of train_tokens)
     reduction_factor: int = 2
-    kill_margin: float = 0.5  # PRD kill rule: ppl points worse than the baseline ...
+    brackets: int = 1  # ASHA brackets (1 = plain successive halving with one grace period)
+    kill_margin: float = DEFAULT_MARGIN  # PRD kill rule: perplexity relative to the baseline's (tinylm.rules)
     kill_window: int = 0  # ... for this many consecutive tokens (0 = 1M at full scale, 1/6 of the run at smoke)
     baseline: dict = field(default_factory=dict)  # Config fields that identify the baseline trial
     address: str | None = None  # Ray cluster to attach to (or RAY_ADDRESS); None = a local Ray
     workers: int = 0  # Train workers per trial (0 = 1 on CPU, gpus_per_trial on GPUs)
     gpus_per_trial: int = 1
+    trials_per_gpu: int = 0  # K trials share each GPU (fractional GPUs); on CPU: K trials per machine (0 = auto)
+    local_mode: bool | None = None  # 1-worker trials train in the Tune trial's process (None = when workers == 1,
+    # unless TINYLM_LOCAL_MODE=0)
+    console: bool = True  # our lines on the terminal, Ray's and DeepSpeed's output in <results>/<name>/output.log
     max_concurrent: int = 0  # 0 = from the resources
     max_failures: int = 2  # worker failures survived per trial (restarts from the last checkpoint)
     tracking_uri: str = ""  # "" = $MLFLOW_TRACKING_URI or sqlite under results_dir
@@ -70,9 +89,7 @@ class Sweep:
         return os.path.abspath(self.results_dir)
 
     def uri(self) -> str:
-        from tinylm.tracking import default_uri
-
-        return self.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or default_uri(self.root)
+        return layout.resolve_uri(self.tracking_uri or None, self.root)
 
     def storage(self) -> str:
         return (self.optuna_storage or os.environ.get("TINYLM_OPTUNA_STORAGE")
@@ -81,19 +98,33 @@ class Sweep:
 
 # --- inside Ray Train workers --------------------------------------------------------------------------
 def _worker_loop(loop: dict) -> None:
+    t_fn = time.time()
     import torch
 
+    from tinylm import perf
+
+    perf.reset_marks(trial=loop["t_trial"], worker_fn=t_fn, import_torch=time.time())
+    import tinylm.engine  # noqa: F401 - deepspeed: paid once per process
+
+    perf.mark("import_deepspeed")
     from tinylm.train import train
 
     torch.set_num_threads(max(1, int(loop["threads"])))
     _quiet_ray_train()
     cfg = Config.from_dict(loop["cfg"])
-    rank = ray.train.get_context().get_world_rank()
+    local = bool(loop.get("local"))
+    if local:  # Train's local mode, in a Tune actor that may have run other trials before: reset its state
+        tinylm.engine.fresh_process(cfg.seed)
+        _log_like_a_train_worker()
+        rank, ckpt = 0, tune.get_checkpoint()
+    else:
+        rank, ckpt = ray.train.get_context().get_world_rank(), ray.train.get_checkpoint()
+    if loop.get("gpu_fraction", 1) < 1 and torch.cuda.is_available():  # K trials per GPU: 1/K of its memory each
+        torch.cuda.set_per_process_memory_fraction(0.95 * loop["gpu_fraction"])
     resume = None
-    ckpt = ray.train.get_checkpoint()
     if ckpt is not None:  # a restarted worker group (or a resumed sweep): continue from the last checkpoint
         with ckpt.as_directory() as d:
-            with open(os.path.join(d, "tinylm_complete.json")) as f:
+            with open(os.path.join(d, layout.COMPLETE)) as f:
                 tag = json.load(f)["tag"]
             resume = os.path.join(loop["out_dir"], f"restored-{rank}")
             shutil.rmtree(resume, ignore_errors=True)
@@ -101,17 +132,48 @@ def _worker_loop(loop: dict) -> None:
 
     def report(metrics: dict, ckpt_dir: str | None) -> None:
         m = {**metrics, "is_baseline": int(loop["is_baseline"])}
+        if local:  # local mode runs no Train callbacks (TuneReportCallback sees nothing): report to Tune directly
+            tune.report(m, checkpoint=tune.Checkpoint.from_directory(ckpt_dir) if ckpt_dir else None)
         # rank 0 uploads the checkpoint: with one node (or a shared out_dir) it holds every rank's shards
-        if ckpt_dir and rank == 0:
+        elif ckpt_dir and rank == 0:
             ray.train.report(m, checkpoint=Checkpoint.from_directory(ckpt_dir))
         else:
             ray.train.report(m)
 
-    train(cfg, loop["out_dir"], report=report, resume_from=resume)
+    try:
+        train(cfg, loop["out_dir"], report=report, resume_from=resume, should_stop=_tune_stopping if local else None)
+    finally:
+        if local:  # before Train's local controller tears down torch's group behind DeepSpeed's back
+            tinylm.engine.end_distributed()
+
+
+def _tune_stopping() -> bool:
+    """True once Tune asked this trial to stop (ASHA, the kill rule, or to reuse the actor for the next trial).
+    Tune only acts on that at the next report (up to one eval later), and gives a reused actor 2 s to finish."""
+    try:
+        from ray.train._internal.session import get_session  # Tune's function-trainable session (private)
+
+        session = get_session()
+        return bool(session is not None and session.stop_event.is_set())
+    except (ImportError, AttributeError):  # moved: we only lose the prompt stop
+        return False
+
+
+def _log_like_a_train_worker() -> None:
+    """tinylm's INFO lines (per eval, "resumed at step ...") reach the sweep's log from a Tune actor too (Ray Train
+    sets this up in its workers; a Tune actor logs WARNING and up only)."""
+    lg = logging.getLogger("tinylm")
+    if not lg.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", datefmt="%H:%M:%S"))
+        lg.addHandler(handler)
+        lg.setLevel(logging.INFO)
 
 
 def _quiet_ray_train() -> None:
-    """Ray Train logs every report in full at INFO (a logger named by its file); our one line per eval is enough."""
+    """Ray Train logs every report in full at INFO (a logger named by its file), and "Running in local mode" at
+    every trial; our one line per eval is enough."""
+    logging.getLogger("ray.train.v2.api.config").setLevel(logging.WARNING)
     try:
         from ray.train.v2._internal.execution import context
 
@@ -125,9 +187,20 @@ def _trial_driver(config: dict) -> None:
     s = config["__sweep"]
     cfg = build_config(config)
     trial_id = tune.get_context().get_trial_id()
-    base = dict(cfg=cfg.to_dict(), out_dir=os.path.join(s["root"], s["name"], "trials", trial_id),
-                threads=s["cpus_per_worker"], is_baseline=is_baseline(cfg, s["baseline"]))
-    resources = {"CPU": s["cpus_per_worker"]} | ({"GPU": 1} if s["use_gpu"] else {})
+    base = dict(cfg=cfg.to_dict(), out_dir=layout.trial_dir(s["root"], s["name"], trial_id), t_trial=time.time(),
+                threads=s["cpus_per_worker"], is_baseline=is_baseline(cfg, s["baseline"]),
+                gpu_fraction=s["gpu_per_worker"], local=s["local"])
+    if s["local"]:
+        # Train V2 local mode (num_workers=0): the train function runs here, in the Tune trial's process, which
+        # Tune reuses for the next trial — no controller, placement group or worker process per trial, and
+        # deepspeed imported once per process. It has no worker-level restart: a failed trial is retried by Tune
+        # (FailureConfig of the Tuner) from its last checkpoint.
+        _quiet_ray_train()
+        TorchTrainer(_worker_loop, train_loop_config=base, scaling_config=ScalingConfig(num_workers=0),
+                     run_config=ray.train.RunConfig(name=f"{s['name']}-{trial_id}",
+                                                    storage_path=os.path.join(s["storage_root"], "train"))).fit()
+        return
+    resources = {"CPU": s["cpus_per_worker"]} | ({"GPU": s["gpu_per_worker"]} if s["use_gpu"] else {})
     trainer = TorchTrainer(
         _worker_loop, train_loop_config=base,
         scaling_config=ScalingConfig(num_workers=s["workers"], use_gpu=s["use_gpu"], resources_per_worker=resources),
@@ -149,6 +222,88 @@ def build_config(sampled: dict) -> Config:
 
 def is_baseline(cfg: Config, baseline: dict) -> bool:
     return bool(baseline) and all(getattr(cfg, k) == v for k, v in baseline.items())
+
+
+# --- the terminal: our lines only (Ray's, DeepSpeed's, MLflow's output goes to a log file) ----------------
+class Console:
+    """While a sweep runs, everything written to this process's stdout/stderr (Ray's driver logs, the output of
+    trial processes that Ray forwards, DeepSpeed, MLflow) goes to a log file at the file-descriptor level; our
+    progress lines (``say``) go to the terminal, and so do warnings and errors logged by tinylm and errors logged
+    by Ray (a failed trial). Off in notebooks and with TINYLM_VERBOSE=1 (everything on the terminal, as before)."""
+
+    active: Console | None = None
+
+    def __init__(self, log_path: str):
+        self.log_path, self.term, self._saved, self._handler = log_path, None, None, None
+
+    @staticmethod
+    def wanted() -> bool:
+        return os.environ.get("TINYLM_VERBOSE", "") in ("", "0") and "ipykernel" not in sys.modules
+
+    def __enter__(self):
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.makedirs(os.path.dirname(self.log_path), exist_ok=True)
+        self._saved = (os.dup(1), os.dup(2))
+        self.term = open(os.dup(self._saved[0]), "w", buffering=1)  # noqa: SIM115 - closed in __exit__
+        log_fd = os.open(self.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        os.dup2(log_fd, 1)
+        os.dup2(log_fd, 2)
+        os.close(log_fd)
+        self._handler = _TerminalHandler(self)
+        self._handler.setLevel(logging.WARNING)  # tinylm: warnings and up; ray: errors (see emit)
+        for name in ("tinylm", "ray"):
+            logging.getLogger(name).addHandler(self._handler)
+        Console.active = self
+        self.say(f"Ray / DeepSpeed / MLflow output: {self.log_path}")
+        return self
+
+    def say(self, line: str) -> None:
+        print(line, flush=True)  # the log keeps our lines too, in context
+        if self.term is not None:
+            self.term.write(line + "\n")
+
+    def __exit__(self, *exc):
+        Console.active = None
+        for name in ("tinylm", "ray"):
+            logging.getLogger(name).removeHandler(self._handler)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.dup2(self._saved[0], 1)
+        os.dup2(self._saved[1], 2)
+        for fd in self._saved:
+            os.close(fd)
+        self.term.close()
+        self.term = None
+        return False
+
+
+class _TerminalHandler(logging.Handler):
+    def __init__(self, console: Console):
+        super().__init__()
+        self.console = console
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.levelno < (logging.WARNING if record.name.startswith("tinylm") else logging.ERROR):
+            return
+        if record.name.startswith("tinylm"):  # Ray's loggers write their records to the log themselves
+            print(f"{record.levelname} {record.name}: {record.getMessage()}", file=sys.stderr, flush=True)
+        msg = record.getMessage().strip().splitlines()
+        if msg and self.console.term is not None:
+            self.console.term.write(f"{record.levelname.lower()}: {msg[0]} (details: {self.console.log_path})\n")
+
+
+def say(line: str) -> None:
+    """One line of our progress view: on the terminal (and in the log) while a Console is active, else printed."""
+    if Console.active is not None:
+        Console.active.say(line)
+    else:
+        print(line, flush=True)
+
+
+def bar(frac: float, width: int = 10) -> str:
+    n = int(round(max(0.0, min(1.0, frac)) * width))
+    return f"[{'#' * n}{'.' * (width - n)}] {100 * frac:3.0f}%"
 
 
 # --- Tune callbacks: the kill rule and MLflow ------------------------------------------------------------
@@ -220,7 +375,7 @@ class TrackingCallback(tune.Callback):
 
     def on_trial_start(self, iteration, trials, trial, **info):
         self._run(trial)
-        print(f"[{self.sweep.name}] start {trial.trial_id} {self.axes(trial)}", flush=True)
+        say(f"[{self.sweep.name}] {trial.trial_id} {self.axes(trial)} | started")
 
     def axes(self, trial) -> str:
         cfg = trial.config
@@ -233,9 +388,10 @@ class TrackingCallback(tune.Callback):
                    and k not in TUNE_KEYS}
         self.tracker.log_metrics(self._run(trial), numeric, step=int(result.get("tokens", 0)))
         if "val_loss" in result and "status" not in result:
-            print(f"[{self.sweep.name}] {trial.trial_id} tokens {int(result['tokens']):>11,} val_loss "
-                  f"{result['val_loss']:.4f} ppl {result['val_ppl']:9.2f} {result.get('tokens_per_s', 0):8,.0f} tok/s",
-                  flush=True)
+            tokens, total = int(result["tokens"]), int(trial.config.get("train_tokens") or 0)
+            say(f"[{self.sweep.name}] {trial.trial_id} {self.axes(trial)} | tokens {tokens:,}/{total:,} "
+                f"{bar(tokens / max(1, total))} | val_loss {result['val_loss']:.4f} ppl {result['val_ppl']:.1f} | "
+                f"{result.get('tokens_per_s', 0):,.0f} tok/s mfu {100 * result.get('mfu', 0):.1f}% | running")
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         last = trial.last_result or {}
@@ -251,8 +407,8 @@ class TrackingCallback(tune.Callback):
         final = {k: v for k, v in last.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
         self.tracker.log_dict(run_id, final | {"status": status, "stop_reason": reason}, "final_metrics.json")
         self.tracker.finish_run(run_id, status, reason, final)
-        print(f"[{self.sweep.name}] {status:>12} {trial.trial_id} {self.axes(trial)} val_loss "
-              f"{last.get('val_loss', float('nan')):.4f} {reason}", flush=True)
+        say(f"[{self.sweep.name}] {trial.trial_id} {self.axes(trial)} | tokens {int(last.get('tokens', 0)):,} | "
+            f"val_loss {last.get('val_loss', float('nan')):.4f} | {status} {reason}".rstrip())
 
     def on_trial_error(self, iteration, trials, trial, **info):
         err = ""
@@ -312,21 +468,55 @@ def connect(sweep: Sweep) -> dict:
             finally:
                 os.environ.pop("RAY_GCS_SERVER_PORT", None)
     res = ray.cluster_resources()
-    if "tune_driver" not in res:
+    local_mode = sweep.local_mode
+    if local_mode is None and os.environ.get("TINYLM_LOCAL_MODE") in ("0", "1"):
+        local_mode = os.environ["TINYLM_LOCAL_MODE"] == "1"
+    plan = plan_resources(cpus=int(res.get("CPU", 1)), gpus=int(res.get("GPU", 0)), workers=sweep.workers,
+                          gpus_per_trial=sweep.gpus_per_trial, trials_per_gpu=sweep.trials_per_gpu,
+                          max_concurrent=sweep.max_concurrent, local_mode=local_mode,
+                          driver_slots=int(res.get("tune_driver", 0)))
+    if not plan["local"] and "tune_driver" not in res:
         raise ConfigError("the Ray cluster has no 'tune_driver' resource for trial drivers; start the head with "
                           "ray start --head --resources='{\"tune_driver\": 8}' (cluster/aws.yaml does)")
-    gpus = int(res.get("GPU", 0))
+    return plan
+
+
+def plan_resources(cpus: int, gpus: int, workers: int = 0, gpus_per_trial: int = 1, trials_per_gpu: int = 0,
+                   max_concurrent: int = 0, local_mode: bool | None = None, driver_slots: int = 0) -> dict:
+    """How a sweep's trials split the cluster (a pure function: no Ray).
+
+    GPUs: each Train worker gets 1/K of a GPU (K = ``trials_per_gpu``, default 1), so K trials share one GPU;
+    ``concurrent`` = whole GPUs x K / workers per trial; CPUs are split evenly among the workers that run at
+    once (at most 8 threads each). Each trial also caps its CUDA memory at 1/K of the GPU.
+    CPU only: K trials at once per machine (default: one per core), the cores split evenly as threads.
+    1-worker trials run in Train's local mode (in the Tune trial's process, reused) unless ``local_mode`` is
+    False; multi-worker trials run a TorchTrainer from a driver that holds one ``tune_driver`` slot (the
+    cluster head's custom resource), so their concurrency is also capped by ``driver_slots``.
+    """
+    if trials_per_gpu < 0 or max_concurrent < 0 or workers < 0:
+        raise ConfigError(f"trials_per_gpu={trials_per_gpu}, max_concurrent={max_concurrent}, workers={workers}: "
+                          "each must be >= 0 (0 = auto)")
+    k = trials_per_gpu or 1
     if gpus:
-        workers = sweep.workers or sweep.gpus_per_trial
-        cpus_per_worker = max(1, min(8, int(res.get("CPU", 1) // max(gpus, 1))))
-        concurrent = sweep.max_concurrent or max(1, gpus // workers)
+        workers = workers or gpus_per_trial
+        gpu_per_worker = 1.0 / k
+        concurrent = max_concurrent or max(1, (gpus * k) // workers)
+        cpus_per_worker = max(1, min(8, cpus // max(1, concurrent * workers)))
     else:
-        workers = sweep.workers or 1
-        cpus = int(res.get("CPU", 1))
-        concurrent = sweep.max_concurrent or max(1, cpus // workers)
+        workers = workers or 1
+        gpu_per_worker = 0.0
+        concurrent = max_concurrent or max(1, (trials_per_gpu or cpus // workers))
         cpus_per_worker = max(1, cpus // (concurrent * workers))
-    return {"use_gpu": bool(gpus), "workers": workers, "cpus_per_worker": cpus_per_worker,
-            "concurrent": min(concurrent, int(res["tune_driver"]))}
+    local = workers == 1 if local_mode is None else bool(local_mode)
+    if local and workers != 1:
+        raise ConfigError(f"local_mode needs 1 worker per trial, got workers={workers}")
+    if not local:
+        concurrent = min(concurrent, driver_slots) if driver_slots else concurrent
+    return {"use_gpu": bool(gpus), "workers": workers, "cpus_per_worker": cpus_per_worker, "concurrent": concurrent,
+            "gpu_per_worker": gpu_per_worker, "local": local,
+            # what one trial asks Tune for: local mode trains in the trial itself; a TorchTrainer driver needs none
+            "trial_resources": ({"cpu": cpus_per_worker} | ({"gpu": gpu_per_worker} if gpus else {})) if local
+            else {"cpu": 0, "tune_driver": 1}}
 
 
 def _free_port() -> int:
@@ -359,19 +549,29 @@ def run_sweep(sweep: Sweep, base: Config, space: dict, refine_space: dict | None
         space: Config field -> list of values (a grid), or ``VARIANT`` -> list of dicts of fields.
         refine_space: Config field -> Tune domain for Optuna (default: around the grid's numeric axes).
     """
-    from tinylm.tracking import Tracker, check_tracking
+    from tinylm.tracking import check_tracking
 
     uri = sweep.uri()
     check_tracking(uri)  # fail before any compute when the tracking server is down
     os.makedirs(sweep.root, exist_ok=True)
     param_space = grid_space(base, space, sweep.seeds)  # raises on bad configs before anything is scheduled
     sweep = replace(sweep, axes=tuple(k for k in space if k != VARIANT) + (("seed",) if sweep.seeds > 1 else ()))
+    console = Console(os.path.join(sweep.root, sweep.name, "output.log")) if sweep.console and Console.wanted() \
+        else contextlib.nullcontext()
+    with console:
+        return _run_sweep(sweep, base, space, refine_space, uri, param_space)
+
+
+def _run_sweep(sweep: Sweep, base: Config, space: dict, refine_space: dict | None, uri: str,
+               param_space: dict) -> pd.DataFrame:
+    from tinylm.tracking import Tracker
+
     res = connect(sweep)
     from tinylm.perf import git_info
 
     tracker = Tracker(uri, experiment=sweep.name, artifact_root=os.path.join(sweep.root, "mlartifacts"))
     parent = tracker.start_sweep(
-        sweep_key=f"{sweep.name}@{sweep.root}", params={"space": json.dumps(space, default=str)[:6000],
+        sweep_key=layout.sweep_key(sweep.name, sweep.root), params={"space": json.dumps(space, default=str)[:6000],
                                                         "base": base.name, "scale": base.scale},
         tags={"tinylm.sweep": sweep.name, **git_info()}, description=sweep.description, hypothesis=sweep.hypothesis)
     t0 = time.time()
@@ -400,20 +600,19 @@ def _fit(sweep: Sweep, base: Config, param_space: dict, res: dict, parent: str, 
     scheduler = FIFOScheduler()
     if sweep.asha:
         scheduler = ASHAScheduler(time_attr="tokens", max_t=base.train_tokens, reduction_factor=sweep.reduction_factor,
-                                  grace_period=sweep.grace_tokens or max(1, base.train_tokens // 4))
+                                  grace_period=sweep.grace_tokens or max(1, base.train_tokens // 4),
+                                  brackets=sweep.brackets)
     search = None
     if refine:
-        domains = [k for k, v in param_space.items() if isinstance(v, tune.search.sample.Domain)]
-        # seed the study with the grid's two best points (Optuna evaluates them first)
-        done = grid[grid["status"].isin(STATUS_DONE)] if grid is not None else grid
-        points = [{k: _py(row[k]) for k in domains if k in row} for _, row in done.head(2).iterrows()] \
-            if done is not None else []
-        search = PruningOptunaSearch(
-            space={k: v for k, v in param_space.items() if isinstance(v, tune.search.sample.Domain)},
-            metric="val_loss", mode="min", points_to_evaluate=[p for p in points if p] or None,
-            storage=optuna.storages.RDBStorage(url=sweep.storage()), study_name=name)
+        space = {k: v for k, v in param_space.items() if isinstance(v, tune.search.sample.Domain)}
+        # tell the study what the grid already measured (issue 12: re-running the grid's best points as "seeds"
+        # reproduced their losses and explored nothing): every refinement trial is a new point
+        n_known = tell_grid_results(sweep.storage(), name, space, grid)
+        log.info("refine study %s starts from %d grid results", name, n_known)
+        search = PruningOptunaSearch(space=space, metric="val_loss", mode="min",
+                                     storage=optuna.storages.RDBStorage(url=sweep.storage()), study_name=name)
         param_space = {k: v for k, v in param_space.items() if not isinstance(v, tune.search.sample.Domain)}
-    trainable = tune.with_resources(_trial_driver, {"cpu": 0, "tune_driver": 1})
+    trainable = tune.with_resources(_trial_driver, res["trial_resources"])
     path = os.path.join(storage_root, name)
     callbacks = [TrackingCallback(sweep, rule, parent, phase="refine" if refine else "grid")]
     if tune.Tuner.can_restore(path):
@@ -425,22 +624,27 @@ def _fit(sweep: Sweep, base: Config, param_space: dict, res: dict, parent: str, 
             trainable, param_space=param_space,
             tune_config=tune.TuneConfig(metric="val_loss", mode="min", scheduler=scheduler, search_alg=search,
                                         num_samples=sweep.refine if refine else 1,
-                                        max_concurrent_trials=res["concurrent"]),
+                                        max_concurrent_trials=res["concurrent"],
+                                        # local mode: the next trial runs in the same process (imports paid)
+                                        reuse_actors=res["local"]),
             run_config=tune.RunConfig(name=name, storage_path=storage_root, callbacks=callbacks,
                                       stop=KillStopper(rule), verbose=0,
-                                      failure_config=tune.FailureConfig(max_failures=1)))
+                                      checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+                                      # local mode has no Train worker restarts: Tune retries the trial
+                                      failure_config=tune.FailureConfig(
+                                          max_failures=sweep.max_failures if res["local"] else 1)))
     grid = tuner.fit()
     # Tune catches SIGINT, saves its state and returns normally: trials still PENDING/RUNNING mean "interrupted"
-    unfinished = [t for t in grid._experiment_analysis.trials if t.status not in ("TERMINATED", "ERROR")]
-    if unfinished:
-        raise KeyboardInterrupt(f"{len(unfinished)} trial(s) unfinished")
+    trials = grid._experiment_analysis.trials
+    unfinished = [t for t in trials if t.status not in ("TERMINATED", "ERROR")]
+    # with max_concurrent_trials, trials are created only as slots free: an interrupt between two trials leaves
+    # the rest not even PENDING, so count them too
+    expected = (sweep.refine if refine else 1) * math.prod(
+        len(v["grid_search"]) for v in param_space.values() if isinstance(v, dict) and "grid_search" in v)
+    if unfinished or len(trials) < expected:
+        raise KeyboardInterrupt(f"{len(unfinished) + max(0, expected - len(trials))} trial(s) unfinished")
     if not refine:
         record_grid_in_optuna(sweep, base, param_space)
-
-
-def _py(v):
-    """numpy scalars -> Python (Optuna and Tune want plain types)."""
-    return v.item() if hasattr(v, "item") else v
 
 
 def domain(name: str, spec):
@@ -474,6 +678,33 @@ def optuna_space(base: Config, space: dict, grid: pd.DataFrame, refine_space: di
     return out
 
 
+def tell_grid_results(storage: str, study_name: str, space: dict, grid: pd.DataFrame | None) -> int:
+    """Add the grid's completed trials (params inside the refine space, finite val loss) to the refine study as
+    COMPLETE trials with their measured loss, once each (keyed by Ray trial id). Returns how many it holds."""
+    study = optuna.create_study(study_name=study_name, storage=optuna.storages.RDBStorage(url=storage),
+                                direction="minimize", load_if_exists=True)
+    seen = {t.user_attrs.get("ray_trial_id") for t in study.get_trials(deepcopy=False)}
+    dists = OptunaSearch.convert_search_space(space)
+    if grid is None or not len(grid):
+        return 0
+    known = 0
+    for _, row in grid[grid["status"] == "completed"].iterrows():
+        loss = float(row["val_loss"]) if pd.notna(row.get("val_loss")) else math.nan
+        if not math.isfinite(loss) or any(k not in row or pd.isna(row[k]) for k in dists):
+            continue
+        params = {k: int(row[k]) if isinstance(d, optuna.distributions.IntDistribution) else plain(row[k])
+                  for k, d in dists.items()}
+        if not all(d._contains(d.to_internal_repr(params[k])) for k, d in dists.items()):
+            continue  # outside the refine space (a given refine_space narrower than the grid)
+        known += 1
+        if row["trial_id"] in seen:
+            continue
+        study.add_trial(optuna.trial.create_trial(
+            params=params, distributions=dists, value=loss,
+            user_attrs={"ray_trial_id": row["trial_id"], "tinylm_status": "completed", "source": "grid"}))
+    return known
+
+
 def record_grid_in_optuna(sweep: Sweep, base: Config, param_space: dict) -> None:
     """Store grid trials in the Optuna study named after the sweep (COMPLETE or PRUNED), once each."""
     from tinylm.tracking import load_runs
@@ -490,7 +721,7 @@ def record_grid_in_optuna(sweep: Sweep, base: Config, param_space: dict) -> None
     for _, row in df[df["phase"] == "grid"].iterrows():
         if row["trial_id"] in seen:
             continue
-        params = {k: _py(row[k]) for k in axes if k in row and k != VARIANT}
+        params = {k: plain(row[k]) for k in axes if k in row and k != VARIANT}
         dists = {k: optuna.distributions.CategoricalDistribution(list(param_space[k]["grid_search"])) for k in params}
         loss = float(row["val_loss"]) if pd.notna(row.get("val_loss")) else None
         if row["status"] == "completed" and loss is not None and math.isfinite(loss):
@@ -499,7 +730,7 @@ def record_grid_in_optuna(sweep: Sweep, base: Config, param_space: dict) -> None
             state = optuna.trial.TrialState.PRUNED
         else:  # diverged / failed: the dashboard shows them as failed, with the reason
             state, loss = optuna.trial.TrialState.FAIL, None
-        tokens = int(row.get("tokens", 0) or 0)
+        tokens = int(row["tokens"]) if pd.notna(row.get("tokens")) else 0  # NaN: a trial with no eval
         study.add_trial(optuna.trial.create_trial(
             params=params, distributions=dists, state=state,
             value=loss if state == optuna.trial.TrialState.COMPLETE else None,
@@ -521,6 +752,8 @@ def results_table(sweep: Sweep) -> pd.DataFrame:
 
 
 def print_results(sweep: Sweep, table: pd.DataFrame, space: dict) -> str:
+    from tinylm.tracking import ui_url
+
     axes = [k for k in space if k in table.columns] + (["seed"] if sweep.seeds > 1 else [])
     if VARIANT in space:
         axes += sorted({k for v in space[VARIANT] for k in v} & set(table.columns))
@@ -529,19 +762,29 @@ def print_results(sweep: Sweep, table: pd.DataFrame, space: dict) -> str:
     os.makedirs(os.path.dirname(out_csv), exist_ok=True)
     table.to_csv(out_csv, index=False)
     text = table[cols].to_string(index=False, float_format=lambda x: f"{x:,.4g}")
-    msg = (f"\n{text}\n\n"
+    msg = (f"\n{text}\n\n{tokens_footer(table)}\n"
            f"results CSV   : {out_csv}\n"
-           f"MLflow        : mlflow ui --backend-store-uri {mask(sweep.uri())} --host 127.0.0.1\n"
-           f"Optuna        : optuna-dashboard {mask(sweep.storage())} --host 127.0.0.1\n"
+           f"MLflow        : mlflow ui --backend-store-uri {mask_uri(sweep.uri())} --host 127.0.0.1, then open\n"
+           f"                {ui_url(sweep.uri())} (MLflow's model training view)\n"
+           f"Optuna        : optuna-dashboard {mask_uri(sweep.storage())} --host 127.0.0.1\n"
            f"analysis      : python -m tinylm.analysis {sweep.name}")
     print(msg)
     return msg
 
 
-def mask(uri: str) -> str:
-    import re
+def tokens_spent(table: pd.DataFrame) -> tuple[int, int]:
+    """(tokens trained, tokens the full grid would train: every trial to its train_tokens)."""
+    spent = int(pd.to_numeric(table.get("tokens"), errors="coerce").fillna(0).sum()) if "tokens" in table else 0
+    full = int(pd.to_numeric(table.get("train_tokens"), errors="coerce").fillna(0).sum()) \
+        if "train_tokens" in table else 0
+    return spent, full
 
-    return re.sub(r"//([^:/@]+):([^@]+)@", r"//\1:***@", uri)
+
+def tokens_footer(table: pd.DataFrame) -> str:
+    spent, full = tokens_spent(table)
+    early = int(table["status"].isin(["stopped_asha", "killed_rule"]).sum()) if "status" in table else 0
+    share = f" = {spent / full:.0%} of the full grid's {full:,}" if full else ""
+    return f"tokens spent  : {spent:,}{share} ({early} of {len(table)} trials stopped early)"
 
 
 def shutdown() -> None:

@@ -6,6 +6,11 @@
 - ``decision``: the PRD rule (≥ 5 % better PPL at equal or lower latency and memory; ties to the faster).
 - ``stats``: mean ± std over seeds, paired / Welch t-tests, Spearman correlations.
 - ``cost``: device-hours and dollars from a price table.
+- ``verdict``: effects vs the baseline with CIs (paired t over seeds), p-values, the seed noise floor, the minimum
+  detectable effect and an equivalence reading, as sentences; ``validity``: the diagnostics at the top of every
+  report (scale claims, tokens/param, end-of-run slope, LR at a grid edge, refused fits).
+- ``ladder``: best LR per size, held-out prediction with a prediction interval, isoFLOP minima with intervals.
+- ``plan``: ``--dry-run`` (the trials a sweep would run, a measured time model, diagnostics).
 - ``report``: ``build_report`` writes REPORT.md, CSVs and figures; ``python -m tinylm.analysis`` runs it on a store.
 
 Nothing here imports mlflow: the CLI reaches the store through ``tinylm.tracking``, imported when it runs.

@@ -17,13 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from tinylm.analysis.cost import load_prices
-from tinylm.analysis.report import build_report
+from tinylm.analysis.report import report_sweep
 from tinylm.config import FIELDS, ConfigError, coerce
-
-
-def default_uri() -> str:
-    """``$MLFLOW_TRACKING_URI``, else the sqlite store in ./results (absolute, so it does not depend on cwd)."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///" + str(Path("results").resolve() / "mlflow.db")
+from tinylm.layout import resolve_uri
 
 
 def parse_baseline(items: list[str] | None) -> dict[str, Any] | None:
@@ -42,24 +38,26 @@ def parse_baseline(items: list[str] | None) -> dict[str, Any] | None:
     return out
 
 
-def report_sweep(uri: str, sweep: str, out: Path, baseline: dict | None, prices: dict, n_boot: int,
-                 log: bool = True) -> Path:
-    """Build one sweep's report and log its files to the sweep's parent run; returns REPORT.md's path."""
-    from tinylm import tracking  # the only mlflow module; imported here so the package stays light
+def check_baseline(df, baseline: dict[str, Any], sweep: str) -> None:
+    """``--baseline`` must name columns of the sweep's trials and match at least one trial (floats to 1e-9)."""
+    import numpy as np
+    import pandas as pd
 
-    df = tracking.load_runs(uri, sweep=sweep)
-    sweeps = tracking.list_sweeps(uri)
-    parents = sweeps[(sweeps["sweep"] == sweep) | (sweeps["sweep_key"] == sweep) | (sweeps["experiment"] == sweep)]
-    meta = parents.iloc[-1].to_dict() if len(parents) else {}
-    curves = tracking.load_curves(uri, df["run_id"].tolist(), metric="val_loss") if len(df) else None
-    path = build_report(df, out / sweep, sweep, curves=curves, baseline=baseline, prices=prices, meta=meta,
-                        n_boot=n_boot)
-    if log and meta:
-        tracker = tracking.Tracker(uri, meta["experiment"])
-        for f in sorted(path.parent.iterdir()):
-            if f.is_file():
-                tracker.log_artifact(meta["run_id"], str(f), "report")
-    return path
+    missing = [k for k in baseline if k not in df.columns]
+    if missing:
+        raise ValueError(f"--baseline {', '.join(missing)}: not a column of {sweep}'s trials; name Config fields "
+                         f"such as {', '.join(k for k in FIELDS if k in df.columns and df[k].nunique() > 1) or 'seed'}")
+    mask = np.ones(len(df), dtype=bool)
+    for k, v in baseline.items():
+        col = df[k]
+        if isinstance(v, int | float) and not isinstance(v, bool):
+            mask &= np.isclose(pd.to_numeric(col, errors="coerce").to_numpy(dtype=float), float(v), rtol=1e-9, atol=0)
+        else:
+            mask &= (col.astype(str) == str(v)).to_numpy()
+    if not mask.any():
+        values = "; ".join(f"{k}: {', '.join(map(str, sorted(df[k].dropna().unique().tolist())))}" for k in baseline)
+        given = " ".join(f"{k}={v}" for k, v in baseline.items())
+        raise ValueError(f"--baseline {given} matches no trial of {sweep}; the values there are {values}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -79,15 +77,32 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if not args.sweep and not args.all:
         p.error("name a sweep or pass --all")
-    uri = args.uri or default_uri()
-    prices = load_prices(args.prices)
+    uri = resolve_uri(args.uri)  # else $MLFLOW_TRACKING_URI, else the sqlite store in $TINYLM_RESULTS or ./results
+    if args.n_boot < 0:
+        raise SystemExit(f"error: --n-boot={args.n_boot} must be >= 0")
+    try:
+        prices = load_prices(args.prices)
+    except (OSError, ValueError) as e:
+        raise SystemExit(f"error: --prices {args.prices}: {type(e).__name__}: {e}") from None
+    existing = os.path.abspath(args.out)  # checked, not created: a refused command leaves no folder behind
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing) or not os.access(existing, os.W_OK | os.X_OK):
+        raise SystemExit(f"error: --out {args.out} cannot be created: {existing} is not a writable folder")
     baseline = parse_baseline(args.baseline)
     from tinylm import tracking
+    from tinylm.log import read_store, require_store
 
     try:
-        names = list(dict.fromkeys(tracking.list_sweeps(uri)["sweep"])) if args.all else [args.sweep]
+        require_store(uri)
+        sweeps = read_store(uri, tracking.list_sweeps)
+        names = list(dict.fromkeys(sweeps["sweep"])) if args.all else [args.sweep]
+        if baseline and not args.all:  # a baseline that matches no trial is a typo, not "no baseline"
+            check_baseline(read_store(uri, tracking.load_runs, args.sweep), baseline, args.sweep)
     except tracking.TrackingError as e:
-        raise SystemExit(str(e)) from None
+        raise SystemExit(f"error: {e}") from None
+    except ValueError as e:
+        raise SystemExit(f"error: {e}") from None
     for name in names:
         t0 = time.perf_counter()
         try:

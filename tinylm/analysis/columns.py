@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from tinylm.config import FIELDS
+from tinylm.ranking import LOSS
 
 # Config fields that never define a configuration: the seed is what we average over, the name is a label, and
 # Config.device (auto | cpu | cuda) says where a trial ran, not what it computed.
@@ -48,8 +49,8 @@ def _first_numeric(df: pd.DataFrame, names: tuple[str, ...]) -> pd.Series:
 
 
 def loss(df: pd.DataFrame) -> pd.Series:
-    """Final validation loss, falling back to the latest eval."""
-    return _first_numeric(df, ("final_val_loss", "val_loss"))
+    """Final validation loss, falling back to the latest eval (``tinylm.ranking.LOSS``, the one rule)."""
+    return _first_numeric(df, LOSS)
 
 
 def ppl(df: pd.DataFrame) -> pd.Series:

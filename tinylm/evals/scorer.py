@@ -213,8 +213,8 @@ def greedy_until(model: torch.nn.Module, tokenizer, contexts: Sequence[str], max
     """Greedy continuations of ``contexts``, cut at the first ``stop`` (or end-of-text, or the token budget).
 
     Contexts are left-truncated to ``block_size - max_new_tokens`` tokens (lm-eval's ``max_length -
-    max_gen_toks``), or to ``max_context`` if smaller. With ``cache`` a tinylm GPT decodes with a key/value cache
-    (``tinylm.evals.decode``, checked against the plain forward); otherwise every step re-reads the sequence.
+    max_gen_toks``), or to ``max_context`` if smaller. With ``cache`` a tinylm GPT decodes with its key/value
+    cache (``tinylm.evals.decode``); otherwise every step re-reads the sequence.
     """
     model = unwrap(model)
     L = block_size or model.cfg.block_size
@@ -226,16 +226,13 @@ def greedy_until(model: torch.nn.Module, tokenizer, contexts: Sequence[str], max
         return tokens[-1] == eot or stop in tokenizer.decode(tokens)
 
     out = [""] * len(enc)
-    use_cache, checked = cache, False
+    use_cache = cache and decode.supports(model)
     with head_at_positions(model) as head:
-        use_cache = use_cache and isinstance(head, nn.Linear) and decode.supports(model)
         for batch in _batches([len(e) for e in enc], batch_size):
             prompts = [enc[i] for i in batch]
-            gen = None
-            if use_cache:  # the first batch is checked against the plain forward; a mismatch turns the cache off
-                gen = decode.greedy_batch(model, head, prompts, max_new_tokens, done, check=not checked)
-                use_cache, checked = gen is not None, True
-            if gen is None:
+            if use_cache:
+                gen = decode.greedy_batch(model, head, prompts, max_new_tokens, done)
+            else:
                 gen = _greedy_reread(model, head, prompts, max_new_tokens, done)
             for b, i in enumerate(batch):
                 toks = gen[b][:-1] if gen[b] and gen[b][-1] == eot else gen[b]

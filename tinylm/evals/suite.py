@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from tinylm.evals import arithmetic, association, commonsense, completion, lambada, qa, squad
+from tinylm.evals.names import TASK_NAMES, parse_tasks
 from tinylm.evals.scorer import evaluate_mc, model_device, unwrap
 
 log = logging.getLogger("tinylm.evals")
@@ -47,14 +48,13 @@ TASKS: dict[str, Task] = {
 }
 
 
+assert tuple(TASKS) == TASK_NAMES, "tinylm.evals.names.TASK_NAMES must list TASKS in order"
+
+
 def resolve_tasks(tasks: Sequence[str] | str) -> list[str]:
-    """``"all"`` / ``""`` -> every task; ``"lambada,piqa"`` or a list -> those, checked against ``TASKS``."""
-    if isinstance(tasks, str):
-        tasks = list(TASKS) if tasks.strip() in ("all", "") else [t.strip() for t in tasks.split(",") if t.strip()]
-    unknown = [t for t in tasks if t not in TASKS]
-    if unknown or not tasks:
-        raise ValueError(f"unknown eval task(s) {unknown}; choose from {', '.join(TASKS)} or 'all'")
-    return list(dict.fromkeys(tasks))
+    """``"all"`` -> every task; ``"lambada,piqa"`` or a list -> those, checked against ``TASKS``. An empty list
+    (``""``) is an error, not the full suite: it is what a mistyped ``--tasks "$TASKS"`` gives."""
+    return parse_tasks(tasks)
 
 
 def select(pool: Sequence, n: int | None, seed: int = 0) -> list:
@@ -86,6 +86,10 @@ def run_suite(model: torch.nn.Module, tokenizer, tasks: Sequence[str] | str = "a
     """
     t0 = time.perf_counter()
     names = resolve_tasks(tasks)
+    if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 0):
+        raise ValueError(f"n={n!r} must be an int >= 0 (examples per task; 0 = all)")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size={batch_size!r} must be an int >= 1")
     modes = {m: m.training for m in model.modules()}
     model.eval()
     core = unwrap(model)

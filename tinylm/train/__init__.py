@@ -1,17 +1,12 @@
 """``train(cfg, out_dir) -> metrics``: one training run, a plain function with no import-time side effects.
 
-It runs in one process (``python -m tinylm.train --preset debug``) and, unchanged, inside a Ray Train worker
-(tinylm.tune passes ``report`` and ``resume_from``). Run length, evals and checkpoints are counted in tokens.
-
-    python -m tinylm.train --preset debug
-    python -m tinylm.train --preset debug --n_layer 3 --mlp swiglu --glu_factor 2.66 --norm rmsnorm --pos rope
-    python -m tinylm.train --preset debug --sanity overfit     # PRD phase 0: memorise ~1k tokens
-    python -m tinylm.train --preset debug --sanity lr_range    # PRD phase 0: LR range test
+It runs in one process (the command ``python -m tinylm.train``, in ``tinylm/train/__main__.py``, which this
+library never imports) and, unchanged, inside a Ray Train worker (tinylm.tune passes ``report`` and
+``resume_from``). Run length, evals and checkpoints are counted in tokens.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import math
@@ -24,7 +19,7 @@ import numpy as np
 import torch
 
 from tinylm.budget import param_counts
-from tinylm.config import ARCH_FIELDS, Config, ConfigError, add_config_args, config_from_args
+from tinylm.config import ARCH_FIELDS, Config, ConfigError
 from tinylm.model import GPT, flops_per_token
 
 log = logging.getLogger("tinylm.train")
@@ -57,15 +52,90 @@ def pick_device(cfg: Config) -> torch.device:
     return torch.device("cpu")
 
 
-def setup(cfg: Config, out_dir: str) -> Run:
-    """Distributed init, data (rank 0 builds the cache first), model, optimizer, DeepSpeed engine."""
+def preflight(cfg: Config, out_dir: str, resume_from: str | None = None, resume: bool = True) -> dict:
+    """Every check that needs no data, model or process group, so a mistake costs seconds, not a data build: the
+    corpus exists, the vocabulary fits the tokenizer, the device and precision exist here, the output folder can
+    be written, and (``resume``) what is already in it: a checkpoint that is refused (another architecture, a
+    shorter run than it already trained, corrupt markers) fails here, and a trained model with nothing to resume
+    is never overwritten. Returns what ``train`` compares once the data exists (the resumed run's tokenizer hash).
+    """
+    from tinylm.checkpoint import resume_point
+    from tinylm.data import check_dataset
+
+    check_dataset(cfg.dataset)
+    least = {"bpe": 257, "char": 3}.get(cfg.tokenizer, 0)
+    if cfg.vocab_size < least:
+        why = "256 bytes + EOT" if cfg.tokenizer == "bpe" else "a character, unknown, EOT"
+        raise ConfigError(f"vocab_size={cfg.vocab_size} is too small for tokenizer={cfg.tokenizer!r}; it needs >= "
+                          f"{least} ({why})")
+    cuda = torch.cuda.is_available()
+    if cfg.device == "cuda" and not cuda:
+        raise ConfigError("device='cuda' but CUDA is not available here; use device=auto or cpu")
+    if cfg.precision == "fp16" and not (cuda and cfg.device != "cpu"):
+        raise ConfigError("precision='fp16' needs a CUDA GPU (DeepSpeed has no fp16 on CPU); use precision=fp32 "
+                          "(the fastest on CPU) or bf16")
+    existing = os.path.abspath(out_dir)  # checked, not created: a refused run leaves no empty folder behind
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing) or not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"output folder {out_dir} cannot be created: {existing} is not a writable folder")
+    if not resume:
+        return {}
+    point = resume_point(resume_from or os.path.join(out_dir, "ckpt"))
+    if point is None:
+        if resume_from is None and os.path.isfile(os.path.join(out_dir, "model", "model.safetensors")):
+            raise ConfigError(f"{out_dir} already holds a trained model (model/) and no checkpoint to continue from; "
+                              "training would overwrite it: use a new output folder (--out), or move that one away")
+        return {}
+    saved = point.get("config") or {}
+    check_resume(cfg, saved)
+    done = point.get("tokens") or 0
+    if saved.get("train_tokens", cfg.train_tokens) != cfg.train_tokens and done >= cfg.train_tokens:
+        raise ConfigError(f"cannot resume: the checkpoint in {point['ckpt_dir']} has trained {done:,} tokens and "
+                          f"train_tokens changed {saved['train_tokens']:,} -> {cfg.train_tokens:,}, which it is "
+                          f"already past: a finished run cannot be made shorter. Use a new output folder, or "
+                          f"train_tokens > {done:,} to continue it")
+    try:
+        with open(os.path.join(out_dir, "run_info.json")) as f:
+            return {"tokenizer_hash": json.load(f)["info"]["tokenizer_hash"]}
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+
+
+def write_json(path: str, obj: dict) -> None:
+    """Strict JSON, written atomically: NaN / inf become null (``json.dump`` would write the non-JSON ``NaN``)."""
+    def safe(x):
+        if isinstance(x, float | np.floating):
+            return float(x) if math.isfinite(x) else None
+        if isinstance(x, dict):
+            return {str(k): safe(v) for k, v in x.items()}
+        if isinstance(x, list | tuple):
+            return [safe(v) for v in x]
+        return x.item() if isinstance(x, np.generic) else x
+
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(safe(obj), f, indent=2, default=str, allow_nan=False)
+    os.replace(tmp, path)
+
+
+def write_run_info(run: Run) -> None:
+    write_json(os.path.join(run.out_dir, "run_info.json"), {"config": run.cfg.to_dict(), "info": run.info,
+                                                            "params": param_counts(run.cfg), "data": run.data.meta})
+
+
+def setup(cfg: Config, out_dir: str, write_info: bool = True) -> Run:
+    """Distributed init, data (rank 0 builds the cache first), model, optimizer, DeepSpeed engine. ``write_info``:
+    write ``run_info.json`` now (``train`` writes it only once a resume has been accepted)."""
     from tinylm import engine as eng
     from tinylm.data import load_data
     from tinylm.optim import build_optimizer
-    from tinylm.perf import provenance
+    from tinylm.perf import mark, provenance, reset_peak_memory
 
     rank, world = eng.init_distributed()
+    mark("process_group")
     device = pick_device(cfg)
+    reset_peak_memory(device)  # this run's peak, also in a process that ran another one before (Tune reuse)
     if device.type == "cuda":
         torch.cuda.set_device(device)
         torch.backends.cuda.matmul.allow_tf32 = True
@@ -74,13 +144,21 @@ def setup(cfg: Config, out_dir: str) -> Run:
     eng.barrier()
     if rank != 0:
         data = load_data(cfg)
+    mark("data")
     if data.tokenizer.n_vocab > cfg.vocab_size:
         raise ConfigError(f"vocab_size={cfg.vocab_size} < tokenizer size {data.tokenizer.n_vocab}")
+    for split in ("train", "val"):  # get_batch needs block_size + 1 tokens; refused before any model is built
+        n = len(getattr(data, split))
+        if n <= cfg.block_size:
+            raise ConfigError(f"block_size={cfg.block_size:,} needs more than {cfg.block_size:,} tokens in each split "
+                              f"but dataset={cfg.dataset!r} gave {split} {n:,} (num_documents={cfg.num_documents}, "
+                              f"max_tokens={cfg.max_tokens}, val_fraction={cfg.val_fraction}); lower block_size "
+                              f"below {n:,} or use more data")
     torch.manual_seed(cfg.seed)
     model = GPT(cfg).to(device)
     optimizer = build_optimizer(model, cfg)
     engine, conf = eng.build_engine(model, optimizer, cfg)
-    counts = param_counts(cfg)
+    mark("model_engine")
     sample = np.asarray(data.val[:200_000])  # bytes per val token, for bits-per-byte (tokenizer-independent)
     n_bytes = len(data.tokenizer.decode(sample[sample != data.tokenizer.eot_token].tolist()).encode("utf-8"))
     data.meta["val_bytes_per_token"] = n_bytes / max(1, len(sample))
@@ -88,14 +166,14 @@ def setup(cfg: Config, out_dir: str) -> Run:
             "data_source": str(data.meta.get("source", "")), "world_size": str(world),
             "ds_config": json.dumps(conf, sort_keys=True)}
     os.makedirs(out_dir, exist_ok=True)
-    if rank == 0:
-        with open(os.path.join(out_dir, "run_info.json"), "w") as f:
-            json.dump({"config": cfg.to_dict(), "info": info, "params": counts, "data": data.meta}, f, indent=2,
-                      default=str)
-    return Run(cfg, out_dir, engine, model, optimizer, data, device, rank, world, conf, info)
+    run = Run(cfg, out_dir, engine, model, optimizer, data, device, rank, world, conf, info)
+    if rank == 0 and write_info:
+        write_run_info(run)
+    return run
 
 
-def _batch(run: Run, split: np.ndarray, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+def sample_batch(run: Run, split: np.ndarray, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """One (x, y) micro-batch of ``split`` drawn with ``rng``, on the run's device (the loop's and sanity's)."""
     from tinylm.data import get_batch
 
     x, y = get_batch(split, run.cfg.batch_size, run.cfg.block_size, rng)
@@ -114,21 +192,42 @@ def train_step(run: Run, batches: Callable[[], tuple[torch.Tensor, torch.Tensor]
     return total / run.cfg.grad_accum
 
 
+def eval_share(n: int, rank: int, world: int) -> range:
+    """The indices of the ``n`` val batches that ``rank`` of ``world`` evaluates: every ``world``-th one from its
+    rank, so the ranks cover each batch exactly once and differ by at most one batch."""
+    return range(rank, n, world)
+
+
 @torch.no_grad()
 def evaluate(run: Run) -> float:
-    """Mean val loss over a fixed set of val batches (same batches every eval, so curves are comparable)."""
+    """Mean val loss over a fixed set of val batches (same batches every eval, so curves are comparable).
+
+    Every rank draws the same ``n`` batches from the same seed (so the set does not depend on the world size)
+    and runs the model on its share (``eval_share``) only; the loss sums are all-reduced. Under ZeRO-3 a forward
+    pass is collective (parameters are gathered), so a rank with one batch fewer runs one more, uncounted.
+    """
+    from tinylm import engine as eng
+    from tinylm.data import get_batch
+
     run.engine.eval()
     rng = np.random.default_rng(12345)
     n = max(1, run.cfg.eval_tokens // (run.cfg.batch_size * run.cfg.block_size))
+    mine = eval_share(n, run.rank, run.world)
     losses = []
-    for _ in range(n):
-        x, y = _batch(run, run.data.val, rng)
-        losses.append(run.engine(x, y)[1].item())
+    for i in range(n):
+        if i in mine:
+            x, y = sample_batch(run, run.data.val, rng)
+            losses.append(run.engine(x, y)[1].item())
+        else:  # another rank's batch: drawn all the same, so the generator stays in step
+            get_batch(run.data.val, run.cfg.batch_size, run.cfg.block_size, rng)
+    if run.cfg.zero_stage == 3 and len(mine) < math.ceil(n / run.world):
+        run.engine(*sample_batch(run, run.data.val, rng))
     run.engine.train()
-    return float(np.mean(losses))
+    return eng.all_reduce_sum(float(np.sum(losses)), run.device) / n  # world 1: exactly np.mean(losses)
 
 
-def train(cfg: Config, out_dir: str, report: Report | None = None, resume_from: str | None = None) -> dict:
+def train(cfg: Config, out_dir: str, report: Report | None = None, resume_from: str | None = None,
+          should_stop: Callable[[], bool] | None = None) -> dict:
     """Train one model.
 
     Args:
@@ -136,6 +235,8 @@ def train(cfg: Config, out_dir: str, report: Report | None = None, resume_from: 
         out_dir: this run's folder: DeepSpeed checkpoints under ``ckpt/``, the final model under ``model/``.
         report: called on every rank at every eval with (metrics, checkpoint dir or None).
         resume_from: a checkpoint folder to continue from (defaults to ``out_dir/ckpt`` when it holds one).
+        should_stop: checked before every step (one-rank runs): True ends the run as "stopped" — a scheduler
+            (ASHA, the kill rule) stopped it, and the process should be free for the next trial now.
 
     Returns:
         Final metrics (val loss/ppl, params, tokens, FLOPs, time, throughput, MFU, memory, latency, evals) plus
@@ -144,9 +245,10 @@ def train(cfg: Config, out_dir: str, report: Report | None = None, resume_from: 
     from tinylm import engine as eng
     from tinylm.checkpoint import save_pretrained
     from tinylm.optim import set_lr
-    from tinylm.perf import peak_flops, peak_memory_mb
+    from tinylm.perf import mark, peak_flops, peak_memory_mb, write_marks
 
-    run = setup(cfg, out_dir)
+    resumed_from = preflight(cfg, out_dir, resume_from)
+    run = setup(cfg, out_dir, write_info=False)
     ckpt_dir = os.path.join(out_dir, "ckpt")
     tokens_per_step = cfg.tokens_per_step * run.world
     total_steps = max(1, math.ceil(cfg.train_tokens / tokens_per_step))
@@ -154,7 +256,19 @@ def train(cfg: Config, out_dir: str, report: Report | None = None, resume_from: 
     ckpt_every = max(1, round(cfg.ckpt_every_tokens / tokens_per_step)) if cfg.ckpt_every_tokens else eval_every
     rng = np.random.default_rng([cfg.seed, run.rank])
     step, elapsed, history = 0, 0.0, []
-    state = eng.load_checkpoint(run.engine, resume_from or ckpt_dir, check=lambda saved: check_resume(cfg, saved))
+    src = resume_from or ckpt_dir
+    state = eng.load_checkpoint(run.engine, src, check=lambda saved: check_resume(cfg, saved))
+    if state is None and eng.complete_tags(src):  # every complete checkpoint failed to load (warnings above)
+        raise ConfigError(f"no checkpoint in {src} loads ({', '.join(eng.complete_tags(src))}: see the warnings "
+                          "above); refusing to start over and overwrite them: move the folder away to train from "
+                          "scratch")
+    was = (state or {}).get("tokenizer_hash") or resumed_from.get("tokenizer_hash")
+    if state is not None and was and was != run.data.tokenizer_hash:
+        raise ConfigError(f"cannot resume: the checkpoint was trained with another tokenizer (sha256 {was[:12]}, now "
+                          f"{run.data.tokenizer_hash[:12]} from dataset={cfg.dataset!r}); its token ids would mean "
+                          "other strings. Use a new output folder")
+    if run.rank == 0:
+        write_run_info(run)
     if state is not None:
         step, elapsed, history = state["step"], state["elapsed_s"], state.get("history", [])
         rng.bit_generator.state = state["rng"][run.rank] if run.rank < len(state["rng"]) else rng.bit_generator.state
@@ -170,12 +284,19 @@ def train(cfg: Config, out_dir: str, report: Report | None = None, resume_from: 
     status, stop_reason = "completed", ""
     window_loss, window_steps, window_t = 0.0, 0, time.perf_counter()
     metrics: dict = state.get("metrics", {}) if state else {}
-    last_ckpt = None
+    last_ckpt, started = None, False
     run.engine.train()
     while step < total_steps:
+        if should_stop is not None and should_stop():
+            status, stop_reason = "stopped", f"stopped by the scheduler at step {step}"
+            break
         lr = set_lr(run.optimizer, cfg, step * tokens_per_step)
-        loss = train_step(run, lambda: _batch(run, run.data.train, rng))
+        loss = train_step(run, lambda: sample_batch(run, run.data.train, rng))
         step += 1
+        if run.rank == 0 and not started:  # start-up phases, for bench/overhead.py
+            started = True
+            mark("first_step")
+            write_marks(out_dir)
         if not math.isfinite(loss):  # NaN/inf guard: stop with a recorded reason instead of wasting compute
             status, stop_reason = "diverged", f"non-finite train loss ({loss}) at step {step}"
             log.error(stop_reason)
@@ -202,7 +323,7 @@ def train(cfg: Config, out_dir: str, report: Report | None = None, resume_from: 
                 ckpt = eng.save_checkpoint(run.engine, ckpt_dir, f"step{step:08d}", {
                     "step": step, "tokens_seen": step * tokens_per_step, "elapsed_s": elapsed,
                     "history": history, "config": cfg.to_dict(), "rng": gather_rng(rng, run.world),
-                    "metrics": metrics})
+                    "metrics": metrics, "tokenizer_hash": run.data.tokenizer_hash})
                 last_ckpt = ckpt
             if report is not None and step < total_steps:
                 report(metrics, ckpt)
@@ -222,13 +343,20 @@ def train(cfg: Config, out_dir: str, report: Report | None = None, resume_from: 
     if metrics:
         final.update(final_val_loss=metrics["val_loss"], final_val_ppl=metrics["val_ppl"],
                      final_val_bpb=metrics["val_bpb"])
-    if status == "completed":
-        final.update(end_of_run_evals(run))
+    # the model and the metrics are on disk before the end-of-run evals: a failure there loses neither
     if run.rank == 0 and status == "completed":
         save_pretrained(os.path.join(out_dir, "model"), run.model, cfg, run.data.tokenizer, extra=run.info)
     if run.rank == 0:  # one writer: ranks share out_dir on one node
-        with open(os.path.join(out_dir, "metrics.json"), "w") as f:
-            json.dump(final, f, indent=2, default=str)
+        write_json(os.path.join(out_dir, "metrics.json"), final)
+    if status == "completed":
+        try:
+            final.update(end_of_run_evals(run))
+        except Exception as e:  # noqa: BLE001 - recorded, and the CLI exits non-zero; the trained model stays
+            final["evals_error"] = f"{type(e).__name__}: {str(e)[:500]}"
+            log.error("end-of-run evals failed (%s); the model and metrics are kept in %s", final["evals_error"],
+                      out_dir)
+        if run.rank == 0:
+            write_json(os.path.join(out_dir, "metrics.json"), final)
     final["info"] = run.info
     if report is not None:
         # the last report carries a checkpoint: Ray Train V2 keeps no metrics for a run that reported none
@@ -273,40 +401,3 @@ def end_of_run_evals(run: Run) -> dict:
                              seed=run.cfg.seed))
     model.train()
     return out
-
-
-def main(argv: list[str] | None = None) -> dict:
-    p = argparse.ArgumentParser(prog="python -m tinylm.train", description=__doc__.split("\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_config_args(p)
-    p.add_argument("--out", default=None, help="output folder (default results/runs/<name>-<time>)")
-    p.add_argument("--sanity", choices=("overfit", "lr_range"), default=None, help="PRD phase-0 checks")
-    p.add_argument("--track", action="store_true", help="log the run to MLflow (sqlite under results/)")
-    args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
-    try:
-        cfg = config_from_args(args)
-    except ConfigError as e:
-        raise SystemExit(f"error: {e}") from None
-    out = args.out or os.path.join("results", "runs", f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}")
-    if args.sanity:
-        from tinylm import sanity
-
-        return getattr(sanity, args.sanity)(cfg, out)
-    t0 = time.perf_counter()
-    if args.track:  # the notebook API's path: one MLflow parent + child run around the same train()
-        from tinylm.api import run_experiment
-
-        result = run_experiment(cfg, out_dir=out, track=True)
-        final = {**result.metrics, "info": result.info}
-    else:
-        final = train(cfg, out)
-    keys = ("status", "final_val_loss", "final_val_ppl", "tokens", "params_total", "tokens_per_s", "mfu",
-            "latency_ms_b1_l128", "peak_mem_mb")
-    print(json.dumps({k: final.get(k) for k in keys}, indent=1, default=str))
-    print(f"wall time {time.perf_counter() - t0:.1f} s; model and metrics in {out}")
-    return final
-
-
-if __name__ == "__main__":
-    main()

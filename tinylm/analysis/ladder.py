@@ -1,0 +1,226 @@
+"""A tuned scaling ladder with a held-out prediction, and isoFLOP minima with intervals (sweeps/ladder.py).
+
+Pure functions over a trials table (``stats.prepare``-d):
+
+- ``best_per_size``: per model size, the LR whose (seed-mean) final val loss is lowest among completed trials,
+  with the grid it was picked from and whether it sits at the grid's edge;
+- ``loglog_fit``: log L = c − α log N by least squares (the exponent of a pure power law, Kaplan-style: with five
+  or fewer sizes a three-parameter E + A·N^−α fit has one or two degrees of freedom left, so it is reported but
+  not trusted), with a t interval on α and a t *prediction* interval for a new size (the scatter of the points
+  about the line is the noise a new point also has);
+- ``heldout``: fit on every size but the largest, predict the largest, report the error and whether the 95 %
+  prediction interval covers the measured loss;
+- ``isoflop_table``: per FLOP budget a parabola of loss in log N, its argmin N_opt and tokens per parameter, with
+  a residual-bootstrap interval; then N_opt ∝ C^a across budgets.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+from scipy import stats as sps
+
+from tinylm.analysis import fits
+
+
+def _size_key(n: pd.Series) -> pd.Series:
+    return n.map(lambda x: float(f"{x:.3g}") if np.isfinite(x) else np.nan)
+
+
+def best_per_size(df: pd.DataFrame) -> pd.DataFrame:
+    """One row per size: N, D, tokens_per_param, best lr, loss (seed mean at that lr), the lr grid, n_done
+    (completed trials at this size), edge ("low"/"high"/"")."""
+    done = df[(df["status"].astype(str) == "completed") if "status" in df.columns else slice(None)]
+    done = done[np.isfinite(done["loss"])]
+    rows = []
+    for key, g in done.groupby(_size_key(done["N"]), sort=True):
+        per_lr = g.groupby("lr")["loss"].mean()
+        grid = sorted(float(x) for x in df.loc[_size_key(df["N"]) == key, "lr"].unique())
+        best = float(per_lr.idxmin())
+        edge = "low" if best == grid[0] and len(grid) > 1 else ("high" if best == grid[-1] and len(grid) > 1 else "")
+        gb = g[g["lr"] == best]
+        rows.append({"N": float(gb["N"].mean()), "D": float(gb["D"].mean()), "C": float(gb["C"].mean()),
+                     "tokens_per_param": float(gb["D"].mean() / gb["N"].mean()), "lr": best,
+                     "loss": float(per_lr.min()), "lr_grid": grid, "n_done": len(g), "edge": edge,
+                     "n_embd": gb["n_embd"].iloc[0] if "n_embd" in gb else np.nan,
+                     "n_layer": gb["n_layer"].iloc[0] if "n_layer" in gb else np.nan})
+    return pd.DataFrame(rows).sort_values("N", kind="stable").reset_index(drop=True)
+
+
+def loglog_fit(n: np.ndarray, loss: np.ndarray, level: float = 0.95) -> dict:
+    """log L = c − α log N: α, its t interval, and what ``predict`` needs. Needs >= 3 points."""
+    x, y = np.log(np.asarray(n, float)), np.log(np.asarray(loss, float))
+    k = len(x)
+    if k < 3:
+        raise fits.NotEnoughPoints(f"a log-log fit with an interval needs >= 3 sizes; got {k}")
+    slope, intercept = np.polyfit(x, y, 1)
+    resid = y - (intercept + slope * x)
+    s = math.sqrt(float(resid @ resid) / (k - 2))
+    sxx = float(((x - x.mean()) ** 2).sum())
+    t = float(sps.t.ppf(0.5 + level / 2, k - 2))
+    se = s / math.sqrt(sxx)
+    return {"alpha": -slope, "alpha_ci": (-slope - t * se, -slope + t * se), "c": intercept, "s": s, "n": k,
+            "xbar": float(x.mean()), "sxx": sxx, "t": t, "level": level}
+
+
+def predict(fit: dict, n0: float) -> tuple[float, float, float]:
+    """(prediction, PI low, PI high) of the loss at ``n0`` from ``loglog_fit`` (a t prediction interval in log)."""
+    x0 = math.log(n0)
+    yhat = fit["c"] - fit["alpha"] * x0
+    half = fit["t"] * fit["s"] * math.sqrt(1 + 1 / fit["n"] + (x0 - fit["xbar"]) ** 2 / fit["sxx"])
+    return math.exp(yhat), math.exp(yhat - half), math.exp(yhat + half)
+
+
+def heldout(points: pd.DataFrame, level: float = 0.95, with_e: bool = True) -> dict:
+    """Fit on all sizes but the largest, predict the largest. Keys: fit, n_fit, N_heldout, measured, predicted,
+    pi (lo, hi), error_pct ((predicted − measured) / measured), covered, flags (non-monotone points, exponent out
+    of the 0.01-2 range seen in LM studies), and the E + A·N^−α fit on the same points when it converges."""
+    p = points.sort_values("N")
+    if len(p) < 4:
+        raise fits.NotEnoughPoints(f"a held-out check needs >= 4 sizes (3 to fit, 1 to predict); got {len(p)}")
+    train, test = p.iloc[:-1], p.iloc[-1]
+    fit = loglog_fit(train["N"].to_numpy(), train["loss"].to_numpy(), level)
+    pred, lo, hi = predict(fit, float(test["N"]))
+    measured = float(test["loss"])
+    flags = []
+    ys = train["loss"].to_numpy()
+    if (np.diff(ys) > 0).any():
+        flags.append("non-monotone: loss rises with N between fitted sizes; the law is refused as a description")
+    if not 0.01 <= fit["alpha"] <= 2.0:
+        flags.append(f"implausible exponent α = {fit['alpha']:.3g} (LM studies: ~0.05-0.5)")
+    out = {"fit": fit, "n_fit": len(train), "N_heldout": float(test["N"]), "measured": measured, "predicted": pred,
+           "pi": (lo, hi), "error_pct": 100 * (pred - measured) / measured, "covered": bool(lo <= measured <= hi),
+           "flags": flags}
+    out["with_E"] = None
+    try:
+        if not with_e:
+            return out
+        e_fit = fits.fit_power_law(train["N"].to_numpy(), train["loss"].to_numpy(), n_boot=0)
+        out["with_E"] = {"params": e_fit.params, "predicted": float(e_fit.predict(float(test["N"]))),
+                         "dof": len(train) - 3}
+    except (fits.NotEnoughPoints, ValueError):
+        out["with_E"] = None
+    return out
+
+
+def isoflop_table(points: pd.DataFrame, n_boot: int = 200, seed: int = 0, rel_tol: float = 0.1,
+                  level: float = 0.95) -> tuple[list[dict], dict | None]:
+    """Per budget: N_opt (parabola argmin in log N), tokens/param at N_opt, and a residual-bootstrap interval on
+    both; then the exponents of N_opt and D_opt in C (None with < 2 bracketed budgets)."""
+    rng = np.random.default_rng(seed)
+    labels = fits.budgets(points["C"].to_numpy(float), rel_tol)
+    rows = []
+    for b in np.unique(labels):
+        g = points[labels == b]
+        if g["N"].nunique() < 3:
+            continue
+        x, y = np.log(g["N"].to_numpy(float)), g["loss"].to_numpy(float)
+        coef = np.polyfit(x, y, 2)
+        c = float(np.exp(np.log(g["C"].to_numpy(float)).mean()))
+        row = {"C": c, "n_points": len(g), "N_opt": math.nan, "tokens_per_param": math.nan, "N_opt_ci": None,
+               "tpp_ci": None, "bracketed": False, "loss_min": float(y.min())}
+        if coef[0] > 0:
+            xo = -coef[1] / (2 * coef[0])
+            n_opt = float(np.exp(xo))
+            row.update(N_opt=n_opt, tokens_per_param=c / (6 * n_opt) / n_opt, bracketed=bool(x.min() <= xo <= x.max()),
+                       loss_min=float(np.polyval(coef, xo)))
+            resid = y - np.polyval(coef, x)
+            sims = []
+            for _ in range(n_boot):
+                yb = np.polyval(coef, x) + rng.choice(resid, len(resid), replace=True)
+                cb = np.polyfit(x, yb, 2)
+                if cb[0] > 0:
+                    sims.append(float(np.exp(-cb[1] / (2 * cb[0]))))
+            if len(sims) >= max(10, n_boot // 2):
+                lo, hi = np.percentile(sims, [50 * (1 - level), 50 * (1 + level)])
+                row["N_opt_ci"] = (float(lo), float(hi))
+                row["tpp_ci"] = (c / 6 / hi ** 2, c / 6 / lo ** 2)
+        rows.append(row)
+    good = [r for r in rows if np.isfinite(r["N_opt"])]
+    exps = None
+    if len(good) >= 2:
+        lc = np.log([r["C"] for r in good])
+        a = float(np.polyfit(lc, np.log([r["N_opt"] for r in good]), 1)[0])
+        exps = {"a": a, "b": 1 - a, "n_budgets": len(good)}
+    return rows, exps
+
+
+def ladder_markdown(points: pd.DataFrame, held: dict | None, scale: str, flags: list[str],
+                    iso: tuple[list[dict], dict | None] | None = None) -> str:
+    """The ladder's REPORT.md: claim, diagnostics, then the numbers."""
+    from tinylm.analysis.report import md_table
+    from tinylm.analysis.validity import SCALE_CLAIMS
+
+    lines = ["# Scaling ladder report", ""]
+    if held is not None:
+        f = held["fit"]
+        lo, hi = held["pi"]
+        lines += ["## Verdict", "",
+                  f"L(N) = exp(c)·N^−α fitted on the {held['n_fit']} smallest sizes: α = {f['alpha']:.3f} "
+                  f"(95 % CI {f['alpha_ci'][0]:.3f}-{f['alpha_ci'][1]:.3f}). Held-out largest size "
+                  f"(N = {held['N_heldout']:,.0f}): predicted {held['predicted']:.4f}, "
+                  f"measured {held['measured']:.4f}, "
+                  f"error {held['error_pct']:+.2f} %; the 95 % prediction interval [{lo:.4f}, {hi:.4f}] "
+                  f"{'covers' if held['covered'] else 'does NOT cover'} the measurement"
+                  f" (target |error| <= 2 %: {'met' if abs(held['error_pct']) <= 2 else 'missed'}).",
+                  ""]
+        if held.get("with_E"):
+            w = held["with_E"]
+            lines += [f"With an irreducible term, E + A·N^−α on the same points "
+                      f"({w['dof']} d.o.f. left: not trusted): "
+                      f"E = {w['params']['E']:.3g}, α = {w['params']['alpha']:.3g}, "
+                      f"predicted {w['predicted']:.4f}.", ""]
+    claim = SCALE_CLAIMS.get(scale, scale)
+    if len(points):
+        claim = (f"{scale.upper()} scale, sizes {points['N'].min():,.0f}-{points['N'].max():,.0f} params at "
+                 f"{points['tokens_per_param'].median():.0f} tokens/param. It can claim: how loss scales with N over "
+                 "this range for this family and data, and whether a fit on the smaller sizes predicts the largest. "
+                 "It cannot claim: an exponent for other ranges (small-N curves bend), data or shapes.")
+    lines += ["## What this run can claim", "", claim, "", "## Validity diagnostics", ""]
+    lines += [f"- ⚠ {x}" for x in flags] or ["- nothing flagged"]
+    if len(points):
+        lines += ["", "## Best LR per size", "",
+                  md_table([[r["N"], r["n_embd"], r["n_layer"], r["D"], r["tokens_per_param"], r["lr"],
+                             ", ".join(f"{v:.2g}" for v in r["lr_grid"]), r["edge"] or "inside", r["n_done"], r["loss"]]
+                            for _, r in points.iterrows()],
+                           ["N", "d", "L", "tokens", "tokens/param", "best LR", "LR grid", "best at edge?",
+                            "completed trials", "val loss"]), ""]
+    if iso is not None:
+        rows, exps = iso
+        lines += ["## isoFLOP minima", "",
+                  md_table([[r["C"], r["n_points"], r["N_opt"],
+                             f"{r['N_opt_ci'][0]:.3g}-{r['N_opt_ci'][1]:.3g}" if r["N_opt_ci"] else "n/a",
+                             r["tokens_per_param"],
+                             f"{r['tpp_ci'][0]:.3g}-{r['tpp_ci'][1]:.3g}" if r["tpp_ci"] else "n/a",
+                             "yes" if r["bracketed"] else "no (extrapolated)"] for r in rows],
+                           ["C (FLOPs)", "sizes", "N_opt", "95 % CI", "tokens/param at N_opt", "95 % CI",
+                            "bracketed"]), ""]
+        if exps:
+            lines.append(f"N_opt ∝ C^{exps['a']:.3f}, D_opt ∝ C^{exps['b']:.3f} over {exps['n_budgets']} budgets.")
+    return "\n".join(lines) + "\n"
+
+
+def ladder_flags(points: pd.DataFrame, held: dict | None, epochs: float = math.nan) -> list[str]:
+    out = []
+    for _, r in points.iterrows():
+        if r["edge"]:
+            out.append(f"N={r['N']:,.0f}: best LR {r['lr']:.3g} is at the {r['edge']} edge of its grid "
+                       f"{[float(f'{v:.3g}') for v in r['lr_grid']]}: the tuned loss may be too high")
+        if r["tokens_per_param"] < 19.5:
+            out.append(f"N={r['N']:,.0f}: {r['tokens_per_param']:.1f} tokens per parameter (< 20)")
+    if len(points) >= 3:
+        x, y = np.log(points["N"].to_numpy(float)), np.log(points["loss"].to_numpy(float))
+        local = -np.diff(y) / np.diff(x)
+        if local.max() > 1.5 * max(local.min(), 1e-9):
+            out.append("the log-log slope is not constant: local exponents " +
+                       ", ".join(f"{v:.3f}" for v in local) + " from the smallest to the largest size (a pure power "
+                       "law has one); extrapolation from the smaller sizes is biased")
+    if held is not None:
+        out += held["flags"]
+        if held["fit"]["n"] < 4:
+            out.append(f"the law is fitted on {held['fit']['n']} sizes: its interval is wide and its exponent fragile")
+    if epochs == epochs and epochs > 1:
+        out.append(f"data repeats: the largest size reads {epochs:.2f} epochs of the corpus (a data-constrained law)")
+    return out

@@ -1,0 +1,89 @@
+"""One home for the formats several modules write and read: where a sweep's files live and how they are named.
+
+- ``sweep_key(name, root)`` = ``<name>@<absolute results root>``: tinylm.tune tags the sweep's parent run with it,
+  ``tinylm.export`` and the sweep scripts find the parent (and the trial folders) by it; ``single_key(out_dir)``
+  = ``single:<absolute run folder>`` for a run tracked outside a sweep (``tinylm.api.run_experiment``).
+- ``trial_dir(root, sweep, trial_id)`` = ``<root>/<sweep>/trials/<trial id>``: a sweep trial's output folder.
+- ``COMPLETE``: the marker file a checkpoint tag holds once every rank finished saving it.
+- ``VARIANT``: the search-space key whose values are dicts of Config fields changed together.
+- The tracking URI: an explicit URI, else ``$MLFLOW_TRACKING_URI``, else ``sqlite:///<absolute results dir>/mlflow.db``
+  with the results dir ``$TINYLM_RESULTS`` or ``./results`` (``results_dir``, ``default_uri``, ``resolve_uri``);
+  ``mask_uri`` hides passwords in anything printed.
+
+Standard library only, so the driver, the CLIs and the tests read it for free.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+VARIANT = "__variant"
+COMPLETE = "tinylm_complete.json"  # written after every rank finished saving a tag
+RESULTS_ENV = "TINYLM_RESULTS"  # the default results folder of every command
+
+
+# --- sweep keys and folders ----------------------------------------------------------------------------------
+def sweep_key(name: str, root: str) -> str:
+    """The key of a sweep's parent run: its name and the absolute results root (two roots, two sweeps)."""
+    return f"{name}@{os.path.abspath(root)}"
+
+
+def single_key(out_dir: str) -> str:
+    """The key of a run tracked outside a sweep: its absolute folder."""
+    return f"single:{os.path.abspath(out_dir)}"
+
+
+def parse_key(key: str) -> tuple[str, str, str] | None:
+    """``("sweep", name, root)`` or ``("single", "", run folder)``; None for a key of neither form."""
+    if key.startswith("single:"):
+        return "single", "", key[len("single:"):]
+    name, at, root = key.partition("@")
+    return ("sweep", name, root) if at and name and root else None
+
+
+def trial_dir(root: str, sweep: str, trial_id: str) -> str:
+    """A sweep trial's output folder: ``<root>/<sweep>/trials/<trial id>``."""
+    return os.path.join(root, sweep, "trials", str(trial_id))
+
+
+def run_dir(key: str, trial_id: str) -> str | None:
+    """The folder of a tracked run, from its parent's key and its trial id; None when the key names no folder."""
+    parsed = parse_key(key)
+    if parsed is None:
+        return None
+    kind, name, path = parsed
+    return path if kind == "single" else trial_dir(path, name, trial_id)
+
+
+# --- the tracking store ----------------------------------------------------------------------------------------
+_USERINFO = re.compile(r"([a-zA-Z][\w+.-]*://[^:/@\s]*):[^@\s]*?@")
+_SECRET_QS = re.compile(r"((?:password|passwd|pwd|token|secret|access_key|api_key)=)[^&\s'\"]*", re.IGNORECASE)
+
+
+def results_dir(results: str | None = None) -> str:
+    """The results folder: the one given, else ``$TINYLM_RESULTS``, else ``results`` (relative to the cwd)."""
+    return results or os.environ.get(RESULTS_ENV) or "results"
+
+
+def default_uri(results: str | None = None, env: bool = True) -> str:
+    """``$MLFLOW_TRACKING_URI`` when set (and ``env``), else ``sqlite:///<absolute results dir>/mlflow.db``."""
+    if env and os.environ.get("MLFLOW_TRACKING_URI"):
+        return os.environ["MLFLOW_TRACKING_URI"]
+    return "sqlite:///" + str(Path(results_dir(results)).expanduser().resolve() / "mlflow.db")
+
+
+def resolve_uri(uri: str | None, results: str | None = None) -> str:
+    """An explicit URI wins, then ``$MLFLOW_TRACKING_URI``, then the sqlite store in the results folder."""
+    return uri or default_uri(results)
+
+
+def mask_uri(text: Any) -> str:
+    """``scheme://user:secret@host`` -> ``scheme://user:***@host`` (and ``?password=...``) anywhere in text."""
+    return _SECRET_QS.sub(r"\1***", _USERINFO.sub(r"\1:***@", str(text)))
+
+
+__all__ = ["COMPLETE", "RESULTS_ENV", "VARIANT", "default_uri", "mask_uri", "parse_key", "resolve_uri",
+           "results_dir", "run_dir", "single_key", "sweep_key", "trial_dir"]
