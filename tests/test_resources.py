@@ -48,3 +48,29 @@ def test_cpu_threads_and_concurrency_split():
 def test_bad_resource_flags_are_refused(kwargs):
     with pytest.raises(ConfigError):
         plan_resources(cpus=8, gpus=1, **kwargs)
+
+
+def test_grid_order_puts_the_baseline_first_and_is_a_fixed_permutation():
+    from tinylm.tune import VARIANT, grid_order
+
+    lrs = [1e-3, 3e-3, 1e-2, 3e-2, 1e-1]
+    order = grid_order("lr", lrs, {"lr": 3e-3, "glu_factor": 4.0})
+    assert order[0] == 3e-3 and sorted(order) == sorted(lrs)
+    assert order != lrs  # not the written (worst-first) order
+    assert grid_order("lr", lrs, {"lr": 3e-3}) == order  # deterministic: a resumed sweep walks the same order
+    no_base = grid_order("lr", lrs, {})
+    assert sorted(no_base) == sorted(lrs)
+    variants = [{"n_layer": 2}, {"n_layer": 4}, {"n_layer": 6}]
+    assert grid_order(VARIANT, variants, {"n_layer": 6})[0] == {"n_layer": 6}
+
+
+def test_grid_space_shuffles_only_when_trials_can_stop_early():
+    from tinylm.config import Config
+    from tinylm.tune import grid_space
+
+    base = Config.from_name("debug")
+    space = {"lr": [1e-3, 3e-3, 1e-2, 3e-2]}
+    plain = grid_space(base, space, seeds=1)
+    assert plain["lr"]["grid_search"] == space["lr"]
+    early = grid_space(base, space, seeds=1, baseline={"lr": 1e-2}, shuffle=True)
+    assert early["lr"]["grid_search"][0] == 1e-2 and sorted(early["lr"]["grid_search"]) == space["lr"]

@@ -527,13 +527,36 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def grid_space(base: Config, space: dict, seeds: int) -> dict:
+def grid_order(key: str, values: list, baseline: dict) -> list:
+    """The order Tune walks a grid axis in when trials can be stopped early: the baseline's value first, then the
+    rest in a fixed shuffled order. Tune runs a grid in list order, and asynchronous ASHA promotes whatever reaches
+    a rung while it holds too few results to compare against, so a grid written worst-first (say, LRs ascending)
+    ran its worst trials to the end; and the kill rule can stop nobody until the baseline has results
+    (bench/asha.py). Deterministic, so a resumed sweep sees the same order."""
+    import random
+
+    def is_base(v) -> bool:
+        if key == VARIANT:
+            return bool(baseline) and isinstance(v, dict) and all(v.get(k) == b for k, b in baseline.items() if k in v)
+        return key in baseline and v == baseline[key]
+
+    first = [v for v in values if is_base(v)][:1]
+    rest = [v for v in values if not (first and v is first[0])]
+    random.Random(f"tinylm-grid-{key}").shuffle(rest)
+    return first + rest
+
+
+def grid_space(base: Config, space: dict, seeds: int, baseline: dict | None = None, shuffle: bool = False) -> dict:
+    """Tune's param_space for a grid over ``space`` (× ``seeds``) on ``base``; every point is checked first.
+    ``shuffle``: walk each axis baseline-first, the rest shuffled (``grid_order``), for sweeps that stop early."""
     check_keys({k: v for k, v in space.items() if k != VARIANT})
     for k, values in space.items():  # fail fast: every grid point must build a valid Config
         for v in values if isinstance(values, list) else []:
             build_config(base.to_dict() | ({k: v} if k != VARIANT else {VARIANT: v}))
     out = {k: v for k, v in base.to_dict().items()}
     for k, values in space.items():
+        if isinstance(values, list) and shuffle:
+            values = grid_order(k, values, baseline or {})
         out[k] = tune.grid_search(values) if isinstance(values, list) else values
     if seeds > 1:
         out["seed"] = tune.grid_search(list(range(base.seed, base.seed + seeds)))
@@ -554,7 +577,9 @@ def run_sweep(sweep: Sweep, base: Config, space: dict, refine_space: dict | None
     uri = sweep.uri()
     check_tracking(uri)  # fail before any compute when the tracking server is down
     os.makedirs(sweep.root, exist_ok=True)
-    param_space = grid_space(base, space, sweep.seeds)  # raises on bad configs before anything is scheduled
+    # raises on bad configs before anything is scheduled; baseline first and shuffled when trials can stop early
+    param_space = grid_space(base, space, sweep.seeds, baseline=sweep.baseline,
+                             shuffle=sweep.asha or math.isfinite(sweep.kill_margin))
     sweep = replace(sweep, axes=tuple(k for k in space if k != VARIANT) + (("seed",) if sweep.seeds > 1 else ()))
     console = Console(os.path.join(sweep.root, sweep.name, "output.log")) if sweep.console and Console.wanted() \
         else contextlib.nullcontext()
