@@ -4,7 +4,7 @@ Hypothesis: trained compute-optimally (20 tokens per parameter) with the LR tune
 power law in total parameters well enough that a fit on the smaller sizes predicts the largest within 2 % and its
 95 % prediction interval covers the measurement.
 
-    python sweeps/ladder.py               # laptop: 5 sizes 29k-348k params (12x), 3 LRs each, ASHA, ~30-40 min
+    python sweeps/ladder.py               # laptop: 5 sizes 29k-348k params (12x), 3 LRs each, ASHA, ~10 min here
     python sweeps/ladder.py --dry-run     # the 15 trials, tokens/param, epochs, estimated time
     python sweeps/ladder.py --mode isoflop    # 3 FLOP budgets x 4 sizes -> N_opt(C) and tokens/param
     python sweeps/ladder.py --scale full  # 5 sizes 3M-40M params, V=8k, on the attached Ray cluster

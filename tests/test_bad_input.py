@@ -596,6 +596,17 @@ def test_export_cli(model_dir, tmp_path):
         main([str(tmp_path / "missing"), "--results", str(tmp_path / "results")])
     with pytest.raises(SystemExit, match=r"cannot write the export"):
         main([str(model_dir), "--out", str(tmp_path / "file" / "x")])
+    # another model's folder (or any other files) as --out: refused, nothing touched; the same export again is fine
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "notes.txt").write_text("keep me")
+    with pytest.raises(SystemExit, match=r"error: --out .*other already holds files .*--force"):
+        main([str(model_dir), "--out", str(other)])
+    assert sorted(p.name for p in other.iterdir()) == ["notes.txt"]
+    main([str(model_dir), "--out", str(tmp_path / "again")])
+    main([str(model_dir), "--out", str(tmp_path / "again")])  # re-exporting the same source is idempotent
+    main([str(model_dir), "--out", str(other), "--force"])
+    assert (other / "notes.txt").exists() and (other / "meta.json").exists()
     weights = _truncate(model_dir)
     with pytest.raises(SystemExit, match=f"error: {weights} is unreadable or does not match"):
         main([str(model_dir), "--out", str(tmp_path / "out")])

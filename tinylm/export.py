@@ -133,13 +133,28 @@ def save_hf(path: str, model: GPT, tokenizer=None) -> str:
     return path
 
 
+def check_out(out: str, src: str, force: bool = False) -> None:
+    """Refuse to write into a folder that holds anything but an earlier export of the same source (re-exporting
+    one model is idempotent; another model's files are never overwritten unless ``force``)."""
+    if force or not os.path.isdir(out) or not os.listdir(out):
+        return
+    try:
+        with open(os.path.join(out, "meta.json")) as f:
+            same = json.load(f).get("exported_from") == os.path.abspath(src)
+    except (OSError, ValueError, AttributeError):
+        same = False
+    if not same:
+        raise ValueError(f"--out {out} already holds files that are not an export of {src}; choose an empty or new "
+                         "folder, or pass --force to overwrite them")
+
+
 def export(source: str, out: str | None = None, hf: bool = False, uri: str | None = None,
-           results_dir: str = "results") -> dict[str, str]:
+           results_dir: str = "results", force: bool = False) -> dict[str, str]:
     """Export ``source`` (see ``resolve``) to ``out`` (default ``<results_dir>/exports/<name>``).
 
     Returns:
         ``{"tinylm": out}`` plus ``{"hf": out/hf}`` with ``hf``. Raises ConfigError for ``hf`` on a model that is
-        not GPT-2-shaped (before writing anything).
+        not GPT-2-shaped, ValueError for an ``out`` holding other files unless ``force`` (before writing anything).
     """
     src = resolve(source, uri, results_dir)
     model, cfg, tok = load_pretrained(src)
@@ -151,6 +166,7 @@ def export(source: str, out: str | None = None, hf: bool = False, uri: str | Non
         out = os.path.join(results_dir, "exports", name if os.path.isdir(source) else source)
     if os.path.abspath(out) == os.path.abspath(src):
         raise ValueError(f"--out {out} is the source folder; choose another")
+    check_out(out, src, force)
     meta = {}
     if os.path.isfile(os.path.join(src, "meta.json")):
         with open(os.path.join(src, "meta.json")) as f:
@@ -170,12 +186,13 @@ def main(argv: list[str] | None = None) -> dict[str, str]:
     p.add_argument("source", help="run folder, model folder or MLflow run id")
     p.add_argument("--out", default=None, help="output folder (default results/exports/<name>)")
     p.add_argument("--hf", action="store_true", help="also write a transformers GPT2LMHeadModel folder to OUT/hf")
+    p.add_argument("--force", action="store_true", help="overwrite an --out folder that holds other files")
     p.add_argument("--uri", default=None, help="tracking URI for run ids (default $MLFLOW_TRACKING_URI or sqlite)")
     p.add_argument("--results", default=layout.results_dir(),
                    help="results folder (default $TINYLM_RESULTS or results)")
     args = p.parse_args(argv)
     try:
-        paths = export(args.source, args.out, args.hf, args.uri, args.results)
+        paths = export(args.source, args.out, args.hf, args.uri, args.results, force=args.force)
     except (ConfigError, FileNotFoundError, ValueError) as e:  # ModelFolderError is a ValueError
         sys.exit(f"error: {e}")
     except OSError as e:  # an unwritable --out

@@ -234,7 +234,7 @@ class Console:
     active: Console | None = None
 
     def __init__(self, log_path: str):
-        self.log_path, self.term, self._saved, self._handler = log_path, None, None, None
+        self.log_path, self.term, self._saved, self._handler, self._dedup = log_path, None, None, None, None
 
     @staticmethod
     def wanted() -> bool:
@@ -255,6 +255,9 @@ class Console:
         for name in ("tinylm", "ray"):
             logging.getLogger(name).addHandler(self._handler)
         Console.active = self
+        # Ray groups repeated lines from trial processes into "[repeated Nx]" summaries that it prints seconds
+        # later, after this Console has closed (on the terminal): forward every line as it comes instead, to the log
+        self._dedup = _set_ray_log_dedup(False)
         self.say(f"Ray / DeepSpeed / MLflow output: {self.log_path}")
         return self
 
@@ -264,6 +267,9 @@ class Console:
             self.term.write(line + "\n")
 
     def __exit__(self, *exc):
+        if ray.is_initialized():
+            time.sleep(1.0)  # lines Ray is still forwarding from trial processes that just ended go to the log too
+        _set_ray_log_dedup(self._dedup)
         Console.active = None
         for name in ("tinylm", "ray"):
             logging.getLogger(name).removeHandler(self._handler)
@@ -276,6 +282,17 @@ class Console:
         self.term.close()
         self.term = None
         return False
+
+
+def _set_ray_log_dedup(on: bool | None) -> bool | None:
+    """Switch Ray's driver-side deduplication of forwarded worker lines (RAY_DEDUP_LOGS, read once at import);
+    returns the previous setting (None: this Ray has no such switch, nothing changed)."""
+    import ray._private.ray_logging as ray_logging
+
+    previous = getattr(ray_logging, "RAY_DEDUP_LOGS", None)
+    if previous is not None and on is not None:
+        ray_logging.RAY_DEDUP_LOGS = on
+    return previous
 
 
 class _TerminalHandler(logging.Handler):
@@ -448,7 +465,10 @@ def connect(sweep: Sweep) -> dict:
     """Start or attach to Ray and size trials from its resources. Returns the per-trial settings."""
     address = sweep.address or os.environ.get("RAY_ADDRESS")
     env = {"env_vars": {k: v for k, v in os.environ.items() if k.startswith(("TINYLM_", "HF_", "DS_"))}
-           | {"RAY_TRAIN_V2_ENABLED": "1"}}
+           | {"RAY_TRAIN_V2_ENABLED": "1",
+              # trial processes write unbuffered, so Ray forwards their lines while the sweep's Console still sends
+              # them to the log file (buffered, they surfaced on the terminal when the reused actors exited)
+              "PYTHONUNBUFFERED": "1"}}
     if not ray.is_initialized():
         if address:
             ray.init(address=address, runtime_env=env, log_to_driver=True)
