@@ -71,3 +71,12 @@ def test_isoflop_minima_with_intervals():
                                     for r in minima)
     # Chinchilla-like law: N_opt ~ C^(beta/(alpha+beta)) = C^0.52
     assert exps["a"] == pytest.approx(0.37 / (0.34 + 0.37), abs=0.08)
+
+
+def test_local_exponents_only_for_one_point_per_size():
+    bent = pd.DataFrame({"N": [3e4, 6e4, 1.2e5, 2.4e5], "loss": [4.0, 3.9, 3.0, 2.95], "edge": "",
+                         "tokens_per_param": 20.0})
+    assert any("local exponents" in f for f in ladder.ladder_flags(bent, None))
+    # isoFLOP points: several budgets per size, so neighbouring rows are not a ladder: no slope diagnostic
+    iso = pd.concat([bent, bent.assign(loss=bent["loss"] - 0.5)], ignore_index=True)
+    assert not any("local exponents" in f for f in ladder.ladder_flags(iso, None))

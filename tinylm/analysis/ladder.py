@@ -210,8 +210,9 @@ def ladder_flags(points: pd.DataFrame, held: dict | None, epochs: float = math.n
                        f"{[float(f'{v:.3g}') for v in r['lr_grid']]}: the tuned loss may be too high")
         if r["tokens_per_param"] < 19.5:
             out.append(f"N={r['N']:,.0f}: {r['tokens_per_param']:.1f} tokens per parameter (< 20)")
-    if len(points) >= 3:
-        x, y = np.log(points["N"].to_numpy(float)), np.log(points["loss"].to_numpy(float))
+    if len(points) >= 3 and points["N"].is_unique:  # one best point per size (not isoFLOP's several per size)
+        by_n = points.sort_values("N")
+        x, y = np.log(by_n["N"].to_numpy(float)), np.log(by_n["loss"].to_numpy(float))
         local = -np.diff(y) / np.diff(x)
         if local.max() > 1.5 * max(local.min(), 1e-9):
             out.append("the log-log slope is not constant: local exponents " +
