@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> None:
     full_tokens = tune.tokens_spent(runs["full"][0])[0]
     for name, (table, wall) in runs.items():
         spent, _ = tune.tokens_spent(table)
-        early = int(table["status"].isin(["stopped_asha", "killed_rule"]).sum())
+        early = tune.stopped_early(table)
         print(f"{name:>5}: tokens {spent:>12,} ({spent / max(1, full_tokens):6.1%} of full)  wall {wall:6.0f} s  "
               f"stopped early {early:2d}/{len(table)}  top-3 (lr, glu, val_loss) {top(table)}")
     same = top(runs["full"][0], 1)[:1] and top(runs["asha"][0], 1)[:1] and \

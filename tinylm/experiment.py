@@ -14,14 +14,13 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from tinylm.config import CHOICES, Config, ConfigError, coerce
-from tinylm.layout import VARIANT, results_dir  # VARIANT: re-exported for the sweep scripts
+from tinylm.layout import VARIANT, results_dir, unwritable_parent  # VARIANT: re-exported for the sweep scripts
 from tinylm.ranking import plain, trial_loss
 
 
@@ -147,11 +146,8 @@ def check_options(args: argparse.Namespace) -> None:
     for dest, (ok, allowed) in FLAG_RULES.items():
         if dest in vars(args) and not ok(getattr(args, dest)):
             raise ConfigError(f"--{dest.replace('_', '-')}={getattr(args, dest)!r} must be {allowed}")
-    results = os.path.abspath(str(args.results))
-    existing = results
-    while not os.path.exists(existing):
-        existing = os.path.dirname(existing)
-    if not os.path.isdir(existing) or not os.access(existing, os.W_OK | os.X_OK):
+    existing = unwritable_parent(str(args.results))
+    if existing:
         raise ConfigError(f"--results={args.results!r}: {existing} is not a writable folder")
 
 
@@ -224,8 +220,7 @@ def run(exp: Experiment, scale: str | None = None, **options):
     finally:
         tune.shutdown()
     tune.print_results(sweep, table, space)
-    n_early = int(table["status"].isin(["stopped_asha", "killed_rule"]).sum())
-    print(f"{len(table)} trials ({n_early} stopped early) in {time.time() - t0:.0f} s")
+    print(f"{len(table)} trials ({tune.stopped_early(table)} stopped early) in {time.time() - t0:.0f} s")
     if args.analyze:  # as `python -m tinylm.analysis <sweep> --out <results>/analysis --baseline ...` does
         from pathlib import Path
 

@@ -63,6 +63,15 @@ _USERINFO = re.compile(r"([a-zA-Z][\w+.-]*://[^:/@\s]*):[^@\s]*?@")
 _SECRET_QS = re.compile(r"((?:password|passwd|pwd|token|secret|access_key|api_key)=)[^&\s'\"]*", re.IGNORECASE)
 
 
+def unwritable_parent(path: str) -> str | None:
+    """Checked, not created (a refused command leaves no folder behind): None when ``path`` exists as a writable
+    folder or can be created; else the nearest existing path above it that is not a writable folder."""
+    existing = os.path.abspath(path)
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    return None if os.path.isdir(existing) and os.access(existing, os.W_OK | os.X_OK) else existing
+
+
 def results_dir(results: str | None = None) -> str:
     """The results folder: the one given, else ``$TINYLM_RESULTS``, else ``results`` (relative to the cwd)."""
     return results or os.environ.get(RESULTS_ENV) or "results"
@@ -86,4 +95,4 @@ def mask_uri(text: Any) -> str:
 
 
 __all__ = ["COMPLETE", "RESULTS_ENV", "VARIANT", "default_uri", "mask_uri", "parse_key", "resolve_uri",
-           "results_dir", "run_dir", "single_key", "sweep_key", "trial_dir"]
+           "results_dir", "run_dir", "single_key", "sweep_key", "trial_dir", "unwritable_parent"]

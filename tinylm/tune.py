@@ -50,6 +50,7 @@ from tinylm.rules import DEFAULT_MARGIN, KillRule
 
 log = logging.getLogger("tinylm.tune")
 STATUS_DONE = ("completed", "diverged")
+STOPPED_EARLY = ("stopped_asha", "killed_rule")  # statuses of trials a scheduler ended before their last token
 TUNE_KEYS = ("training_iteration", "time_this_iter_s", "timestamp", "pid", "iterations_since_restore",
              "time_since_restore", "time_total_s")  # Tune's bookkeeping, not metrics
 
@@ -771,7 +772,7 @@ def record_grid_in_optuna(sweep: Sweep, base: Config, param_space: dict) -> None
         loss = float(row["val_loss"]) if pd.notna(row.get("val_loss")) else None
         if row["status"] == "completed" and loss is not None and math.isfinite(loss):
             state = optuna.trial.TrialState.COMPLETE
-        elif row["status"] in ("stopped_asha", "killed_rule") and loss is not None:
+        elif row["status"] in STOPPED_EARLY and loss is not None:
             state = optuna.trial.TrialState.PRUNED
         else:  # diverged / failed: the dashboard shows them as failed, with the reason
             state, loss = optuna.trial.TrialState.FAIL, None
@@ -825,9 +826,14 @@ def tokens_spent(table: pd.DataFrame) -> tuple[int, int]:
     return spent, full
 
 
+def stopped_early(table: pd.DataFrame) -> int:
+    """How many trials of a results table ASHA or the kill rule stopped."""
+    return int(table["status"].isin(STOPPED_EARLY).sum()) if "status" in table else 0
+
+
 def tokens_footer(table: pd.DataFrame) -> str:
     spent, full = tokens_spent(table)
-    early = int(table["status"].isin(["stopped_asha", "killed_rule"]).sum()) if "status" in table else 0
+    early = stopped_early(table)
     share = f" = {spent / full:.0%} of the full grid's {full:,}" if full else ""
     return f"tokens spent  : {spent:,}{share} ({early} of {len(table)} trials stopped early)"
 

@@ -10,7 +10,6 @@ and the wall time. ``--all`` does every sweep in the store.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from pathlib import Path
@@ -19,7 +18,7 @@ from typing import Any
 from tinylm.analysis.cost import load_prices
 from tinylm.analysis.report import report_sweep
 from tinylm.config import FIELDS, ConfigError, coerce
-from tinylm.layout import resolve_uri
+from tinylm.layout import resolve_uri, unwritable_parent
 
 
 def parse_baseline(items: list[str] | None) -> dict[str, Any] | None:
@@ -84,10 +83,8 @@ def main(argv: list[str] | None = None) -> int:
         prices = load_prices(args.prices)
     except (OSError, ValueError) as e:
         raise SystemExit(f"error: --prices {args.prices}: {type(e).__name__}: {e}") from None
-    existing = os.path.abspath(args.out)  # checked, not created: a refused command leaves no folder behind
-    while not os.path.exists(existing):
-        existing = os.path.dirname(existing)
-    if not os.path.isdir(existing) or not os.access(existing, os.W_OK | os.X_OK):
+    existing = unwritable_parent(args.out)
+    if existing:
         raise SystemExit(f"error: --out {args.out} cannot be created: {existing} is not a writable folder")
     baseline = parse_baseline(args.baseline)
     from tinylm import tracking

@@ -20,6 +20,7 @@ import torch
 
 from tinylm.budget import param_counts
 from tinylm.config import ARCH_FIELDS, Config, ConfigError
+from tinylm.layout import unwritable_parent
 from tinylm.model import GPT, flops_per_token
 
 log = logging.getLogger("tinylm.train")
@@ -74,10 +75,8 @@ def preflight(cfg: Config, out_dir: str, resume_from: str | None = None, resume:
     if cfg.precision == "fp16" and not (cuda and cfg.device != "cpu"):
         raise ConfigError("precision='fp16' needs a CUDA GPU (DeepSpeed has no fp16 on CPU); use precision=fp32 "
                           "(the fastest on CPU) or bf16")
-    existing = os.path.abspath(out_dir)  # checked, not created: a refused run leaves no empty folder behind
-    while not os.path.exists(existing):
-        existing = os.path.dirname(existing)
-    if not os.path.isdir(existing) or not os.access(existing, os.W_OK | os.X_OK):
+    existing = unwritable_parent(out_dir)
+    if existing:
         raise ConfigError(f"output folder {out_dir} cannot be created: {existing} is not a writable folder")
     if not resume:
         return {}
