@@ -85,31 +85,49 @@ def group_over_seeds(df: pd.DataFrame, metrics: list[str] | None = None) -> pd.D
     return pd.DataFrame(rows)
 
 
-def compare(df: pd.DataFrame, metric: str, a: pd.Series, b: pd.Series) -> dict:
-    """Test whether ``metric`` differs between the trials selected by masks ``a`` and ``b``.
-
-    Paired t-test (``scipy.stats.ttest_rel``) over the seeds both sides share when there are at least two,
-    else Welch's t-test (``ttest_ind(equal_var=False)``) when each side has two values, else no test.
-    Returns test, n_a, n_b, n_pairs, mean_a, mean_b, diff (mean_b − mean_a), statistic, pvalue.
-    """
+def difference(df: pd.DataFrame, metric: str, a: pd.Series, b: pd.Series, level: float = 0.95) -> dict:
+    """The difference b − a of ``metric`` between the trials selected by masks ``a`` and ``b``, with its test and
+    ``level`` confidence interval: a paired t-test on the per-seed differences over the seeds both sides share
+    when there are at least two, else Welch's t-test when each side has two values, else no test.
+    Returns test, n_a, n_b, n_pairs, mean_a, mean_b, delta (the mean paired difference, else mean_b − mean_a),
+    ci (on delta, or None), statistic, pvalue (NaN when the differences have no spread), sd_diff (paired only)."""
     va = pd.to_numeric(df.loc[a, metric], errors="coerce")
     vb = pd.to_numeric(df.loc[b, metric], errors="coerce")
     out = {"test": "none", "n_a": int(va.notna().sum()), "n_b": int(vb.notna().sum()), "n_pairs": 0,
-           "mean_a": va.mean(), "mean_b": vb.mean(), "diff": vb.mean() - va.mean(),
-           "statistic": np.nan, "pvalue": np.nan}
+           "mean_a": va.mean(), "mean_b": vb.mean(), "delta": float(vb.mean() - va.mean()), "ci": None,
+           "statistic": np.nan, "pvalue": np.nan, "sd_diff": np.nan}
     if "seed" in df.columns:
         sa = va.groupby(df.loc[a, "seed"]).mean().dropna()
         sb = vb.groupby(df.loc[b, "seed"]).mean().dropna()
         common = sa.index.intersection(sb.index).sort_values()
         if len(common) >= 2:
-            res = sps.ttest_rel(sb[common].to_numpy(), sa[common].to_numpy())
-            out.update(test="paired t", n_pairs=len(common), statistic=float(res.statistic),
-                       pvalue=float(res.pvalue))
+            d = (sb[common] - sa[common]).to_numpy(dtype=float)
+            n, m, sd = len(d), float(d.mean()), float(d.std(ddof=1))
+            half = float(sps.t.ppf(0.5 + level / 2, n - 1)) * sd / np.sqrt(n)
+            res = sps.ttest_1samp(d, 0.0) if sd > 0 else None  # == ttest_rel(b, a)
+            out.update(test="paired t", n_pairs=n, delta=m, ci=(m - half, m + half), sd_diff=sd,
+                       statistic=float(res.statistic) if res else np.nan, pvalue=float(res.pvalue) if res else np.nan)
             return out
     if out["n_a"] >= 2 and out["n_b"] >= 2:
-        res = sps.ttest_ind(vb.dropna().to_numpy(), va.dropna().to_numpy(), equal_var=False)
-        out.update(test="Welch t", statistic=float(res.statistic), pvalue=float(res.pvalue))
+        x, y = vb.dropna().to_numpy(float), va.dropna().to_numpy(float)
+        res = sps.ttest_ind(x, y, equal_var=False)
+        se2x, se2y = x.var(ddof=1) / len(x), y.var(ddof=1) / len(y)
+        se = np.sqrt(se2x + se2y)
+        dof = (se2x + se2y) ** 2 / (se2x ** 2 / (len(x) - 1) + se2y ** 2 / (len(y) - 1)) if se > 0 else 1.0
+        half = float(sps.t.ppf(0.5 + level / 2, dof)) * se
+        m = float(x.mean() - y.mean())
+        out.update(test="Welch t", delta=m, ci=(m - half, m + half), statistic=float(res.statistic),
+                   pvalue=float(res.pvalue))
     return out
+
+
+def compare(df: pd.DataFrame, metric: str, a: pd.Series, b: pd.Series) -> dict:
+    """Test whether ``metric`` differs between the trials selected by masks ``a`` and ``b`` (``difference``).
+    Returns test, n_a, n_b, n_pairs, mean_a, mean_b, diff (mean_b − mean_a), statistic, pvalue.
+    """
+    d = difference(df, metric, a, b)
+    keys = ("test", "n_a", "n_b", "n_pairs", "mean_a", "mean_b", "statistic", "pvalue")
+    return {**{k: d[k] for k in keys[:6]}, "diff": d["mean_b"] - d["mean_a"], **{k: d[k] for k in keys[6:]}}
 
 
 def tests_vs(df: pd.DataFrame, metric: str, reference: pd.Series) -> pd.DataFrame:

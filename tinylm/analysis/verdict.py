@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats as sps
 
-from tinylm.analysis import columns
+from tinylm.analysis import columns, stats
 
 ALPHA = 0.05
 POWER = 0.8
@@ -91,33 +91,12 @@ def format_p(p: float) -> str:
 def effect(df: pd.DataFrame, variant_mask: pd.Series, base_mask: pd.Series, variant: str, baseline: str,
            level: float = 0.95) -> Effect:
     """The variant's effect on val loss against the baseline (see the module docstring)."""
-    va = pd.to_numeric(df.loc[variant_mask, "loss"], errors="coerce")
-    vb = pd.to_numeric(df.loc[base_mask, "loss"], errors="coerce")
-    nv, nb = int(va.notna().sum()), int(vb.notna().sum())
-    out = Effect(variant, baseline, 0, nv, nb, "none", float(va.mean() - vb.mean()), None, math.nan, math.nan)
-    if "seed" in df.columns:
-        sv = va.groupby(df.loc[variant_mask, "seed"]).mean().dropna()
-        sb = vb.groupby(df.loc[base_mask, "seed"]).mean().dropna()
-        common = sv.index.intersection(sb.index).sort_values()
-        if len(common) >= 2:
-            d = (sv[common] - sb[common]).to_numpy(dtype=float)
-            n = len(d)
-            m, sd = float(d.mean()), float(d.std(ddof=1))
-            half = float(sps.t.ppf(0.5 + level / 2, n - 1)) * sd / math.sqrt(n)
-            p = float(sps.ttest_1samp(d, 0.0).pvalue) if sd > 0 else (0.0 if m != 0 else 1.0)
-            out.n_pairs, out.test, out.delta = n, "paired t", m
-            out.ci, out.pvalue, out.sd_diff = (m - half, m + half), p, sd
-            return out
-    if nv >= 2 and nb >= 2:
-        a, b = va.dropna().to_numpy(float), vb.dropna().to_numpy(float)
-        res = sps.ttest_ind(a, b, equal_var=False)
-        se2a, se2b = a.var(ddof=1) / len(a), b.var(ddof=1) / len(b)
-        se = math.sqrt(se2a + se2b)
-        dof = (se2a + se2b) ** 2 / ((se2a ** 2) / (len(a) - 1) + (se2b ** 2) / (len(b) - 1)) if se > 0 else 1.0
-        half = float(sps.t.ppf(0.5 + level / 2, dof)) * se
-        m = float(a.mean() - b.mean())
-        out.test, out.delta, out.ci, out.pvalue = "Welch t", m, (m - half, m + half), float(res.pvalue)
-    return out
+    d = stats.difference(df, "loss", base_mask, variant_mask, level)  # b − a = variant − baseline
+    p = d["pvalue"]
+    if d["test"] == "paired t" and not d["sd_diff"] > 0:  # identical differences: no spread, no t statistic
+        p = 0.0 if d["delta"] != 0 else 1.0
+    return Effect(variant, baseline, d["n_pairs"], d["n_b"], d["n_a"], d["test"], d["delta"], d["ci"], p,
+                  d["sd_diff"])
 
 
 def noise_floor(df: pd.DataFrame) -> tuple[float, int]:
