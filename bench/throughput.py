@@ -23,8 +23,9 @@ import time
 
 import torch
 
+from tinylm.budget import flops_per_token
 from tinylm.config import Config
-from tinylm.model import GPT, flops_per_token
+from tinylm.model import GPT
 from tinylm.optim import build_optimizer, set_lr
 from tinylm.perf import measured_matmul_peak
 

@@ -10,7 +10,8 @@ Results: results/arch/results.csv, MLflow experiment "arch"; python -m tinylm.an
 """
 
 from tinylm.config import Config
-from tinylm.experiment import VARIANT, Experiment, main
+from tinylm.experiment import VARIANT, Experiment
+from tinylm.sweep.__main__ import main
 
 DIMS = ("n_embd", "n_layer", "n_head", "d_ff")
 RUN = ("train_tokens", "eval_every_tokens", "warmup_tokens", "lr")  # laptop: per size, from the size rules

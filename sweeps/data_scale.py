@@ -9,7 +9,8 @@ data buys less. Run length grows with the data (one pass over it), so D is both 
 Results: results/data_scale/results.csv, MLflow "data_scale"; python -m tinylm.analysis data_scale fits L(D).
 """
 
-from tinylm.experiment import VARIANT, Experiment, main
+from tinylm.experiment import VARIANT, Experiment
+from tinylm.sweep.__main__ import main
 
 
 def space(scale: str) -> dict:

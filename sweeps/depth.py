@@ -9,7 +9,8 @@ linearly with depth; the efficiency score (perplexity per million parameters) pe
 Results: results/depth/results.csv (with ppl_per_mparam via tinylm.api.compare), MLflow "depth".
 """
 
-from tinylm.experiment import VARIANT, Experiment, main
+from tinylm.experiment import VARIANT, Experiment
+from tinylm.sweep.__main__ import main
 
 
 def space(scale: str) -> dict:

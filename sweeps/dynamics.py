@@ -10,7 +10,8 @@ Results: MLflow experiment "dynamics" (metric curves keyed by tokens), results/d
 """
 
 from tinylm.config import Config
-from tinylm.experiment import Experiment, main
+from tinylm.experiment import Experiment
+from tinylm.sweep.__main__ import main
 
 STEP_TOKENS = {s: Config.from_name("medium", scale=s).tokens_per_step for s in ("smoke", "full")}
 

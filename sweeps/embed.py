@@ -11,7 +11,8 @@ every variant has the same total (within 1 %).
 Results: results/embed/results.csv, MLflow "embed"; the analysis plots PPL vs embedding share.
 """
 
-from tinylm.experiment import Experiment, main
+from tinylm.experiment import Experiment
+from tinylm.sweep.__main__ import main
 
 EXPERIMENT = Experiment(
     name="embed", preset="budget-10m",

@@ -16,7 +16,8 @@ warmup and beta2 follow the size rules. No ASHA, no kill rule: a verdict needs e
 Results: results/glu/results.csv, MLflow experiment "glu", REPORT.md under results/analysis/glu (with --analyze).
 """
 
-from tinylm.experiment import Experiment, main
+from tinylm.experiment import Experiment
+from tinylm.sweep.__main__ import main
 
 EXPERIMENT = Experiment(
     name="glu",

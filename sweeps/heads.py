@@ -11,7 +11,8 @@ divisibility check before anything is scheduled (`--set`-style overrides get the
 Results: results/heads/results.csv, MLflow "heads"; ppl_per_mparam in tinylm.api.compare("heads").
 """
 
-from tinylm.experiment import Experiment, main
+from tinylm.experiment import Experiment
+from tinylm.sweep.__main__ import main
 
 EXPERIMENT = Experiment(
     name="heads", preset="medium",

@@ -4,17 +4,18 @@ Hypothesis: trained compute-optimally (20 tokens per parameter) with the LR tune
 power law in total parameters well enough that a fit on the smaller sizes predicts the largest within 2 % and its
 95 % prediction interval covers the measurement.
 
-    python sweeps/ladder.py               # laptop: 5 sizes 29k-348k params (12x), 3 LRs each, ASHA, ~10 min here
+    python sweeps/ladder.py               # laptop: 5 sizes 29k-348k params (12x), 3 LRs each, ~18 min here
     python sweeps/ladder.py --dry-run     # the 15 trials, tokens/param, epochs, estimated time
     python sweeps/ladder.py --mode isoflop    # 3 FLOP budgets x 4 sizes -> N_opt(C) and tokens/param
     python sweeps/ladder.py --scale full  # 5 sizes 3M-40M params, V=8k, on the attached Ray cluster
-    python sweeps/ladder.py --points 0:0.25,3:4 --no-asha   # extra LRs where the report flags a grid edge
+    python sweeps/ladder.py --points 0:0.25,3:4   # extra LRs where the report flags a grid edge
     python sweeps/ladder.py --analyze-only                  # rebuild the report from every ladder sweep stored
 
 Per size, the LR grid is the size rule's LR x {1/2, 1, 2} (tinylm.config.laptop_lr: Porian et al.'s N^-1/3 anchored
-on a measured laptop optimum) in its own sweep, with ASHA pruning the bad LRs (sizes are never compared with each
-other by ASHA: a small model is always worse at equal tokens). The best LR per size enters the fit; a best LR at
-its grid's edge is flagged. Total parameters are counted (Pearce & Song 2024). Laptop data: State of the Union
+on a measured laptop optimum) in its own sweep, every LR trained to the end: early stopping across an LR axis is
+biased toward small LRs (a large LR pays off once its schedule decays; bench/asha.py, RESULTS.md 2026-11-30), and
+the LR chosen per size is what the fit rests on. The best LR per size enters the fit; a best LR at its grid's edge
+is flagged. Total parameters are counted (Pearce & Song 2024). Laptop data: State of the Union
 (public domain), BPE-384: 5.36M train tokens, so the largest size reads 1.3 epochs (flagged).
 Results: results/ladder-<i>/ per size, results/analysis/ladder/REPORT.md (+ points.csv).
 """
@@ -25,10 +26,11 @@ import math
 import os
 import sys
 import time
+from dataclasses import replace
 
 from tinylm.config import Config, ConfigError
-from tinylm.experiment import VARIANT, Experiment, parse_sets
-from tinylm.experiment import parser as sweep_parser
+from tinylm.experiment import VARIANT, Experiment, parse_sets, sweep_of
+from tinylm.sweep.__main__ import parser as sweep_parser
 
 TOKENS_PER_PARAM = 20.0
 LR_MULT = (0.5, 1.0, 2.0)
@@ -88,7 +90,7 @@ EXPERIMENT = Experiment(
     name="ladder", preset="medium", space=lambda scale: {VARIANT: ladder_points(scale)},  # <- sizes x LRs
     hypothesis="a power law fitted on the smaller sizes predicts the largest within 2 % (20 tokens/param, tuned LR)",
     description="scaling ladder: 5 sizes spanning >= 10x params, 20 tokens/param, LR tuned per size, held-out largest",
-    tokens_per_param=TOKENS_PER_PARAM, options=dict(kill_margin=float("inf")),
+    tokens_per_param=TOKENS_PER_PARAM, asha=False, options=dict(kill_margin=float("inf")),
     overrides=FAMILY["full"], laptop=FAMILY["laptop"], smoke=dict(FAMILY["smoke"], train_tokens=16_384,
                                                                   eval_every_tokens=4_096),
 )
@@ -142,24 +144,20 @@ def main(argv: list[str] | None = None) -> int:
     from tinylm.analysis import ladder, stats
     from tinylm.analysis.plan import corpus_tokens
 
-    common = dict(results_dir=args.results, reduction_factor=args.reduction_factor, kill_margin=math.inf,
-                  address=args.address, workers=args.workers, max_concurrent=args.max_concurrent,
-                  tracking_uri=args.tracking_uri, optuna_storage=args.optuna_storage, hypothesis=exp.hypothesis,
-                  description=exp.description)
+    # every sweep flag as given (tinylm.sweep.Sweep); no ASHA, no kill rule, no refinement
+    common = replace(sweep_of(exp, vars(args), args.scale), kill_margin=math.inf, refine=0)
     t0, tables = time.time(), []
-    if args.mode == "ladder":  # one sweep per size: ASHA prunes LRs within a size, never across sizes
+    if args.mode == "ladder":  # one sweep per size, every LR to the end (no early stopping across an LR axis)
         groups = _groups(points, lambda q: (q["n_embd"], q["n_layer"]))
-        asha = not args.no_asha
     else:  # one sweep per budget, every size to the end
         groups = [points[i:i + 4] for i in range(0, len(points), 4)]  # iso_points: 4 sizes per budget, in order
-        asha = False
     if args.analyze_only:
         groups = []
     try:
         for i, group in enumerate(groups):
             shape = {k: v for k, v in group[0].items() if k != "lr"}
             b = base.replace(**shape)
-            sweep = tune.Sweep(name=f"{prefix}-{i}", seeds=args.seeds, asha=asha, **common)
+            sweep = replace(common, name=f"{prefix}-{i}", asha=False)
             space = {"lr": [q["lr"] for q in group]} if args.mode == "ladder" else {VARIANT: group}
             print(f"[{exp.name}] group {i + 1}/{len(groups)}: {shape} ({len(group)} trials)", flush=True)
             tables.append(tune.run_sweep(sweep, b, space))
@@ -171,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from tinylm import tracking
 
-    uri = tune.Sweep(name=exp.name, **common).uri()  # every sweep of this experiment in the store: grid + extras
+    uri = common.uri()  # every sweep of this experiment in the store: grid + extras
     names = [n for n in dict.fromkeys(tracking.list_sweeps(uri)["sweep"]) if str(n).startswith(f"{exp.name}-")]
     tables = [tracking.load_runs(uri, sweep=n) for n in names] or tables
     df = stats.prepare(pd.concat(tables, ignore_index=True))

@@ -10,7 +10,8 @@ optimum; 0.05 is unstable and 0.005 under-trains. The seed's values are kept at 
 Results: results/lr/results.csv, MLflow experiment "lr", Optuna studies "lr" and "lr-refine".
 """
 
-from tinylm.experiment import Experiment, main
+from tinylm.experiment import Experiment
+from tinylm.sweep.__main__ import main
 
 EXPERIMENT = Experiment(
     name="lr", preset="medium",
@@ -20,6 +21,8 @@ EXPERIMENT = Experiment(
     refine_space={"muon_lr": ("loguniform", 0.003, 0.1), "lr": ("loguniform", 3e-4, 1e-2)},
     hypothesis="Muon LR 0.02 is near-optimal for the medium model; 0.05 diverges or trails",
     description="Muon+AdamW learning-rate grid 0.005/0.01/0.02/0.05 on medium (seed 000)",
+    # every LR to the end: early stopping across an LR axis favours small LRs (bench/asha.py, RESULTS.md 2026-11-30)
+    asha=False, options=dict(kill_margin=float("inf")),
     smoke=dict(train_tokens=200_000, eval_every_tokens=40_000),
 )
 

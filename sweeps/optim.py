@@ -10,7 +10,8 @@ Results: results/optim/results.csv, MLflow "optim"; compare the curves in the re
 """
 
 from tinylm.config import Config
-from tinylm.experiment import VARIANT, Experiment, main
+from tinylm.experiment import VARIANT, Experiment
+from tinylm.sweep.__main__ import main
 
 
 def ref(scale: str) -> float:
@@ -27,6 +28,8 @@ EXPERIMENT = Experiment(
     baseline={"optimizer": "adamw"},
     hypothesis="Muon reaches AdamW's final loss in fewer tokens; Lion matches AdamW at ~1/5 the LR",
     description="optimizer comparison AdamW / Lion / Muon on medium",
+    # every optimizer to the end: each has its own LR, and early stopping across LRs is biased (RESULTS.md)
+    asha=False, options=dict(kill_margin=float("inf")),
     smoke=dict(train_tokens=200_000, eval_every_tokens=40_000),
 )
 

@@ -9,7 +9,8 @@ models (STACK.md), so read the throughput columns per device.
 Results: results/precision/results.csv, MLflow "precision" (tokens_per_s, peak_mem_mb, final_val_loss).
 """
 
-from tinylm.experiment import Experiment, main
+from tinylm.experiment import Experiment
+from tinylm.sweep.__main__ import main
 
 EXPERIMENT = Experiment(
     name="precision", preset="medium",

@@ -9,7 +9,8 @@ little for a model this small (seed: 256 / 512 / 1024 on medium).
 Results: results/seq/results.csv, MLflow "seq"; the analysis draws fig_context (loss vs sequence length).
 """
 
-from tinylm.experiment import VARIANT, Experiment, main
+from tinylm.experiment import VARIANT, Experiment
+from tinylm.sweep.__main__ import main
 
 
 def space(scale: str) -> dict:

@@ -17,7 +17,8 @@ import math
 import os
 
 from tinylm import ablation, layout
-from tinylm.experiment import Experiment, main
+from tinylm.experiment import Experiment
+from tinylm.sweep.__main__ import main
 
 BASELINE = dict(compile=False, precision="fp32", activation_checkpointing=False, grad_accum=1, attention="sdpa",
                 norm="layernorm", pos="learned", mlp="gelu")  # GPT-2 style, plain fp32 eager

@@ -9,7 +9,8 @@ Hypothesis: BPE reaches lower bits per byte than characters for the same compute
 Results: results/tokenizer/results.csv, MLflow "tokenizer" (val_bpb).
 """
 
-from tinylm.experiment import VARIANT, Experiment, main
+from tinylm.experiment import VARIANT, Experiment
+from tinylm.sweep.__main__ import main
 
 
 def space(scale: str) -> dict:

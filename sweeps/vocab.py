@@ -10,7 +10,8 @@ compare val_bpb (bits per byte), which the runs log.
 Results: results/vocab/results.csv, MLflow "vocab" (rank by val_bpb).
 """
 
-from tinylm.experiment import Experiment, main
+from tinylm.experiment import Experiment
+from tinylm.sweep.__main__ import main
 
 
 def space(scale: str) -> dict:

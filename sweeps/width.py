@@ -9,7 +9,8 @@ fitting L(N) across this sweep and depth.py tells whether depth or width buys mo
 Results: results/width/results.csv, MLflow "width"; python -m tinylm.analysis width fits L(N).
 """
 
-from tinylm.experiment import VARIANT, Experiment, main
+from tinylm.experiment import VARIANT, Experiment
+from tinylm.sweep.__main__ import main
 
 
 def space(scale: str) -> dict:

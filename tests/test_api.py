@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import subprocess
 import sys
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -12,7 +13,8 @@ import pytest
 import tinylm
 from tinylm.api import COMPARE, Result, compare, run_experiment, run_sweep
 from tinylm.config import Config, ConfigError
-from tinylm.experiment import Experiment, main
+from tinylm.experiment import Experiment
+from tinylm.sweep.__main__ import main
 
 pytestmark = pytest.mark.filterwarnings("ignore:The ``noload`` loader strategy is deprecated")
 
@@ -88,6 +90,55 @@ def test_run_sweep_equals_cli(fake_tune, tmp_path):
     assert seen[0]["base"] == b1 and seen[0]["sweep"] == s1 and seen[0]["space"] == sp1 and len(seen) == 2
     run_sweep(exp, max_concurrent=2, results=str(tmp_path))  # a keyword beats the Experiment's option
     assert fake_tune[-1][0].max_concurrent == 2
+
+
+def test_every_sweep_flag_is_declared_once_on_the_sweep(fake_tune, tmp_path):
+    """A Sweep field declared with ``flag(...)`` is a CLI option and a ``run()`` option by the same dest, with the
+    field's default, and it reaches the Sweep the run builds: adding a sweep flag is that one field."""
+    from dataclasses import fields
+
+    from tinylm.sweep import Sweep, flags
+    from tinylm.sweep.__main__ import parser
+
+    exp = Experiment(name="toy", preset="debug", space={"lr": [1e-3, 2e-3]})
+    declared = {f.name for f in fields(Sweep) if "flag" in f.metadata}
+    assert {f.field for f in flags()} == declared and len(declared) >= 14
+    options = {a.dest: a for a in parser(exp)._actions}
+    for f in flags():
+        field = Sweep.__dataclass_fields__[f.field]
+        assert f.dest in options and options[f.dest].option_strings == [f.option]
+        if f.field == "results_dir":
+            assert options[f.dest].default == "results"  # $TINYLM_RESULTS or results, as the help says
+        else:
+            assert options[f.dest].default == (not field.default if f.negate else field.default), f.dest
+        if f.negate:
+            argv, want = [f.option], not field.default
+        elif f.field == "results_dir":
+            argv, want = [f.option, str(tmp_path / "r")], str(tmp_path / "r")
+        else:
+            kind = type(field.default)
+            want = field.default + 3 if kind is int else 0.5 if kind is float else "ray://head:10001"
+            argv = [f.option, str(want)]
+        main(exp, argv + ([] if f.field == "results_dir" else ["--results", str(tmp_path)]))
+        assert getattr(fake_tune[-1][0], f.field) == want, (argv, fake_tune[-1][0])
+    # what each trial's driver gets: the fields marked trial=True and the root, never the tracking URI
+    sweep = Sweep.from_flags("toy", {"results": str(tmp_path), "tracking_uri": "postgresql://u:secret@db/x"})
+    assert sweep.for_trials() == {"name": "toy", "baseline": {}, "max_failures": 2, "root": str(tmp_path)}
+
+
+def test_sweep_cli_runs_a_script(fake_tune, tmp_path, capsys):
+    """``python -m tinylm.sweep SCRIPT.py [flags]`` is ``python SCRIPT.py [flags]``; a bad flag value is one line."""
+    from tinylm.sweep.__main__ import run_script
+
+    script = str(Path(__file__).parent / "tiny_sweep.py")
+    run_script([script, "--seeds", "2", "--no-asha", "--results", str(tmp_path)])
+    sweep, base, space = fake_tune[-1]
+    assert sweep.name == "tiny" and sweep.seeds == 2 and not sweep.asha and sweep.root == str(tmp_path)
+    assert space == {"lr": [3e-3, 1e-6, 2e-6, 3e-6]} and sweep.baseline == {"lr": 3e-3}
+    with pytest.raises(SystemExit, match="--workers=-1 must be an int >= 0"):
+        run_script([script, "--workers", "-1", "--results", str(tmp_path)])
+    with pytest.raises(SystemExit, match="usage: python -m tinylm.sweep SCRIPT.py"):
+        run_script([])
 
 
 def test_run_sweep_by_name_loads_the_script(fake_tune, tmp_path):

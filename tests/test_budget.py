@@ -13,9 +13,9 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from tinylm.budget import embed_share, num_params, param_counts, solve, solve_config
+from tinylm.budget import embed_share, flops_per_token, num_params, param_counts, solve, solve_config
 from tinylm.config import Config, ConfigError
-from tinylm.model import GPT, flops_per_token
+from tinylm.model import GPT
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -227,3 +227,16 @@ def test_flops_per_token_matches_counted_matmul_flops(mlp, pos):
     counted = fc.get_total_flops() / (B * cfg.block_size)
     # the formula also counts norm gains as "parameters": a fraction of a percent
     assert counted == pytest.approx(flops_per_token(cfg), rel=0.01)
+
+
+def test_one_definition_of_flops_per_token():
+    """MFU, train_flops and the dry-run's estimates count FLOPs the same way (there were two formulas)."""
+    from pathlib import Path
+
+    from tinylm.analysis import plan
+
+    pkg = Path(__file__).resolve().parents[1] / "tinylm"
+    defs = [p.relative_to(pkg).as_posix() for p in pkg.rglob("*.py") if "def flops_per_token(" in p.read_text()]
+    assert defs == ["budget.py"]
+    cfg = Config.from_name("debug")
+    assert plan.flops_per_token(cfg) == flops_per_token(cfg)

@@ -84,7 +84,7 @@ def test_worker_killed_mid_trial_restarts_from_checkpoint(tmp_path, path):
     proc = subprocess.Popen(sweep_cmd(tmp_path, "--set", "train_tokens=40960"), stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, cwd=ROOT, env=env, start_new_session=True)
     wait_for(proc, lambda line: "[tiny]" in line and "tokens" in line and "8,192" in line)
-    marks = ("RayTrainWorker",) if path == "trainer" else ("ImplicitFunc", "_trial_driver")
+    marks = ("RayTrainWorker",) if path == "trainer" else ("ImplicitFunc", "trial_driver")
     workers = [p for p in psutil.process_iter(["cmdline", "name"])
                if any(m in " ".join(p.info["cmdline"] or []) + (p.info["name"] or "") for m in marks)]
     assert workers, "found the training process"

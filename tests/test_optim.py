@@ -18,7 +18,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from tinylm.config import Config
-from tinylm.optim import Lion, MuonAdamW, build_optimizer, lr_factor, param_groups, set_lr
+from tinylm.optim import (
+    Lion,
+    MuonAdamW,
+    build_optimizer,
+    cooldown_factor,
+    lr_factor,
+    param_groups,
+    probe_length,
+    set_lr,
+)
 
 VOCAB, BLOCK, D = 32, 16, 32
 
@@ -250,6 +259,21 @@ def test_lr_factor_constant_and_default_warmup():
     assert cfg.warmup == 1_000  # 2 % of train_tokens
     assert lr_factor(cfg, 0) < 0.01
     assert all(lr_factor(cfg, t) == 1.0 for t in (1_000, 20_000, 50_000, 10**9))
+
+
+def test_wsd_is_flat_then_decays_linearly_over_its_last_share():
+    cfg = Config.from_name("debug", schedule="wsd", warmup_tokens=2_000, train_tokens=60_000, decay_frac=0.2,
+                           min_lr_ratio=0.1)
+    assert cfg.stable_tokens == 48_000
+    assert lr_factor(cfg, 1_000) == pytest.approx(0.5, abs=1e-3)
+    assert all(lr_factor(cfg, t) == 1.0 for t in (2_000, 30_000, 48_000))
+    assert lr_factor(cfg, 54_000) == pytest.approx(0.55)  # halfway through the decay
+    assert lr_factor(cfg, 60_000) == pytest.approx(0.1) and lr_factor(cfg, 10**9) == pytest.approx(0.1)
+    # a cooldown branch from t is the decay of a wsd run of t / (1 - decay_frac) tokens
+    assert probe_length(cfg, 48_000) == 12_000 and probe_length(cfg, 8_000) == 2_000
+    short = cfg.replace(train_tokens=10_000)
+    assert [cooldown_factor(cfg, u, 2_000) for u in (0, 1_000, 2_000)] == \
+        pytest.approx([lr_factor(short, 8_000 + u) for u in (0, 1_000, 2_000)])
 
 
 def test_set_lr_respects_lr_scale():

@@ -89,6 +89,35 @@ def test_default_uri_env_and_masking(tmp_path, monkeypatch):
     assert mask_uri("http://127.0.0.1:5000/path") == "http://127.0.0.1:5000/path"
 
 
+def test_the_package_exports_every_name_its_callers_import():
+    """tinylm.tracking is a package (schema, store, writer, readers); callers import from the package, often
+    lazily inside a function, where a missing re-export would only fail when that code path runs."""
+    import ast
+
+    import tinylm.tracking as tracking
+
+    root = Path(__file__).resolve().parents[1]
+    used: dict[str, set[str]] = {}
+    for path in [p for d in ("tinylm", "sweeps", "bench", "tests", "scripts") for p in (root / d).rglob("*.py")]:
+        if path.is_relative_to(root / "tinylm" / "tracking"):
+            continue
+        tree = ast.parse(path.read_text(), filename=str(path))
+        aliases = {a.asname or a.name for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)
+                   and n.module == "tinylm" for a in n.names if a.name == "tracking"}
+        for n in ast.walk(tree):
+            if isinstance(n, ast.ImportFrom) and n.module == "tinylm.tracking":
+                names = {a.name for a in n.names}
+            elif isinstance(n, ast.Attribute) and isinstance(n.value, ast.Name) and n.value.id in aliases:
+                names = {n.attr}
+            else:
+                continue
+            for name in names:
+                used.setdefault(name, set()).add(path.relative_to(root).as_posix())
+    assert {"Tracker", "load_runs", "check_tracking", "TrackingError"} <= set(used)  # the scan sees the callers
+    missing = {n: sorted(f) for n, f in used.items() if n not in tracking.__all__ or not hasattr(tracking, n)}
+    assert not missing, f"add these to tinylm/tracking/__init__.py (imported from the package): {missing}"
+
+
 def test_parent_and_children_are_nested(uri, results):
     tr, parent, children, _ = _sweep(uri)
     assert len(set(children)) == 3

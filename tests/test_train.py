@@ -369,3 +369,48 @@ def test_debug_preset_cli_completes(tmp_path, child_env):
     assert re.search(r"^wall time [\d.]+ s; model and metrics in ", proc.stdout, re.M)
     assert (tmp_path / "metrics.json").exists() and (tmp_path / "model" / "config.json").exists()
     print(f"debug preset CLI wall time: {wall:.1f} s")
+
+
+# --- WSD cooldown probes ------------------------------------------------------------------------------------------
+def test_probes_leave_the_run_exactly_as_without_them(tmp_path):
+    """A probe trains and evaluates a throw-away cooldown branch, then restores the engine: the run's own curve
+    (train and val loss at every eval, the final loss) is identical to the same run without probes, and the probe
+    reports what the branch reached plus the tokens it cost."""
+    cfg = debug(train_tokens=10_240, eval_every_tokens=2_560, schedule="wsd", decay_frac=0.25)
+    plain, plain_reports = run(cfg, tmp_path / "plain")
+    probed, probed_reports = run(cfg.replace(probes="2560,5120"), tmp_path / "probed")
+    assert curve(plain_reports) == curve(probed_reports)
+    assert probed["final_val_loss"] == plain["final_val_loss"]
+    got = {r["tokens"]: r for r in probed_reports if "status" not in r}
+    assert set(k for k, r in got.items() if "probe_loss" in r) == {2560, 5120}
+    # a branch of tokens * 0.25 / 0.75, in whole 512-token steps: 1024 after 2560 tokens, 2048 after 5120
+    assert got[2560]["probe_tokens"] == 1024 and got[5120]["probe_tokens"] == 1024 + 2048
+    assert probed["probe_tokens"] == 3072 and probed["probe_time_s"] > 0
+    # cooling the LR down lowers the loss below the stable-phase loss at the same point
+    assert got[5120]["probe_loss"] < got[5120]["val_loss"]
+    assert not os.path.exists(tmp_path / "probed" / "probe" / "branch")  # the scratch state is removed
+
+
+def test_a_probe_is_a_complete_shorter_run(tmp_path):
+    """The probe at t tokens of a wsd run is the run of t / (1 - decay_frac) tokens with the same schedule: its
+    loss equals that run's final val loss (same batches up to t, then the branch's own batches, so close, not
+    equal)."""
+    long = debug(train_tokens=15_360, eval_every_tokens=2_560, schedule="wsd", decay_frac=0.25, warmup_tokens=1_024)
+    _, reports = run(long.replace(probes="7680"), tmp_path / "long")
+    at = next(r for r in reports if "probe_loss" in r)
+    assert at["tokens"] == 7_680 and at["probe_tokens"] == 2_560  # 7680 + 2560 = the short run's 10240
+    short, _ = run(long.replace(train_tokens=10_240), tmp_path / "short")
+    # measured: probe 6.0525, short run 6.0562, stable-phase loss at the probe 6.1000
+    assert at["probe_loss"] == pytest.approx(short["final_val_loss"], abs=0.01)
+    assert abs(at["probe_loss"] - short["final_val_loss"]) < abs(at["val_loss"] - short["final_val_loss"]) / 4
+
+
+@pytest.mark.parametrize("kw,needle", [
+    (dict(probes="5000"), "needs schedule='wsd'"),
+    (dict(schedule="wsd", probes="19000"), "outside the stable phase"),
+    (dict(schedule="wsd", probes="5k"), "comma-separated token counts"),
+    (dict(schedule="wsd", decay_frac=1.0), "decay_frac=1.0 must be in (0, 1)"),
+])
+def test_bad_probes_are_refused_before_any_compute(kw, needle):
+    with pytest.raises(ConfigError, match=re.escape(needle)):
+        debug(**kw)

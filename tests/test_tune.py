@@ -155,3 +155,22 @@ def test_refine_study_is_told_the_grid_results_once(tmp_path):
     assert sorted((t.user_attrs["ray_trial_id"], t.value, t.params["n_layer"]) for t in trials) == [
         ("a", 5.0, 2), ("b", 5.5, 2)]
     assert all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
+
+
+def test_results_table_ranks_trials_by_the_one_trial_loss(monkeypatch, tmp_path):
+    """The sweep's table is ordered by tinylm.ranking (final val loss, else the latest; none last): a trial whose
+    final eval beats its last periodic one ranks on the final, and row 0 is ranking.best_trial's pick."""
+    import math
+
+    import pandas as pd
+
+    import tinylm.tracking
+    from tinylm import tune
+    from tinylm.ranking import best_trial
+
+    runs = pd.DataFrame({"trial_id": list("abcde"), "val_loss": [3.0, 2.0, math.nan, 1.0, 2.0],
+                         "final_val_loss": [1.5, math.nan, math.nan, math.nan, math.nan]})
+    monkeypatch.setattr(tinylm.tracking, "load_runs", lambda uri, sweep: runs)
+    table = tune.results_table(tune.Sweep("s", results_dir=str(tmp_path)))
+    assert list(table["trial_id"]) == ["d", "a", "b", "e", "c"] and list(table.index) == [0, 1, 2, 3, 4]
+    assert table.iloc[0]["trial_id"] == runs.iloc[best_trial(runs.to_dict("records"))]["trial_id"]

@@ -5,7 +5,8 @@ TINY_SPACE='{"lr": [...]}' replaces the grid (the fault-tolerance tests inject a
 import json
 import os
 
-from tinylm.experiment import Experiment, main
+from tinylm.experiment import Experiment
+from tinylm.sweep.__main__ import main
 
 EXPERIMENT = Experiment(
     name="tiny", preset="debug",

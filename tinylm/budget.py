@@ -106,6 +106,15 @@ def embed_share(cfg: Arch) -> float:
     return c["embedding"] / c["total"]
 
 
+def flops_per_token(cfg: Arch) -> float:
+    """Training FLOPs per token (forward + backward), PaLM appendix B / Kaplan et al.: 6 x (non-embedding params +
+    the output head's matmul, tied or not) + 12 x n_layer x n_embd x block_size (attention scores and values).
+    The one definition: MFU, ``train_flops`` and the dry-run's FLOPs and time estimate all use it."""
+    c = param_counts(cfg)
+    matmul_params = c["nonembed"] + cfg.vocab_size * cfg.n_embd
+    return 6.0 * matmul_params + 12.0 * cfg.n_layer * cfg.n_embd * cfg.block_size
+
+
 MAX_WIDTH = 16_384  # widest n_embd the solver considers (GPT-3 175B has 12,288)
 
 

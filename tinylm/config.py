@@ -31,7 +31,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "pos": ("learned", "rope"),
     "mlp": ("gelu", "swiglu"),
     "optimizer": ("adamw", "lion", "muon"),
-    "schedule": ("cosine", "linear", "constant"),
+    "schedule": ("cosine", "linear", "constant", "wsd"),
     "precision": ("fp32", "bf16", "fp16"),
     "attention": ("sdpa", "math"),
     "device": ("auto", "cpu", "cuda"),
@@ -82,8 +82,11 @@ class Config:
     weight_decay: float = 0.1
     beta1: float = 0.9
     beta2: float = 0.95
-    schedule: str = "cosine"
+    schedule: str = "cosine"  # wsd = warmup, stable, then linear decay over the last decay_frac of the run
     warmup_tokens: int = 0  # 0 = 2% of train_tokens
+    decay_frac: float = 0.2  # wsd only: share of train_tokens spent decaying to min_lr_ratio (Hägele et al. 2024)
+    probes: str = ""  # wsd only: comma-separated token counts where a throw-away cooldown branch measures the loss
+    # a WSD run of that length would reach (``probe_loss``; what ASHA and the kill rule compare across LRs)
     grad_clip: float = 1.0
     batch_size: int = 16  # micro-batch per worker, in sequences
     grad_accum: int = 1
@@ -147,6 +150,9 @@ class Config:
             raise ConfigError(f"lr={self.lr} and muon_lr={self.muon_lr} must be > 0")
         if not 0.0 <= self.min_lr_ratio <= 1.0:
             raise ConfigError(f"min_lr_ratio={self.min_lr_ratio} must be in [0, 1]")
+        if not 0.0 < self.decay_frac < 1.0:
+            raise ConfigError(f"decay_frac={self.decay_frac} must be in (0, 1) (the share of the run spent decaying)")
+        _ = self.probe_tokens  # parses and checks probes
         for name, ok, allowed in (  # (field, valid?, what is allowed)
                 ("beta1", 0.0 <= self.beta1 < 1.0, "in [0, 1)"),
                 ("beta2", 0.0 <= self.beta2 < 1.0, "in [0, 1)"),
@@ -204,6 +210,30 @@ class Config:
     @property
     def warmup(self) -> int:
         return self.warmup_tokens or max(1, self.train_tokens // 50)
+
+    @property
+    def stable_tokens(self) -> int:
+        """wsd: tokens trained before the decay starts (warmup included)."""
+        return round(self.train_tokens * (1.0 - self.decay_frac))
+
+    @property
+    def probe_tokens(self) -> tuple[int, ...]:
+        """``probes`` parsed and checked: ascending token counts inside the stable phase of a wsd schedule."""
+        if not self.probes.strip():
+            return ()
+        try:
+            out = tuple(sorted({int(p) for p in self.probes.split(",") if p.strip()}))
+        except ValueError:
+            raise ConfigError(f"probes={self.probes!r} must be comma-separated token counts, e.g. '15000,60000'") \
+                from None
+        if self.schedule != "wsd":
+            raise ConfigError(f"probes={self.probes!r} needs schedule='wsd' (a cooldown branch is only a shorter run "
+                              f"of a warmup-stable-decay schedule); got schedule={self.schedule!r}")
+        bad = [p for p in out if not self.warmup <= p <= self.stable_tokens]
+        if bad:
+            raise ConfigError(f"probes={self.probes!r}: {bad} outside the stable phase; each probe must be in "
+                              f"[warmup, train_tokens*(1-decay_frac)] = [{self.warmup:,}, {self.stable_tokens:,}]")
+        return out
 
     # --- construction -------------------------------------------------------------------------------
     @classmethod

@@ -8,6 +8,7 @@ Works in one process without a launcher (STACK.md recipe) and, unchanged, inside
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -16,6 +17,7 @@ import shutil
 import socket
 import sys
 import time
+from collections.abc import Iterator
 
 import torch
 
@@ -215,6 +217,32 @@ def save_checkpoint(engine, ckpt_dir: str, tag: str, client_state: dict, keep: i
             shutil.rmtree(os.path.join(ckpt_dir, old), ignore_errors=True)
     barrier()
     return os.path.join(ckpt_dir, tag)
+
+
+@contextlib.contextmanager
+def branch(engine, scratch_dir: str) -> Iterator[None]:
+    """Collective: train a throw-away branch inside the ``with`` block; on exit the engine is where it was on
+    entry (weights, optimizer state, DeepSpeed's step counters, torch's RNG), at any precision and ZeRO stage.
+
+    The state goes through DeepSpeed's own checkpoint (a ``branch`` tag under ``scratch_dir``, removed after),
+    not an in-memory copy: the same code restores fp32, bf16 / fp16 master weights and ZeRO shards."""
+    engine.save_checkpoint(scratch_dir, tag="branch", save_latest=False)
+    cpu_rng = torch.get_rng_state()
+    cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+    try:
+        yield
+    finally:
+        path, _ = engine.load_checkpoint(scratch_dir, tag="branch", load_optimizer_states=True,
+                                         load_lr_scheduler_states=False)
+        if path is None:
+            raise RuntimeError(f"could not restore the state saved before a branch from {scratch_dir}/branch")
+        torch.set_rng_state(cpu_rng)
+        if cuda_rng is not None:
+            torch.cuda.set_rng_state_all(cuda_rng)
+        barrier()
+        if dist.get_rank() == 0:
+            shutil.rmtree(os.path.join(scratch_dir, "branch"), ignore_errors=True)
+        barrier()
 
 
 def complete_tags(ckpt_dir: str) -> list[str]:

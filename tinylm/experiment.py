@@ -1,5 +1,6 @@
-"""What a sweep script declares (``Experiment``) and the command line every sweep shares (``main``; ``run`` is
-the same call without argv, for ``tinylm.api.run_sweep`` and notebooks).
+"""What a sweep script declares (``Experiment``) and how it runs (``run``: the sweep scripts' command line,
+``tinylm.sweep.__main__``, parses its flags and calls it; so do ``tinylm.api.run_sweep`` and notebooks, with the
+flags by dest name). The flags: the run's own (``RUN_FLAGS``) and the Sweep's (declared on ``tinylm.sweep.Sweep``).
 
     python sweeps/glu.py                      # laptop scale (a replica) on this machine: local Ray, sqlite stores
     python sweeps/glu.py --dry-run            # the trials it would run (shapes, tokens/param, time), then exit
@@ -14,14 +15,15 @@ from __future__ import annotations
 
 import argparse
 import math
-import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from tinylm.config import CHOICES, Config, ConfigError, coerce
-from tinylm.layout import VARIANT, results_dir, unwritable_parent  # VARIANT: re-exported for the sweep scripts
+from tinylm.layout import VARIANT, unwritable_parent  # VARIANT: re-exported for the sweep scripts
 from tinylm.ranking import plain, trial_loss
+from tinylm.sweep import Flag, Sweep, int_at_least, is_number
+from tinylm.sweep import flags as sweep_flags
 
 
 @dataclass(frozen=True)
@@ -68,42 +70,42 @@ class Experiment:
         return cfg.replace(name=self.name, **extra)
 
 
-def parser(exp: Experiment) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=f"python sweeps/{exp.name}.py", description=exp.hypothesis or exp.name)
-    p.add_argument("--scale", choices=CHOICES["scale"], default="laptop",
-                   help="laptop: a scaled-down replica that can answer the question here (default); smoke: "
-                        "mechanics only, claims nothing; full: the experiment's own sizes (a cluster)")
-    p.add_argument("--dry-run", action="store_true",
-                   help="print the trials (shapes, params, tokens, tokens/param, estimated time) and the "
-                        "diagnostics, then exit without starting Ray")
-    p.add_argument("--seeds", type=int, default=1, help="repeat every grid point with this many seeds")
-    p.add_argument("--refine", type=int, default=0, help="Optuna trials after the grid (0 = none)")
-    p.add_argument("--two-phase", action="store_true", help="rank all variants short, then finalists x 3 seeds")
-    p.add_argument("--finalists", type=int, default=2)
-    p.add_argument("--rank-fraction", type=float, default=0.25, help="phase-1 run length, fraction of train_tokens")
-    p.add_argument("--no-asha", action="store_true")
-    p.add_argument("--grace-tokens", type=int, default=0)
-    p.add_argument("--reduction-factor", type=int, default=2)
-    p.add_argument("--kill-margin", type=float, default=0.02,
-                   help="PRD kill rule margin, RELATIVE to the baseline's perplexity (0.02 = 2 %%, the PRD's 0.5 "
-                        "points at its expected perplexity ~25; tinylm.rules); inf disables the rule")
-    p.add_argument("--kill-window", type=int, default=0)
-    p.add_argument("--results", default=results_dir(), help="results folder (default $TINYLM_RESULTS or results)")
-    p.add_argument("--address", default=None, help="Ray cluster address (or RAY_ADDRESS); default: local Ray")
-    p.add_argument("--workers", type=int, default=0, help="Train workers per trial (0 = auto)")
-    p.add_argument("--max-concurrent", type=int, default=0)
-    p.add_argument("--trials-per-gpu", type=int, default=0,
-                   help="K trials share each GPU (1/K of it each); on CPU: K trials at once, cores split (0 = auto)")
-    p.add_argument("--tracking-uri", default="")
-    p.add_argument("--optuna-storage", default="")
-    p.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE", help="override Config fields")
-    p.add_argument("--analyze", action="store_true", help="run the post-hoc analysis at the end")
-    unknown = sorted(set(exp.options) - {a.dest for a in p._actions})
+# Options of a run that are not Sweep settings (those are declared once, on the Sweep: tinylm.sweep.flags()).
+RUN_FLAGS: list[Flag] = [
+    Flag("--scale", "laptop", choices=CHOICES["scale"],
+         help="laptop: a scaled-down replica that can answer the question here (default); smoke: mechanics only, "
+              "claims nothing; full: the experiment's own sizes (a cluster)"),
+    Flag("--dry-run", False, action="store_true",
+         help="print the trials (shapes, params, tokens, tokens/param, estimated time) and the diagnostics, then "
+              "exit without starting Ray"),
+    Flag("--two-phase", False, action="store_true", help="rank all variants short, then finalists x 3 seeds"),
+    Flag("--finalists", 2, type=int, check=(int_at_least(1), "an int >= 1")),
+    Flag("--rank-fraction", 0.25, type=float, help="phase-1 run length, fraction of train_tokens",
+         check=(lambda v: is_number(v) and 0 < v <= 1, "a fraction of train_tokens in (0, 1]")),
+    Flag("--set", [], nargs="*", metavar="FIELD=VALUE", help="override Config fields"),
+    Flag("--analyze", False, action="store_true", help="run the post-hoc analysis at the end"),
+]
+
+
+def flags() -> list[Flag]:
+    """Every option of a sweep run, CLI and ``run()`` alike: the run's own, then the Sweep's."""
+    return RUN_FLAGS + sweep_flags()
+
+
+def defaults(exp: Experiment) -> dict:
+    """Every option by dest name with its default, ``exp.options`` applied (what ``main`` parses from no flags)."""
+    out = {f.dest: f.default_value() for f in flags()}
+    unknown = sorted(set(exp.options) - set(out))
     if unknown:
         raise ConfigError(f"Experiment {exp.name!r} options {unknown} are not sweep flags; allowed: "
-                          f"{', '.join(a.dest for a in p._actions if a.dest != 'help')}")
-    p.set_defaults(**exp.options)
-    return p
+                          f"{', '.join(out)}")
+    return out | exp.options
+
+
+def sweep_of(exp: Experiment, options: dict, scale: str) -> Sweep:
+    """The Sweep that ``options`` (by dest name) ask for, for ``exp`` at ``scale``."""
+    return Sweep.from_flags(exp.name, options, baseline=exp.baseline_at(scale), hypothesis=exp.hypothesis,
+                            description=exp.description, asha=exp.asha and not options.get("no_asha", False))
 
 
 def parse_sets(pairs: list[str]) -> dict:
@@ -116,36 +118,13 @@ def parse_sets(pairs: list[str]) -> dict:
     return out
 
 
-def _int(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _number(v) -> bool:
-    return isinstance(v, int | float) and not isinstance(v, bool) and v == v  # not NaN
-
-
-# Sweep flags (by dest): (valid?, what is allowed). Checked by check_options before any Config, store or Ray.
-FLAG_RULES: dict[str, tuple[Callable, str]] = {
-    "seeds": (lambda v: _int(v) and v >= 1, "an int >= 1"),
-    "refine": (lambda v: _int(v) and v >= 0, "an int >= 0 (0 = no refinement)"),
-    "finalists": (lambda v: _int(v) and v >= 1, "an int >= 1"),
-    "rank_fraction": (lambda v: _number(v) and 0 < v <= 1, "a fraction of train_tokens in (0, 1]"),
-    "grace_tokens": (lambda v: _int(v) and v >= 0, "an int >= 0 (0 = 1/4 of train_tokens)"),
-    "reduction_factor": (lambda v: _int(v) and v >= 2, "an int >= 2 (ASHA keeps 1/reduction_factor per rung)"),
-    "kill_margin": (lambda v: _number(v) and v >= 0, "a number >= 0 (inf disables the kill rule)"),
-    "kill_window": (lambda v: _int(v) and v >= 0, "an int >= 0 (0 = the default window)"),
-    "workers": (lambda v: _int(v) and v >= 0, "an int >= 0 (0 = auto)"),
-    "max_concurrent": (lambda v: _int(v) and v >= 0, "an int >= 0 (0 = from the resources)"),
-    "trials_per_gpu": (lambda v: _int(v) and v >= 0, "an int >= 0 (0 = auto)"),
-}
-
-
 def check_options(args: argparse.Namespace) -> None:
     """Refuse a bad sweep flag (``--seeds 0``, ``--reduction-factor 0``, ``--workers -1``, ...) in one line, before
     anything starts; ``run()`` kwargs get the same check as the CLI."""
-    for dest, (ok, allowed) in FLAG_RULES.items():
-        if dest in vars(args) and not ok(getattr(args, dest)):
-            raise ConfigError(f"--{dest.replace('_', '-')}={getattr(args, dest)!r} must be {allowed}")
+    for f in flags():
+        refusal = f.refusal(getattr(args, f.dest)) if f.dest in vars(args) else None
+        if refusal:
+            raise ConfigError(refusal)
     existing = unwritable_parent(str(args.results))
     if existing:
         raise ConfigError(f"--results={args.results!r}: {existing} is not a writable folder")
@@ -163,29 +142,12 @@ def check_space(base: Config, space: dict) -> None:
         check_dataset(dataset)
 
 
-def main(exp: Experiment, argv: list[str] | None = None):
-    """Parse the shared flags, run the sweep (or the two-phase pipeline) and print the ranked table."""
-    from tinylm.tracking import TrackingError
-
-    args = parser(exp).parse_args(argv)
-    try:
-        return run(exp, **vars(args))
-    except (ConfigError, TrackingError) as e:
-        sys.exit(f"error: {e}")
-    except KeyboardInterrupt:
-        import shlex
-
-        sys.exit(f"\ninterrupted; finished trials are kept. Resume with the same command:\n"
-                 f"  python {shlex.join(sys.argv)}\n(sweep {exp.name}; results in {args.results})")
-
-
 def run(exp: Experiment, scale: str | None = None, **options):
-    """Run ``exp`` as ``main`` does, without argv: ``options`` are the flags by dest name (``seeds=3``,
-    ``no_asha=True``, ``max_concurrent=1``, ``set={"lr": 2e-3}`` or ``set=["lr=2e-3"]``); unset ones take the
-    parser's defaults (with ``exp.options``). Returns the ranked results table. Raises ConfigError on a bad
-    option or Config, KeyboardInterrupt when interrupted (the same call resumes)."""
-    p = parser(exp)
-    args = p.parse_args([])
+    """Run ``exp`` as the sweep scripts' ``main`` does, without argv: ``options`` are the flags by dest name
+    (``seeds=3``, ``no_asha=True``, ``max_concurrent=1``, ``set={"lr": 2e-3}`` or ``set=["lr=2e-3"]``); unset
+    ones take the flags' defaults (with ``exp.options``). Returns the ranked results table. Raises ConfigError on
+    a bad option or Config, KeyboardInterrupt when interrupted (the same call resumes)."""
+    args = argparse.Namespace(**defaults(exp))
     unknown = sorted(set(options) - set(vars(args)))
     if unknown:
         raise ConfigError(f"unknown sweep option(s) {unknown}; allowed: {', '.join(sorted(vars(args)))}")
@@ -203,18 +165,12 @@ def run(exp: Experiment, scale: str | None = None, **options):
         return print_plan(exp, base, args)
     from tinylm import tune
 
-    common = dict(results_dir=args.results, asha=exp.asha and not args.no_asha, grace_tokens=args.grace_tokens,
-                  reduction_factor=args.reduction_factor, kill_margin=args.kill_margin, kill_window=args.kill_window,
-                  baseline=exp.baseline_at(args.scale), address=args.address, workers=args.workers,
-                  max_concurrent=args.max_concurrent, trials_per_gpu=args.trials_per_gpu,
-                  tracking_uri=args.tracking_uri, optuna_storage=args.optuna_storage, hypothesis=exp.hypothesis,
-                  description=exp.description)
+    sweep = sweep_of(exp, vars(args), args.scale)
     t0 = time.time()
     try:
         if args.two_phase:
-            table, sweep, space = two_phase(exp, base, args, common)
+            table, sweep, space = two_phase(exp, base, args, sweep)
         else:
-            sweep = tune.Sweep(name=exp.name, seeds=args.seeds, refine=args.refine, **common)
             space = exp.space_at(args.scale)
             table = tune.run_sweep(sweep, base, space, exp.refine_space)
     finally:
@@ -235,16 +191,16 @@ def run(exp: Experiment, scale: str | None = None, **options):
     return table
 
 
-def two_phase(exp: Experiment, base: Config, args, common: dict):
+def two_phase(exp: Experiment, base: Config, args, sweep: Sweep):
     """PRD pipeline: phase 1 ranks every variant on a short run; phase 2 trains the finalists at the full
-    budget with 3 seeds (or --seeds if larger)."""
+    budget with 3 seeds (or --seeds if larger). ``sweep``: the settings both phases start from."""
     from tinylm import tune
 
     short_tokens = max(base.eval_every_tokens, int(base.train_tokens * args.rank_fraction))
     # a laptop warmup of N tokens would fill most of a short ranking run: cap it at a quarter of the run
     short = base.replace(train_tokens=short_tokens,
                          warmup_tokens=min(base.warmup_tokens, short_tokens // 4) if base.warmup_tokens else 0)
-    rank = tune.Sweep(name=f"{exp.name}-rank", seeds=1, **common)
+    rank = replace(sweep, name=f"{exp.name}-rank", seeds=1, refine=0)
     ranked = tune.run_sweep(rank, short, exp.space_at(args.scale))
     axes = [k for k in exp.space_at(args.scale) if k in ranked.columns]
     ranked = ranked.assign(_loss=[trial_loss(r) for r in ranked.to_dict("records")]).sort_values(
@@ -258,6 +214,6 @@ def two_phase(exp: Experiment, base: Config, args, common: dict):
     space = {VARIANT: finalists}
     # phase 2 is the PRD's decision: every finalist trains to the end (no ASHA, no kill rule), else the 3-seed
     # comparison it exists for may never happen
-    final = tune.Sweep(name=f"{exp.name}-final", seeds=max(3, args.seeds), asha=False, kill_margin=math.inf,
-                       **{k: v for k, v in common.items() if k not in ("asha", "kill_margin")})
+    final = replace(sweep, name=f"{exp.name}-final", seeds=max(3, args.seeds), refine=0, asha=False,
+                    kill_margin=math.inf)
     return tune.run_sweep(final, base, space), final, space

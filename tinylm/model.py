@@ -17,16 +17,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from tinylm.budget import param_counts
 from tinylm.config import Config
-
-
-def flops_per_token(cfg: Config) -> float:
-    """Training FLOPs per token (forward + backward), PaLM appendix B / Kaplan et al.:
-    6 * (non-embedding params + output-head matmul) + 12 * n_layer * n_embd * block_size (attention scores)."""
-    c = param_counts(cfg)
-    matmul_params = c["nonembed"] + cfg.vocab_size * cfg.n_embd
-    return 6.0 * matmul_params + 12.0 * cfg.n_layer * cfg.n_embd * cfg.block_size
 
 
 def make_norm(cfg: Config) -> nn.Module:

@@ -205,7 +205,9 @@ def lr_factor(cfg: Config, tokens_seen: int) -> float:
 
     Linear warmup over ``cfg.warmup`` tokens ((t+1)/warmup: small but non-zero at t=0, as nanoGPT's (it+1)), then
     ``cfg.schedule``: cosine or linear decay from 1 to ``cfg.min_lr_ratio`` at ``cfg.train_tokens`` (held there
-    beyond), or constant 1.
+    beyond), constant 1, or wsd: 1 until ``cfg.stable_tokens``, then linear to ``cfg.min_lr_ratio`` at
+    ``cfg.train_tokens`` (warmup-stable-decay; a run cut at any point of its stable phase and cooled down is a
+    complete shorter run, which is what ``cooldown_factor`` and the train loop's probes use).
     """
     t = max(0, tokens_seen)
     warmup = cfg.warmup
@@ -213,6 +215,8 @@ def lr_factor(cfg: Config, tokens_seen: int) -> float:
         return min(1.0, (t + 1) / warmup)
     if cfg.schedule == "constant":
         return 1.0
+    if cfg.schedule == "wsd":
+        return cooldown_factor(cfg, t - cfg.stable_tokens, cfg.train_tokens - cfg.stable_tokens)
     span = cfg.train_tokens - warmup
     progress = 1.0 if span <= 0 else min(1.0, (t - warmup) / span)
     if cfg.schedule == "cosine":
@@ -220,17 +224,34 @@ def lr_factor(cfg: Config, tokens_seen: int) -> float:
     elif cfg.schedule == "linear":
         decay = 1.0 - progress
     else:
-        raise ValueError(f"schedule={cfg.schedule!r}; choose one of cosine, linear, constant")
+        raise ValueError(f"schedule={cfg.schedule!r}; choose one of cosine, linear, constant, wsd")
     return cfg.min_lr_ratio + (1.0 - cfg.min_lr_ratio) * decay
+
+
+def cooldown_factor(cfg: Config, into: int, length: int) -> float:
+    """The LR multiplier ``into`` tokens into a linear cooldown of ``length`` tokens: 1 before it, falling
+    linearly to ``cfg.min_lr_ratio`` at its end, held there beyond (WSD's decay phase)."""
+    progress = min(1.0, max(0.0, into / length)) if length > 0 else 1.0
+    return 1.0 + (cfg.min_lr_ratio - 1.0) * progress
+
+
+def probe_length(cfg: Config, tokens: int) -> int:
+    """Tokens of the cooldown branch that turns ``tokens`` of a wsd run's stable phase into a complete run with
+    the same ``decay_frac``: tokens * decay_frac / (1 - decay_frac) (a quarter of ``tokens`` at 0.2)."""
+    return max(1, round(tokens * cfg.decay_frac / (1.0 - cfg.decay_frac)))
+
+
+def set_lr_factor(optimizer: torch.optim.Optimizer, cfg: Config, factor: float) -> float:
+    """Set every group's ``lr = cfg.lr * lr_scale * factor``; return ``cfg.lr * factor``."""
+    for group in optimizer.param_groups:
+        group["lr"] = cfg.lr * group.get("lr_scale", 1.0) * factor
+    return cfg.lr * factor
 
 
 def set_lr(optimizer: torch.optim.Optimizer, cfg: Config, tokens_seen: int) -> float:
     """Set every group's ``lr = cfg.lr * lr_scale * lr_factor(cfg, tokens_seen)``; return ``cfg.lr * factor``,
     the LR of the groups at the peak ``cfg.lr`` (AdamW's; for muon the Muon group runs at ``muon_lr * factor``)."""
-    factor = lr_factor(cfg, tokens_seen)
-    for group in optimizer.param_groups:
-        group["lr"] = cfg.lr * group.get("lr_scale", 1.0) * factor
-    return cfg.lr * factor
+    return set_lr_factor(optimizer, cfg, lr_factor(cfg, tokens_seen))
 
 
 __all__ = ["Lion", "MuonAdamW", "build_optimizer", "lr_factor", "param_groups", "set_lr", "split_params"]

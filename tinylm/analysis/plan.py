@@ -21,17 +21,18 @@ from pathlib import Path
 
 import pandas as pd
 
+from tinylm.budget import flops_per_token
 from tinylm.config import LAPTOP_RULES, Config
 from tinylm.layout import VARIANT
 
 # Measured here (2026-11-30, /tmp/trust/tp2.py: tinylm.train on one thread, DeepSpeed fp32, block 128, batch 16,
 # laptop configs, CPU seconds per token between the first and last of 4 evals, so other jobs' load (~4-8 on 2 cores)
 # does not enter): GLU 2.0 (9 x 32) 59.6 us, GLU 4.0 (6 x 32) 48.9 us, small (2 x 64) 28.0 us, medium (3 x 96)
-# 66.8 us per token. Least squares: us/token = -1.17 + 4.72 * layers + 18.64 * MFLOP/token (each within 6 %): tiny
-# models pay a per-layer cost (kernel launches, Python) on top of ~54 GFLOP/s. Wall time = CPU time when every trial
-# has its own core (the local sweep runs one single-thread trial per core).
-THROUGHPUT = {"const_s": -1.17e-6, "per_layer_s": 4.72e-6, "per_flop_s": 18.64e-12,
-              "source": "measured here, 1 thread per trial: us/token = -1.17 + 4.72 L + 18.64 MFLOP/token"}
+# 66.8 us per token. Least squares on budget.flops_per_token: us/token = -0.30 + 4.27 * layers + 17.89 * MFLOP/token
+# (each within 6 %): tiny models pay a per-layer cost (kernel launches, Python) on top of ~56 GFLOP/s. Wall time =
+# CPU time when every trial has its own core (the local sweep runs one single-thread trial per core).
+THROUGHPUT = {"const_s": -0.30e-6, "per_layer_s": 4.27e-6, "per_flop_s": 17.89e-12,
+              "source": "measured here, 1 thread per trial: us/token = -0.30 + 4.27 L + 17.89 MFLOP/token"}
 TRIAL_OVERHEAD_S = 5.0  # per trial start-up after tinylm.tune's local-mode work (~30 s before it)
 RAY_START_S = 15.0  # ray.init + MLflow/Optuna stores, once per sweep
 GPU_FLOPS = 3.0e14  # one H100-class GPU at ~30 % of its bf16 peak: the cluster estimate's assumption
@@ -39,14 +40,6 @@ SCALING_SWEEPS = ("arch", "width", "depth", "data_scale", "ladder")  # claims ne
 # shown in their own columns
 SHOWN = ("seed", "n_embd", "n_layer", "n_head", "d_ff", "train_tokens", "eval_every_tokens", "warmup_tokens")
 CORPUS_BYTES = {"wiki-offline": 4.9e6, "shakespeare": 5.1e6, "sotu": 10.8e6}
-
-
-def flops_per_token(cfg: Config) -> float:
-    """Training FLOPs per token: 6 x (all params, the tied head counted once: its matmul is real compute,
-    Porian et al. 2024) + causal attention 6 x layers x T x d."""
-    from tinylm.budget import num_params
-
-    return 6.0 * num_params(cfg) + 6.0 * cfg.n_layer * cfg.block_size * cfg.n_embd
 
 
 def seconds_here(cfg: Config) -> float:

@@ -18,10 +18,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from tinylm.budget import param_counts
+from tinylm.budget import flops_per_token, param_counts
 from tinylm.config import ARCH_FIELDS, Config, ConfigError
 from tinylm.layout import unwritable_parent
-from tinylm.model import GPT, flops_per_token
+from tinylm.model import GPT
 
 log = logging.getLogger("tinylm.train")
 # report(metrics, checkpoint_dir | None): Ray's report on a cluster, a logger or nothing locally
@@ -243,7 +243,7 @@ def train(cfg: Config, out_dir: str, report: Report | None = None, resume_from: 
     """
     from tinylm import engine as eng
     from tinylm.checkpoint import save_pretrained
-    from tinylm.optim import set_lr
+    from tinylm.optim import probe_length, set_lr
     from tinylm.perf import mark, peak_flops, peak_memory_mb, write_marks
 
     resumed_from = preflight(cfg, out_dir, resume_from)
@@ -284,6 +284,8 @@ def train(cfg: Config, out_dir: str, report: Report | None = None, resume_from: 
     window_loss, window_steps, window_t = 0.0, 0, time.perf_counter()
     metrics: dict = state.get("metrics", {}) if state else {}
     last_ckpt, started = None, False
+    probed = {k: metrics.get(k, 0) for k in ("probe_tokens", "probe_time_s")} if cfg.probe_tokens else {}
+    pending = [p for p in cfg.probe_tokens if p > step * tokens_per_step]
     run.engine.train()
     while step < total_steps:
         if should_stop is not None and should_stop():
@@ -307,16 +309,28 @@ def train(cfg: Config, out_dir: str, report: Report | None = None, resume_from: 
             elapsed += dt
             val = evaluate(run)
             tps = window_steps * tokens_per_step / dt
+            probe = {}
+            if pending and step * tokens_per_step >= pending[0] and step < total_steps:
+                tokens = step * tokens_per_step
+                pending = [p for p in pending if p > tokens]
+                if tokens <= cfg.stable_tokens:  # an eval past the stable phase is already in the real decay
+                    t0 = time.perf_counter()
+                    probe["probe_loss"], spent = cooldown_probe(run, tokens, tokens_per_step)
+                    probed["probe_tokens"] += spent
+                    probed["probe_time_s"] += time.perf_counter() - t0
             metrics = {"tokens": step * tokens_per_step, "step": step, "train_loss": window_loss / window_steps,
                        "val_loss": val, "val_ppl": math.exp(min(val, 50)), "val_bpb": val / math.log(2) / bpt,
                        "lr": lr, "tokens_per_s": tps,
                        "mfu": fpt * tps / (peak * run.world), "peak_mem_mb": peak_memory_mb(run.device),
-                       "elapsed_s": elapsed, "train_flops": fpt * step * tokens_per_step, **sizes}
-            history.append({k: metrics[k] for k in ("tokens", "train_loss", "val_loss")})
+                       "elapsed_s": elapsed, "train_flops": fpt * step * tokens_per_step, **sizes, **probed, **probe}
+            history.append({k: metrics[k] for k in ("tokens", "train_loss", "val_loss", "probe_loss") if k in metrics})
             if run.rank == 0:
                 log.info("step %5d | tokens %s/%s | loss %.4f | val %.4f | ppl %.1f | %s tok/s | mfu %.1f%%",
                          step, f"{metrics['tokens']:,}", f"{total_steps * tokens_per_step:,}",
                          metrics["train_loss"], val, metrics["val_ppl"], f"{tps:,.0f}", 100 * metrics["mfu"])
+                if probe:
+                    log.info("probe at %s tokens: a cooldown of %s tokens reaches val %.4f", f"{metrics['tokens']:,}",
+                             f"{probe_length(cfg, metrics['tokens']):,}", probe["probe_loss"])
             ckpt = None
             if step % ckpt_every == 0 or step == total_steps:
                 ckpt = eng.save_checkpoint(run.engine, ckpt_dir, f"step{step:08d}", {
@@ -361,6 +375,31 @@ def train(cfg: Config, out_dir: str, report: Report | None = None, resume_from: 
         # the last report carries a checkpoint: Ray Train V2 keeps no metrics for a run that reported none
         report({k: v for k, v in final.items() if k != "info"} | run.info, last_ckpt)
     return final
+
+
+def cooldown_probe(run: Run, tokens: int, tokens_per_step: int) -> tuple[float, int]:
+    """The val loss a wsd run cut here would reach: a throw-away branch cools the LR down linearly to
+    ``min_lr_ratio`` over ``probe_length`` tokens (so the branch is a complete wsd run of the same ``decay_frac``),
+    is evaluated, and is thrown away; the run goes on from the exact state it had (``engine.branch``).
+
+    Under a decaying schedule a mid-run loss favours small LRs (a large LR pays off only once it decays): a
+    probe compares every LR as a finished run of this length (Hägele et al. 2024, "Scaling Laws and
+    Compute-Optimal Training Beyond Fixed Training Durations"). That removes the schedule's share of the bias, not
+    the horizon's: the best LR of a short run is still larger than a long run's (RESULTS.md, 2026-11-30).
+    Returns (loss, tokens the branch trained); its batches come from their own generator.
+    """
+    from tinylm import engine as eng
+    from tinylm.optim import cooldown_factor, probe_length, set_lr_factor
+
+    steps = max(1, math.ceil(probe_length(run.cfg, tokens) / tokens_per_step))
+    rng = np.random.default_rng([run.cfg.seed, run.rank, tokens, 1])
+    with eng.branch(run.engine, os.path.join(run.out_dir, "probe")):
+        for i in range(steps):
+            set_lr_factor(run.optimizer, run.cfg, cooldown_factor(run.cfg, i * tokens_per_step,
+                                                                   steps * tokens_per_step))
+            train_step(run, lambda: sample_batch(run, run.data.train, rng))
+        loss = evaluate(run)
+    return loss, steps * tokens_per_step
 
 
 def check_resume(cfg: Config, saved: dict) -> None:

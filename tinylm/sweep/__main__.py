@@ -1,0 +1,66 @@
+"""The command line every sweep script shares: ``python sweeps/<name>.py [flags]`` calls ``main(EXPERIMENT)``.
+
+    python sweeps/glu.py --dry-run                 # a sweep script (its last lines: main(EXPERIMENT))
+    python -m tinylm.sweep sweeps/glu.py --dry-run # the same, for a script without those lines
+
+The parser is built from the flag declarations (``tinylm.experiment.RUN_FLAGS`` and the Sweep's fields,
+``tinylm.sweep.flags``) and calls ``tinylm.experiment.run``, the library call ``tinylm.api.run_sweep`` makes too;
+nothing in the library imports this module.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+
+from tinylm.config import ConfigError
+from tinylm.experiment import RUN_FLAGS, Experiment, defaults, run
+from tinylm.sweep import flags as sweep_flags
+
+
+def parser(exp: Experiment) -> argparse.ArgumentParser:
+    """The run's options, then the Sweep's settings; defaults as ``run()`` takes them (``exp.options`` applied)."""
+    p = argparse.ArgumentParser(prog=f"python sweeps/{exp.name}.py", description=exp.hypothesis or exp.name)
+    for f in RUN_FLAGS:
+        p.add_argument(f.option, **f.argparse_kwargs())
+    group = p.add_argument_group("sweep settings (tinylm.sweep.Sweep)")
+    for f in sweep_flags():
+        group.add_argument(f.option, **f.argparse_kwargs())
+    p.set_defaults(**defaults(exp))
+    return p
+
+
+def main(exp: Experiment, argv: list[str] | None = None, command: str | None = None):
+    """Parse the shared flags, run the sweep (or the two-phase pipeline) and print the ranked table.
+    ``command``: what the user typed, for the resume hint (default: this process's command line)."""
+    from tinylm.tracking import TrackingError
+
+    args = parser(exp).parse_args(argv)
+    try:
+        return run(exp, **vars(args))
+    except (ConfigError, TrackingError) as e:
+        sys.exit(f"error: {e}")
+    except KeyboardInterrupt:
+        sys.exit(f"\ninterrupted; finished trials are kept. Resume with the same command:\n"
+                 f"  {command or 'python ' + shlex.join(sys.argv)}\n(sweep {exp.name}; results in {args.results})")
+
+
+def run_script(argv: list[str]):
+    """``python -m tinylm.sweep SCRIPT.py [flags]``: the ``EXPERIMENT`` a sweep script declares, run by ``main``."""
+    import runpy
+
+    if not argv or argv[0].startswith("-") or not argv[0].endswith(".py"):
+        sys.exit("usage: python -m tinylm.sweep SCRIPT.py [flags]   (e.g. sweeps/glu.py --dry-run; SCRIPT.py "
+                 "--help lists the flags)")
+    try:
+        exp = runpy.run_path(argv[0], run_name="tinylm_sweep_script").get("EXPERIMENT")
+    except OSError as e:
+        sys.exit(f"error: {e}")
+    if not isinstance(exp, Experiment):
+        sys.exit(f"error: {argv[0]} defines no EXPERIMENT = Experiment(...)")
+    return main(exp, argv[1:], command=f"python -m tinylm.sweep {shlex.join(argv)}")
+
+
+if __name__ == "__main__":
+    run_script(sys.argv[1:])

@@ -1,0 +1,39 @@
+"""Experiment tracking: the only package of tinylm that imports mlflow.
+
+One parent run per sweep (found again by the tag ``tinylm.sweep_key``, so a resumed sweep reuses it) and one
+nested child run per trial (found again by ``tinylm.trial_id`` + ``mlflow.parentRunId``, so a restarted trial
+never gets a duplicate). Everything goes through ``MlflowClient`` with explicit run ids: no fluent active-run
+state, which is what a long-lived Tune driver needs (Ray's MLflowLoggerCallback duplicates runs on restart:
+ray#48664, ray#19978). Readers (``load_runs``, ``load_curves``, ``list_sweeps``, ``export_log``) return plain
+DataFrames / JSON for ``tinylm.analysis``.
+
+Store: ``default_uri(results_dir)`` = ``$MLFLOW_TRACKING_URI`` if set, else ``sqlite:///<abs results_dir>/mlflow.db``
+with artifacts in ``<results_dir>/mlartifacts`` (set per experiment, never relative to the cwd). An explicit URI
+(``http://host:5000``, ``postgresql://...``) always wins. Credentials in URIs are masked in every message, tag
+and param (``mask_uri``).
+
+Where things live (callers import the names in ``__all__`` from here; writer and readers build on schema and
+store, which import neither each other nor this package):
+
+- ``schema``: what a run carries: the tag names (``TAG_*``), ``PROVENANCE`` / ``INHERITED`` tags, the ``STATUS``
+  map (tinylm status -> MLflow status), the experiment-kind tag of the model training view, ``parent_run_name``
+  (no absolute results path in the UI) and ``jsonable`` (NaN -> null, URIs masked). No mlflow import.
+- ``store``: reaching a store: ``TrackingError``, ``check_tracking`` (fail fast, with a hint), ``connect``,
+  ``sqlite_path``, ``search_runs``, ``quoted`` (safe filter values) and ``ui_url`` (the model training view).
+- ``writer``: ``Tracker``, what a sweep and its trials log (parent/child runs, params, metrics, tags, artifacts).
+- ``readers``: ``list_sweeps``, ``load_runs``, ``load_curves`` and ``export_log`` (best trial by
+  ``tinylm.ranking``).
+- ``tinylm.layout`` (re-exported): ``default_uri``, ``resolve_uri``, ``mask_uri``.
+"""
+
+from __future__ import annotations
+
+from tinylm.layout import default_uri, mask_uri, resolve_uri
+from tinylm.tracking.readers import export_log, list_sweeps, load_curves, load_runs
+from tinylm.tracking.schema import INHERITED, PROVENANCE, STATUS, parent_run_name
+from tinylm.tracking.store import TrackingError, check_tracking, ui_url
+from tinylm.tracking.writer import Tracker
+
+__all__ = ["INHERITED", "PROVENANCE", "STATUS", "Tracker", "TrackingError", "check_tracking", "default_uri",
+           "export_log", "list_sweeps", "load_curves", "load_runs", "mask_uri", "parent_run_name", "resolve_uri",
+           "ui_url"]

@@ -1,0 +1,160 @@
+"""Reaching a tracking store: the client, the fail-fast check, run searches and the UI link.
+
+``check_tracking(uri)`` runs before any compute and raises ``TrackingError`` (URI masked, with a hint how to fix
+it); ``connect(uri)`` is the one way to get an ``MlflowClient`` (it names the psycopg2 driver for postgres URIs);
+``search_runs`` pages through every matching run; ``ui_url`` links the experiment in the model training view.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+import time
+from pathlib import Path
+
+from mlflow import MlflowClient
+from mlflow.entities import Run, ViewType
+
+from tinylm.layout import mask_uri
+
+
+class TrackingError(RuntimeError):
+    """The tracking store is unreachable or a lookup matched nothing; the message says what to do."""
+
+
+def _driver_uri(uri: str) -> str:
+    """SQLAlchemy 2.1 maps ``postgresql://`` to psycopg 3; the stack ships psycopg2-binary, so name it."""
+    if uri.startswith("postgres://"):
+        uri = "postgresql://" + uri[len("postgres://"):]
+    if uri.startswith("postgresql://"):
+        import importlib.util
+
+        if importlib.util.find_spec("psycopg") is None and importlib.util.find_spec("psycopg2") is not None:
+            uri = "postgresql+psycopg2://" + uri[len("postgresql://"):]
+    return uri
+
+
+def connect(uri: str) -> MlflowClient:
+    """An ``MlflowClient`` for ``uri``: explicit, so no process-wide tracking state is set."""
+    return MlflowClient(tracking_uri=_driver_uri(uri))
+
+
+def sqlite_path(uri: str) -> Path | None:
+    """The database file of a ``sqlite://`` URI (relative or absolute); None for an in-memory store."""
+    rest = uri.split("?", 1)[0][len("sqlite://"):]
+    if rest in ("", "/:memory:"):
+        return None
+    return Path(rest[1:] if rest.startswith("/") else rest)
+
+
+def check_tracking(uri: str, timeout_s: float = 10) -> None:
+    """Fail fast, before any compute, when the store cannot be written.
+
+    http(s): ``GET /health`` then one experiments search (catches auth errors); sqlite: the directory exists
+    or can be made and is writable; postgresql/mysql/mssql: a connection with ``select 1``. Raises
+    ``TrackingError`` with the URI masked and a hint how to fix it.
+    """
+    scheme = uri.split(":", 1)[0].lower()
+    where = mask_uri(uri)
+    try:
+        if scheme in ("http", "https"):
+            _check_http(uri, timeout_s)
+        elif scheme == "sqlite":
+            _check_sqlite(uri)
+        elif scheme.split("+")[0] in ("postgresql", "postgres", "mysql", "mssql"):
+            _check_db(uri, timeout_s)
+        else:
+            connect(uri).search_experiments(max_results=1)
+    except TrackingError:
+        raise
+    except Exception as e:  # any failure means "not usable"; `from None` keeps secrets out of tracebacks
+        if scheme in ("http", "https"):
+            port = re.search(r":(\d+)(?:/|$)", uri.split("@")[-1])
+            hint = ("start it with `mlflow server --backend-store-uri sqlite:///results/mlflow.db --host 127.0.0.1 "
+                    f"--port {port.group(1) if port else 5000}`, or unset MLFLOW_TRACKING_URI to use the local "
+                    "sqlite store")
+        elif scheme == "sqlite":
+            hint = "choose a writable --results-dir, or set MLFLOW_TRACKING_URI to a tracking server"
+        elif scheme.split("+")[0] in ("postgresql", "postgres", "mysql", "mssql"):
+            hint = "start the database and check host, port and credentials, or unset MLFLOW_TRACKING_URI"
+        else:
+            hint = "check the URI (use sqlite:///<path> or http://host:port), or unset MLFLOW_TRACKING_URI"
+        raise TrackingError(f"MLflow tracking server at {where} is not reachable: "
+                            f"{type(e).__name__}: {mask_uri(e)[:500]}; {hint}") from None
+
+
+def _check_http(uri: str, timeout_s: float) -> None:
+    import requests  # an mlflow dependency
+
+    deadline = time.monotonic() + timeout_s
+    auth, headers = None, {}
+    if os.environ.get("MLFLOW_TRACKING_USERNAME"):
+        auth = (os.environ["MLFLOW_TRACKING_USERNAME"], os.environ.get("MLFLOW_TRACKING_PASSWORD", ""))
+    if os.environ.get("MLFLOW_TRACKING_TOKEN"):
+        headers["Authorization"] = f"Bearer {os.environ['MLFLOW_TRACKING_TOKEN']}"
+    base = uri.rstrip("/")
+    r = requests.get(f"{base}/health", timeout=max(0.5, deadline - time.monotonic()), auth=auth, headers=headers)
+    r.raise_for_status()
+    r = requests.post(f"{base}/api/2.0/mlflow/experiments/search", json={"max_results": 1}, auth=auth,
+                      headers=headers, timeout=max(0.5, deadline - time.monotonic()))
+    if r.status_code in (401, 403):
+        raise TrackingError(f"MLflow tracking server at {mask_uri(uri)} refused the credentials (HTTP "
+                            f"{r.status_code}); set MLFLOW_TRACKING_USERNAME/MLFLOW_TRACKING_PASSWORD or "
+                            "MLFLOW_TRACKING_TOKEN")
+    r.raise_for_status()
+
+
+def _check_sqlite(uri: str) -> None:
+    path = sqlite_path(uri)
+    if path is None:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=path.parent, prefix=".tinylm-write-check-"):
+        pass
+    if path.exists() and not os.access(path, os.W_OK):
+        raise PermissionError(f"{path} is read-only")
+
+
+def _check_db(uri: str, timeout_s: float) -> None:
+    import sqlalchemy  # an mlflow dependency
+
+    args = {"connect_timeout": max(1, int(timeout_s))} if uri.startswith("postgres") else {}
+    engine = sqlalchemy.create_engine(_driver_uri(uri), connect_args=args)
+    try:
+        with engine.connect() as conn:
+            conn.execute(sqlalchemy.text("select 1"))
+    finally:
+        engine.dispose()
+
+
+def search_runs(client: MlflowClient, experiment_ids: list[str], filter_string: str = "") -> list[Run]:
+    """Every active run of the experiments that matches ``filter_string``, across all result pages."""
+    runs, token = [], None
+    while experiment_ids:
+        page = client.search_runs(experiment_ids, filter_string, ViewType.ACTIVE_ONLY, 1000, page_token=token)
+        runs.extend(page)
+        token = page.token
+        if not token:
+            break
+    return runs
+
+
+def quoted(value: str, what: str) -> str:
+    """``value`` as it may stand inside a quoted search filter; ``what`` names it in the error."""
+    if "'" in value or "\\" in value:
+        raise ValueError(f"{what}={value!r} may not contain quotes or backslashes")
+    return value
+
+
+def ui_url(uri: str, experiment_id: str | None = None) -> str:
+    """The MLflow UI page of an experiment in the model training view (runs, metrics, charts).
+
+    MLflow 3.17's UI picks its view from the sidebar's GenAI / Model training switch (remembered per browser,
+    default GenAI), not from the experiment's ``mlflow.experimentKind`` tag (read only by earlier 3.x UIs); the
+    ``workflowType=machine_learning`` query sets that switch. ``uri``: an ``http(s)://`` tracking server serves
+    the UI itself; for a database store, ``mlflow ui``'s default address is meant.
+    """
+    base = mask_uri(uri).rstrip("/") if uri.startswith(("http://", "https://")) else "http://127.0.0.1:5000"
+    page = f"experiments/{experiment_id}" if experiment_id else "experiments"
+    return f"{base}/#/{page}?workflowType=machine_learning"

@@ -1,0 +1,152 @@
+"""Tune callbacks: the PRD kill rule as a Stopper (one rule per sweep, shared with the MLflow callback across
+Tune's restores), one MLflow child run per trial, and the status a finished trial gets."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+
+from ray import tune
+
+from tinylm.layout import VARIANT
+from tinylm.rules import KillRule
+from tinylm.sweep import Sweep
+from tinylm.tune.console import bar, say
+from tinylm.tune.grid import build_config, is_baseline
+from tinylm.tune.results import STATUS_DONE
+
+TUNE_KEYS = ("training_iteration", "time_this_iter_s", "timestamp", "pid", "iterations_since_restore",
+             "time_since_restore", "time_total_s")  # Tune's bookkeeping, not metrics
+_RULES: dict[str, KillRule] = {}
+
+
+def shared_rule(key: str, state: dict) -> KillRule:
+    """Unpickle to ONE rule per sweep: Tune restores the stopper and the callbacks separately, and the
+    callback must see the stopper's kill reasons."""
+    if key not in _RULES:
+        rule = KillRule()
+        rule.__dict__.update(state)
+        rule.key = key
+        _RULES[key] = rule
+    return _RULES[key]
+
+
+class SharedKillRule(KillRule):
+    def __init__(self, key: str, **kwargs):
+        super().__init__(**kwargs)
+        self.key = key
+        _RULES[key] = self
+
+    def __reduce__(self):
+        return shared_rule, (self.key, {k: v for k, v in self.__dict__.items() if k != "key"})
+
+
+class KillStopper(tune.Stopper):
+    """The kill rule as a Tune Stopper. ``probing``: the trials carry wsd cooldown probes, and only a probe (the
+    loss a finished run of that length reaches) is compared with the baseline's probe at the same tokens."""
+
+    def __init__(self, rule: KillRule, probing: bool = False):
+        self.rule, self.probing = rule, probing
+
+    def __call__(self, trial_id: str, result: dict) -> bool:
+        if "val_ppl" not in result or result.get("status") in STATUS_DONE:
+            return False
+        if getattr(self, "probing", False):  # a stopper pickled before probes existed has no attribute
+            if "probe_loss" not in result:
+                return False
+            ppl = math.exp(min(float(result["probe_loss"]), 50.0))
+        else:
+            ppl = float(result["val_ppl"])
+        return self.rule.update(trial_id, int(result["tokens"]), ppl, bool(result.get("is_baseline"))) is not None
+
+    def stop_all(self) -> bool:
+        return False
+
+
+class TrackingCallback(tune.Callback):
+    """One MLflow child run per trial, nested under the sweep's parent; keyed by trial id (no duplicates)."""
+
+    def __init__(self, sweep: Sweep, rule: KillRule, parent_run_id: str, phase: str = "grid"):
+        self.sweep, self.rule, self.parent, self.phase = sweep, rule, parent_run_id, phase
+        self._tracker, self._runs = None, {}
+
+    def __getstate__(self):  # Tune pickles callbacks with the experiment state; the client is rebuilt
+        return {**self.__dict__, "_tracker": None, "_runs": {}}
+
+    @property
+    def tracker(self):
+        if self._tracker is None:
+            from tinylm.tracking import Tracker
+
+            self._tracker = Tracker(self.sweep.uri(), experiment=self.sweep.name,
+                                    artifact_root=os.path.join(self.sweep.root, "mlartifacts"))
+        return self._tracker
+
+    def _run(self, trial) -> str:
+        if trial.trial_id not in self._runs:
+            cfg = build_config(trial.config)
+            self._runs[trial.trial_id] = self.tracker.trial_run(
+                self.parent, trial.trial_id, cfg.to_dict(),
+                tags={"tinylm.sweep": self.sweep.name, "ray_trial_id": trial.trial_id, "tinylm.phase": self.phase,
+                      "is_baseline": str(is_baseline(cfg, self.sweep.baseline)).lower()})
+        return self._runs[trial.trial_id]
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        self._run(trial)
+        say(f"[{self.sweep.name}] {trial.trial_id} {self.axes(trial)} | started")
+
+    def axes(self, trial) -> str:
+        cfg = trial.config
+        keys = [k for k in self.sweep.axes if k in cfg] + [k for k in (cfg.get(VARIANT) or {})]
+        vals = {**cfg, **(cfg.get(VARIANT) or {})}
+        return " ".join(f"{k}={vals[k]}" for k in dict.fromkeys(keys))
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        numeric = {k: v for k, v in result.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
+                   and k not in TUNE_KEYS}
+        self.tracker.log_metrics(self._run(trial), numeric, step=int(result.get("tokens", 0)))
+        if "val_loss" in result and "status" not in result:
+            tokens, total = int(result["tokens"]), int(trial.config.get("train_tokens") or 0)
+            probe = f" probe {result['probe_loss']:.4f}" if "probe_loss" in result else ""
+            say(f"[{self.sweep.name}] {trial.trial_id} {self.axes(trial)} | tokens {tokens:,}/{total:,} "
+                f"{bar(tokens / max(1, total))} | val_loss {result['val_loss']:.4f} ppl {result['val_ppl']:.1f}"
+                f"{probe} | {result.get('tokens_per_s', 0):,.0f} tok/s mfu {100 * result.get('mfu', 0):.1f}% | running")
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        last = trial.last_result or {}
+        status, reason = trial_status(trial.trial_id, last, self.rule, asha=self.sweep.asha)
+        run_id = self._run(trial)
+        strings = {k: str(v) for k, v in last.items() if k in ("git_sha", "git_dirty", "git_diff_sha", "hostname",
+                   "device", "tokenizer_hash", "data_fingerprint", "data_source", "world_size", "torch")}
+        self.tracker.set_tags(run_id, strings)
+        cfg = build_config(trial.config)
+        self.tracker.log_dict(run_id, cfg.to_dict(), "config.json")
+        if last.get("ds_config"):
+            self.tracker.log_dict(run_id, json.loads(last["ds_config"]), "ds_config.json")
+        final = {k: v for k, v in last.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        self.tracker.log_dict(run_id, final | {"status": status, "stop_reason": reason}, "final_metrics.json")
+        self.tracker.finish_run(run_id, status, reason, final)
+        say(f"[{self.sweep.name}] {trial.trial_id} {self.axes(trial)} | tokens {int(last.get('tokens', 0)):,} | "
+            f"val_loss {last.get('val_loss', float('nan')):.4f} | {status} {reason}".rstrip())
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        err = ""
+        if getattr(trial, "error_file", None) and os.path.exists(trial.error_file):
+            with open(trial.error_file) as f:
+                err = f.read()[-2000:]
+        self.tracker.finish_run(self._run(trial), "failed", err or "trial raised an error")
+
+
+def trial_status(trial_id: str, last: dict, rule: KillRule, asha: bool = True) -> tuple[str, str]:
+    """completed / diverged (the run said so), killed_rule (the PRD rule fired), else stopped by ASHA."""
+    if last.get("status") in STATUS_DONE:
+        return last["status"], str(last.get("stop_reason", ""))
+    if trial_id in rule.reasons:
+        return "killed_rule", rule.reasons[trial_id]
+    if not asha:
+        return "failed", f"ended at {int(last.get('tokens', 0)):,} tokens without a final result"
+    return "stopped_asha", f"stopped early by ASHA at {int(last.get('tokens', 0)):,} tokens"
+
+
+__all__ = ["KillStopper", "SharedKillRule", "TrackingCallback", "shared_rule", "trial_status"]

@@ -1,0 +1,62 @@
+"""The grid: Tune's param space for a grid over Config fields, and a sampled point back to a Config.
+
+Tune's param space holds every Config field (plus an optional ``VARIANT``: fields changed together); a trial
+builds ``Config(**base, **sampled)``. Every grid point is checked before anything is scheduled.
+"""
+
+from __future__ import annotations
+
+from ray import tune
+
+from tinylm.config import FIELDS, Config, check_keys
+from tinylm.layout import VARIANT  # a grid key whose values are dicts of Config fields
+
+
+def build_config(sampled: dict) -> Config:
+    """``Config(**base, **sampled)``: Tune's param space holds every Config field plus an optional variant."""
+    values = {k: v for k, v in sampled.items() if k in FIELDS}
+    values.update(sampled.get(VARIANT) or {})
+    return Config.from_dict(values)
+
+
+def is_baseline(cfg: Config, baseline: dict) -> bool:
+    return bool(baseline) and all(getattr(cfg, k) == v for k, v in baseline.items())
+
+
+def grid_order(key: str, values: list, baseline: dict) -> list:
+    """The order Tune walks a grid axis in when trials can be stopped early: the baseline's value first, then the
+    rest in a fixed shuffled order. Tune runs a grid in list order, and asynchronous ASHA promotes whatever reaches
+    a rung while it holds too few results to compare against, so a grid written worst-first (say, LRs ascending)
+    ran its worst trials to the end; and the kill rule can stop nobody until the baseline has results
+    (bench/asha.py). Deterministic, so a resumed sweep sees the same order."""
+    import random
+
+    def is_base(v) -> bool:
+        if key == VARIANT:
+            return bool(baseline) and isinstance(v, dict) and all(v.get(k) == b for k, b in baseline.items() if k in v)
+        return key in baseline and v == baseline[key]
+
+    first = [v for v in values if is_base(v)][:1]
+    rest = [v for v in values if not (first and v is first[0])]
+    random.Random(f"tinylm-grid-{key}").shuffle(rest)
+    return first + rest
+
+
+def grid_space(base: Config, space: dict, seeds: int, baseline: dict | None = None, shuffle: bool = False) -> dict:
+    """Tune's param_space for a grid over ``space`` (× ``seeds``) on ``base``; every point is checked first.
+    ``shuffle``: walk each axis baseline-first, the rest shuffled (``grid_order``), for sweeps that stop early."""
+    check_keys({k: v for k, v in space.items() if k != VARIANT})
+    for k, values in space.items():  # fail fast: every grid point must build a valid Config
+        for v in values if isinstance(values, list) else []:
+            build_config(base.to_dict() | ({k: v} if k != VARIANT else {VARIANT: v}))
+    out = {k: v for k, v in base.to_dict().items()}
+    for k, values in space.items():
+        if isinstance(values, list) and shuffle:
+            values = grid_order(k, values, baseline or {})
+        out[k] = tune.grid_search(values) if isinstance(values, list) else values
+    if seeds > 1:
+        out["seed"] = tune.grid_search(list(range(base.seed, base.seed + seeds)))
+    return out
+
+
+__all__ = ["build_config", "grid_order", "grid_space", "is_baseline"]

@@ -1,0 +1,79 @@
+"""A sweep's results: the ranked table from the tracking store, the summary a sweep prints, tokens spent."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pandas as pd
+
+from tinylm.layout import VARIANT, mask_uri
+from tinylm.ranking import trial_loss
+from tinylm.sweep import Sweep
+
+STATUS_DONE = ("completed", "diverged")  # statuses of trials that ran to their end (their own report says so)
+STOPPED_EARLY = ("stopped_asha", "killed_rule")  # statuses of trials a scheduler ended before their last token
+
+
+SHOW = ("val_loss", "val_ppl", "tokens", "params_total", "latency_ms_b1_l128", "peak_mem_mb", "tokens_per_s")
+
+
+def results_table(sweep: Sweep) -> pd.DataFrame:
+    """All trials of the sweep from the tracking store, best first (``ranked``; one source of truth across resumes)."""
+    from tinylm.tracking import load_runs
+
+    return ranked(load_runs(sweep.uri(), sweep=sweep.name))
+
+
+def ranked(table: pd.DataFrame) -> pd.DataFrame:
+    """Rows best first by ``tinylm.ranking.trial_loss`` (final val loss, else the latest), ties in table order,
+    trials without a loss last."""
+    losses = np.array([trial_loss(row) for row in table.to_dict("records")], dtype=float)
+    return table.iloc[np.argsort(losses, kind="stable")].reset_index(drop=True)
+
+
+def print_results(sweep: Sweep, table: pd.DataFrame, space: dict) -> str:
+    from tinylm.tracking import ui_url
+
+    axes = [k for k in space if k in table.columns] + (["seed"] if sweep.seeds > 1 else [])
+    if VARIANT in space:
+        axes += sorted({k for v in space[VARIANT] for k in v} & set(table.columns))
+    cols = ["trial_id", *dict.fromkeys(axes), *[c for c in SHOW if c in table.columns], "status"]
+    out_csv = os.path.join(sweep.root, sweep.name, "results.csv")
+    os.makedirs(os.path.dirname(out_csv), exist_ok=True)
+    table.to_csv(out_csv, index=False)
+    text = table[cols].to_string(index=False, float_format=lambda x: f"{x:,.4g}")
+    msg = (f"\n{text}\n\n{tokens_footer(table)}\n"
+           f"results CSV   : {out_csv}\n"
+           f"MLflow        : mlflow ui --backend-store-uri {mask_uri(sweep.uri())} --host 127.0.0.1, then open\n"
+           f"                {ui_url(sweep.uri())} (MLflow's model training view)\n"
+           f"Optuna        : optuna-dashboard {mask_uri(sweep.storage())} --host 127.0.0.1\n"
+           f"analysis      : python -m tinylm.analysis {sweep.name}")
+    print(msg)
+    return msg
+
+
+def tokens_spent(table: pd.DataFrame) -> tuple[int, int]:
+    """(tokens trained, cooldown-probe branches included; tokens the full grid would train: every trial to its
+    train_tokens)."""
+    spent = sum(int(pd.to_numeric(table[c], errors="coerce").fillna(0).sum())
+                for c in ("tokens", "probe_tokens") if c in table)
+    full = int(pd.to_numeric(table.get("train_tokens"), errors="coerce").fillna(0).sum()) \
+        if "train_tokens" in table else 0
+    return spent, full
+
+
+def stopped_early(table: pd.DataFrame) -> int:
+    """How many trials of a results table ASHA or the kill rule stopped."""
+    return int(table["status"].isin(STOPPED_EARLY).sum()) if "status" in table else 0
+
+
+def tokens_footer(table: pd.DataFrame) -> str:
+    spent, full = tokens_spent(table)
+    early = stopped_early(table)
+    share = f" = {spent / full:.0%} of the full grid's {full:,}" if full else ""
+    return f"tokens spent  : {spent:,}{share} ({early} of {len(table)} trials stopped early)"
+
+
+__all__ = ["STATUS_DONE", "STOPPED_EARLY", "print_results", "ranked", "results_table", "stopped_early",
+           "tokens_footer", "tokens_spent"]
