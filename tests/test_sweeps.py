@@ -190,3 +190,13 @@ def test_two_phase_trains_finalists_to_the_end(monkeypatch, tmp_path):
     assert not final.asha and final.kill_margin == float("inf") and final.seeds >= 3
     assert full.train_tokens == exp.base("laptop").train_tokens
     assert [v["glu_factor"] for v in space["__variant"]] == [2.66, 3.0, 4.0]  # 2 finalists + the baseline
+
+
+def test_repeated_set_flags_all_apply():
+    """``--set a=1 --set b=2`` sets both (argparse's default would keep only the last ``--set``)."""
+    from tinylm.sweep.__main__ import parser
+
+    glu = load(os.path.join(ROOT, "sweeps", "glu.py")).EXPERIMENT
+    args = parser(glu).parse_args(["--set", "schedule=wsd", "--set", "decay_frac=0.3", "lr=1e-3"])
+    assert args.set == ["schedule=wsd", "decay_frac=0.3", "lr=1e-3"]
+    assert parser(glu).parse_args([]).set == []

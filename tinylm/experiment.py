@@ -82,7 +82,8 @@ RUN_FLAGS: list[Flag] = [
     Flag("--finalists", 2, type=int, check=(int_at_least(1), "an int >= 1")),
     Flag("--rank-fraction", 0.25, type=float, help="phase-1 run length, fraction of train_tokens",
          check=(lambda v: is_number(v) and 0 < v <= 1, "a fraction of train_tokens in (0, 1]")),
-    Flag("--set", [], nargs="*", metavar="FIELD=VALUE", help="override Config fields"),
+    Flag("--set", [], action="extend", nargs="*", metavar="FIELD=VALUE",
+         help="override Config fields (repeatable: --set a=1 --set b=2 sets both)"),
     Flag("--analyze", False, action="store_true", help="run the post-hoc analysis at the end"),
 ]
 
