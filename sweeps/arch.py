@@ -32,7 +32,7 @@ EXPERIMENT = Experiment(
     description="seed architectures small/medium/large/xlarge at equal tokens",
     # a scaling fit needs every size trained to the end: early stopping would drop the models that learn
     # slowest at first (the big ones) and bias the exponent
-    asha=False, options=dict(kill_margin=float("inf")),
+    early_stopping=False,
     smoke=dict(train_tokens=200_000, eval_every_tokens=40_000, lr=3e-3),
 )
 

@@ -23,8 +23,8 @@ def space(scale: str) -> dict:
 
 EXPERIMENT = Experiment(
     name="data_scale", preset="medium", space=space, baseline={"data_scale": 1.0},
-    asha=False,  # trials have different lengths by design
-    options=dict(kill_margin=float("inf")),  # and a scaling fit needs every point trained to the end
+    # trials have different lengths by design, and a scaling fit needs every point trained to the end
+    early_stopping=False,
     hypothesis="loss follows E + B/D^beta with beta ~ 0.3",
     description="data scale 1x/2x/4x/8x at a fixed model (seed 001)",
     smoke=dict(lr=3e-3),

@@ -32,7 +32,7 @@ EXPERIMENT = Experiment(
     description="depth 4/8/12 at width 512",
     # a scaling fit needs every size trained to the end: early stopping would drop the models that learn
     # slowest at first (the big ones) and bias the exponent
-    asha=False, options=dict(kill_margin=float("inf")),
+    early_stopping=False,
     smoke=dict(n_embd=128, n_head=8, d_ff=512, train_tokens=200_000, eval_every_tokens=40_000, lr=3e-3),
 )
 

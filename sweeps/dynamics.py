@@ -22,7 +22,7 @@ EXPERIMENT = Experiment(
     smoke=dict(train_tokens=400_000, eval_every_tokens=50 * STEP_TOKENS["smoke"], lr=3e-3),
     hypothesis="the medium model's val loss is still falling at 200M tokens (not data-saturated)",
     description="one long baseline run with an eval and a checkpoint every 1k steps",
-    asha=False,
+    early_stopping=False,
 )
 
 if __name__ == "__main__":

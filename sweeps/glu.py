@@ -28,7 +28,7 @@ EXPERIMENT = Experiment(
     description="GLU expansion factor at fixed total params (seed: 2.0 / 2.66 / 3.0 / 4.0)",
     # the verdict is a paired comparison over seeds: every seed of every variant must finish (two-phase keeps
     # its own short ranking phase for the PRD pipeline)
-    asha=False, options=dict(seeds=3, kill_margin=float("inf")),
+    early_stopping=False, options=dict(seeds=3),
     smoke=dict(train_tokens=240_000, eval_every_tokens=40_000),
 )
 

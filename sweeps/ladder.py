@@ -90,7 +90,7 @@ EXPERIMENT = Experiment(
     name="ladder", preset="medium", space=lambda scale: {VARIANT: ladder_points(scale)},  # <- sizes x LRs
     hypothesis="a power law fitted on the smaller sizes predicts the largest within 2 % (20 tokens/param, tuned LR)",
     description="scaling ladder: 5 sizes spanning >= 10x params, 20 tokens/param, LR tuned per size, held-out largest",
-    tokens_per_param=TOKENS_PER_PARAM, asha=False, options=dict(kill_margin=float("inf")),
+    tokens_per_param=TOKENS_PER_PARAM, early_stopping=False,
     overrides=FAMILY["full"], laptop=FAMILY["laptop"], smoke=dict(FAMILY["smoke"], train_tokens=16_384,
                                                                   eval_every_tokens=4_096),
 )
@@ -98,7 +98,7 @@ ISOFLOP = Experiment(
     name="isoflop", preset="medium", space=lambda scale: {VARIANT: iso_points(scale)},  # <- budgets x sizes
     hypothesis="loss has a minimum in N at each FLOP budget; N_opt grows ~ C^0.5 (Chinchilla)",
     description="isoFLOP: 3 budgets x 4 sizes, LR from the size rule",
-    asha=False, options=dict(kill_margin=float("inf")),
+    early_stopping=False,
     overrides=FAMILY["full"], laptop=FAMILY["laptop"], smoke=dict(FAMILY["smoke"], eval_every_tokens=4_096),
 )
 

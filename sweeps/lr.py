@@ -22,7 +22,7 @@ EXPERIMENT = Experiment(
     hypothesis="Muon LR 0.02 is near-optimal for the medium model; 0.05 diverges or trails",
     description="Muon+AdamW learning-rate grid 0.005/0.01/0.02/0.05 on medium (seed 000)",
     # every LR to the end: early stopping across an LR axis favours small LRs (bench/asha.py, RESULTS.md 2026-11-30)
-    asha=False, options=dict(kill_margin=float("inf")),
+    early_stopping=False,
     smoke=dict(train_tokens=200_000, eval_every_tokens=40_000),
 )
 

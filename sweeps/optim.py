@@ -29,7 +29,7 @@ EXPERIMENT = Experiment(
     hypothesis="Muon reaches AdamW's final loss in fewer tokens; Lion matches AdamW at ~1/5 the LR",
     description="optimizer comparison AdamW / Lion / Muon on medium",
     # every optimizer to the end: each has its own LR, and early stopping across LRs is biased (RESULTS.md)
-    asha=False, options=dict(kill_margin=float("inf")),
+    early_stopping=False,
     smoke=dict(train_tokens=200_000, eval_every_tokens=40_000),
 )
 

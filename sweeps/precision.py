@@ -16,7 +16,7 @@ EXPERIMENT = Experiment(
     name="precision", preset="medium",
     space={"precision": ["fp32", "bf16"]},  # <- the intervention
     baseline={"precision": "fp32"},
-    asha=False,  # a throughput comparison: every row must finish
+    early_stopping=False,  # a throughput comparison: every row must finish
     hypothesis="bf16 matches fp32's loss within 1 %; the speed-up depends on the device",
     description="training precision fp32 vs bf16 on medium",
     smoke=dict(train_tokens=120_000, eval_every_tokens=40_000, lr=3e-3),

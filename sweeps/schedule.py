@@ -20,7 +20,7 @@ EXPERIMENT = Experiment(
     baseline={"schedule": "cosine"},
     hypothesis="cosine, linear decay and wsd tie; constant trails at equal tokens",
     description="LR schedule cosine / linear / constant / wsd with equal warmup on medium",
-    asha=False, options=dict(kill_margin=float("inf")),
+    early_stopping=False,
     smoke=dict(train_tokens=200_000, eval_every_tokens=40_000, lr=3e-3),
 )
 

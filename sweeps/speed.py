@@ -13,7 +13,6 @@ Results: results/speed/speed_table.{md,csv} (before/after with % change vs the b
 artifact of the sweep's MLflow parent run), results/speed/results.csv, MLflow experiment "speed".
 """
 
-import math
 import os
 
 from tinylm import ablation, layout
@@ -57,8 +56,8 @@ EXPERIMENT = Experiment(
     name="speed",
     preset="medium",  # the seed baseline: d=384, 6 layers, 8 heads, d_ff 1536
     space=lambda scale: ablation.space(BASELINE, toggles(scale)),
-    baseline=BASELINE, overrides=BASELINE, asha=False,
-    options=dict(kill_margin=math.inf, max_concurrent=1),  # every row runs to the end, alone (fair timings)
+    baseline=BASELINE, overrides=BASELINE, early_stopping=False,
+    options=dict(max_concurrent=1),  # every row runs to the end, alone (fair timings)
     hypothesis="execution toggles change speed/memory but not loss; architecture toggles change loss",
     description="one-at-a-time optimization ablation: compile, precision, act. checkpointing, grad accum, "
                 "attention kernel, RMSNorm, RoPE, SwiGLU vs a GPT-2-style fp32 baseline",

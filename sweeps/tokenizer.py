@@ -23,7 +23,7 @@ EXPERIMENT = Experiment(
     name="tokenizer", preset="medium", space=space, baseline={"tokenizer": "bpe"},
     hypothesis="BPE beats characters in bits per byte at equal compute",
     description="byte-level BPE vs character-level tokenizer on medium",
-    asha=False,  # losses are in different units; ASHA would compare tokens to characters
+    early_stopping=False,  # losses are in different units: ASHA and the kill rule would compare tokens to characters
     smoke=dict(train_tokens=200_000, eval_every_tokens=40_000, lr=3e-3),
 )
 

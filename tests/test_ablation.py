@@ -96,7 +96,10 @@ def test_speed_sweep_space_builds_valid_configs():
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     exp = mod.EXPERIMENT
-    assert not exp.asha and exp.options["kill_margin"] == math.inf
+    from tinylm.experiment import defaults, sweep_of
+
+    sweep = sweep_of(exp, defaults(exp), "smoke")  # every row to the end, alone (fair timings)
+    assert not sweep.asha and sweep.kill_margin == math.inf and sweep.max_concurrent == 1
     for scale in ("smoke", "full"):
         base = exp.base(scale)
         rows = exp.space_at(scale)[ablation.VARIANT]

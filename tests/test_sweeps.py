@@ -129,7 +129,7 @@ def test_glu_laptop_keeps_every_glu_factor_distinct_and_close():
         assert abs(r / c.glu_factor - 1) <= 0.07, (c.glu_factor, r)
         assert abs(num_params(c) / base.target_params - 1) <= 0.01
     assert len(set(real)) == 4 and real == sorted(real)
-    assert exp.options["seeds"] >= 2 and not exp.asha, "the verdict needs every seed of every variant"
+    assert exp.options["seeds"] >= 2 and not exp.early_stopping, "the verdict needs every seed of every variant"
 
 
 def test_dry_run_prints_the_trials_and_starts_nothing(capsys, monkeypatch):
@@ -200,3 +200,22 @@ def test_repeated_set_flags_all_apply():
     args = parser(glu).parse_args(["--set", "schedule=wsd", "--set", "decay_frac=0.3", "lr=1e-3"])
     assert args.set == ["schedule=wsd", "decay_frac=0.3", "lr=1e-3"]
     assert parser(glu).parse_args([]).set == []
+
+
+@pytest.mark.parametrize("path", SCRIPTS, ids=lambda p: os.path.basename(p)[:-3])
+def test_a_sweep_without_early_stopping_has_neither_asha_nor_the_kill_rule(path):
+    """``Experiment(early_stopping=False)`` means every trial runs to its end: the Sweep it builds has no ASHA and
+    an infinite kill margin (the tokenizer and precision sweeps once kept the kill rule: it compared perplexities
+    per character with perplexities per BPE token), while a flag given on the command line still wins."""
+    import math
+
+    from tinylm.experiment import defaults, sweep_of
+
+    mod = load(path)
+    for exp in [v for v in vars(mod).values() if type(v).__name__ == "Experiment"]:
+        sweep = sweep_of(exp, defaults(exp), "smoke")
+        if exp.early_stopping:
+            assert sweep.asha and math.isfinite(sweep.kill_margin)
+        else:
+            assert not sweep.asha and sweep.kill_margin == math.inf
+            assert sweep_of(exp, defaults(exp) | {"kill_margin": 0.05}, "smoke").kill_margin == 0.05

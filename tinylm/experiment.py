@@ -41,7 +41,8 @@ class Experiment:
     # only: the tokens per parameter and the size-dependent hparams are re-derived after them)
     tokens_per_param: float = 0.0  # laptop: train on this many tokens per parameter (0 = the full experiment's)
     refine_space: dict | None = None  # Tune domains for --refine (default: around the grid axes)
-    asha: bool = True  # False for sweeps whose every row must finish (ablations, single long runs)
+    early_stopping: bool = True  # False: every trial runs to its end, no ASHA and no kill rule (scaling fits,
+    # seeded verdicts, LR or schedule axes, losses in different units, timings); the CLI's flags still win
     options: dict = field(default_factory=dict)  # defaults for the sweep flags (CLI / run() kwargs still win),
     # by dest name, e.g. {"kill_margin": math.inf, "max_concurrent": 1} for an ablation that times every row
     after: Callable | None = None  # after(table, sweep=, base=, space=): a report once the sweep is done
@@ -100,13 +101,14 @@ def defaults(exp: Experiment) -> dict:
     if unknown:
         raise ConfigError(f"Experiment {exp.name!r} options {unknown} are not sweep flags; allowed: "
                           f"{', '.join(out)}")
-    return out | exp.options
+    return out | ({} if exp.early_stopping else {"kill_margin": math.inf}) | exp.options
 
 
 def sweep_of(exp: Experiment, options: dict, scale: str) -> Sweep:
     """The Sweep that ``options`` (by dest name) ask for, for ``exp`` at ``scale``."""
     return Sweep.from_flags(exp.name, options, baseline=exp.baseline_at(scale), hypothesis=exp.hypothesis,
-                            description=exp.description, asha=exp.asha and not options.get("no_asha", False))
+                            description=exp.description,
+                            asha=exp.early_stopping and not options.get("no_asha", False))
 
 
 def parse_sets(pairs: list[str]) -> dict:

@@ -195,7 +195,7 @@ def print_plan(exp, base: Config, args) -> pd.DataFrame:
           f"{TRIAL_OVERHEAD_S:g} s start-up per trial; throughput model: {THROUGHPUT['source']}); "
           f"on one GPU at {GPU_FLOPS:.0e} FLOP/s: {_fmt_s(float(table['est_gpu_s'].sum()))} of compute "
           f"({table['flops'].sum():.3g} FLOPs)")
-    if not exp.asha or args.no_asha:
+    if not exp.early_stopping or args.no_asha:
         print("no ASHA: every trial runs to the end")
     else:
         print("ASHA on: trials it stops early cost less, so this is an upper bound")
