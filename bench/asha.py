@@ -31,12 +31,6 @@ def top(table, axes: list[str], k: int = 3) -> list[tuple]:
     return [tuple(float(r[a]) for a in axes) + (round(float(r["val_loss"]), 4),) for _, r in done.head(k).iterrows()]
 
 
-def spearman(a, b) -> float:
-    import pandas as pd
-
-    return float(pd.Series(list(a)).rank().corr(pd.Series(list(b)).rank()))
-
-
 def rank_quality(uri: str, table, metrics: tuple[str, ...]) -> list[str]:
     """For each eval point of the full grid: how well the probe loss and the raw val loss there rank the
     trials' final losses (Spearman rho, and whether the final winner is first at that point)."""
@@ -51,7 +45,7 @@ def rank_quality(uri: str, table, metrics: tuple[str, ...]) -> list[str]:
         for tokens, at in curves.groupby("tokens"):
             if len(at) < len(final) or tokens >= int(done["train_tokens"].max()):
                 continue
-            rho = spearman(at["value"], [final[r] for r in at["run_id"]])
+            rho = at["value"].corr(at["run_id"].map(final), method="spearman")
             first = at.loc[at["value"].idxmin(), "run_id"] == winner
             lines.append(f"  {metric:>10} at {tokens:>7,} tokens: Spearman vs final {rho:+.2f}, "
                          f"final winner ranked first: {'yes' if first else 'no'}")
@@ -64,16 +58,31 @@ def recorded(uri: str, table, axes: list[str]) -> dict[tuple, list[dict]]:
 
     done = table[table["status"] == "completed"]
     ids = list(done["run_id"])
-    curves = {m: load_curves(uri, ids, metric=m) for m in ("val_loss", "probe_loss")}
+    curves = {m: {rid: dict(zip(g.tokens, g.value, strict=True))
+                  for rid, g in load_curves(uri, ids, metric=m).groupby("run_id")}
+              for m in ("val_loss", "probe_loss")}
     out = {}
     for _, row in done.iterrows():
-        at = {m: dict(zip(c[c.run_id == row.run_id].tokens, c[c.run_id == row.run_id].value, strict=True))
-              for m, c in curves.items()}
+        at = {m: c.get(row.run_id, {}) for m, c in curves.items()}
         evals = [{"tokens": t, "val_loss": v, "val_ppl": math.exp(v)} | (
                  {"probe_loss": at["probe_loss"][t]} if t in at["probe_loss"] else {})
                  for t, v in sorted(at["val_loss"].items()) if t < row.train_tokens]
         final = {"tokens": int(row.train_tokens), "val_loss": float(row.val_loss), "status": "completed"}
         out[tuple(float(row[a]) for a in axes)] = evals + [final]
+    return out
+
+
+def as_reported(results: list[dict], is_baseline: bool, rungs: list[int], cfg) -> list[dict]:
+    """A trial's recorded results as the sweep would have reported them with probes at ``rungs`` only (none when
+    empty): ``probe_loss`` there and nowhere else, ``probe_tokens`` counting the branches so far."""
+    from tinylm.optim import probe_length
+
+    spent, out = 0, []
+    for r in results:
+        r = {k: v for k, v in r.items() if k != "probe_loss" or r["tokens"] in rungs} | {"is_baseline": is_baseline}
+        if "probe_loss" in r:
+            spent += probe_length(cfg, r["tokens"])
+        out.append(r | ({"probe_tokens": spent} if rungs else {}))
     return out
 
 
@@ -83,7 +92,6 @@ def replay_settings(runs: dict[tuple, list[dict]], axes: list[str], orders: list
     (probe branches included) and how often the full grid's winner is the replayed sweep's winner."""
     import statistics
 
-    from tinylm.optim import probe_length
     from tinylm.rules import KillRule
     from tinylm.tune import KillStopper, Sweep
     from tinylm.tune.stopping import make_scheduler, replay, rung_tokens
@@ -98,20 +106,10 @@ def replay_settings(runs: dict[tuple, list[dict]], axes: list[str], orders: list
         cfg = base.replace(probes=",".join(map(str, rungs))) if probes else base
         if probes and any(not any(r.get("probe_loss") and r["tokens"] == m for r in runs[winner]) for m in rungs):
             continue  # the full grid recorded no probe at one of these rungs
+        res = {k: as_reported(rs, k == key_base, rungs if probes else [], cfg) for k, rs in runs.items()}
         shares, kept = [], []
         for order in orders:
-            res = {}
-            for k, rs in runs.items():
-                spent, out = 0, []
-                for r in rs:
-                    if probes and "probe_loss" in r and r["tokens"] in rungs:
-                        spent += probe_length(cfg, r["tokens"])
-                    out.append({**r, "probe_tokens": spent, "is_baseline": k == key_base}
-                               if probes else {**r, "is_baseline": k == key_base})
-                    if probes and r["tokens"] not in rungs:
-                        out[-1].pop("probe_loss", None)
-                res[k] = out
-            rule = KillStopper(KillRule(window=max(1, base.train_tokens // 6))) if kill else None
+            rule = KillStopper(KillRule(window=max(1, base.train_tokens // 6)), probing=probes) if kill else None
             got = replay(res, order, make_scheduler(sweep, cfg, metric="val_loss", mode="min"), rule)
             shares.append(got.tokens / full)
             kept.append(min(got.completed, key=lambda k: runs[k][-1]["val_loss"]) == winner)

@@ -68,6 +68,15 @@ def test_probe_asha_judges_a_rung_on_the_probe_and_nothing_else():
     # at the rung, "a" has the better mid-run loss but the worse probe: the probe decides
     assert sched.on_trial_result(None, a, {"tokens": 10, "val_loss": 5.0, "probe_loss": 4.0}) == "CONTINUE"
     assert sched.on_trial_result(None, b, {"tokens": 10, "val_loss": 4.0, "probe_loss": 4.5}) == "STOP"
+    # Tune hands a stopped trial's last result to on_trial_complete: a mid-run eval is not recorded at a rung, a
+    # probe is recorded as the probe: the rung holds 4.0, 4.5, 4.3 (median 4.3) and a probe of 4.28 goes on; had
+    # c's 1.0 and d's mid-run 9.0 been recorded, the median of 1.0, 4.0, 4.5, 9.0 (4.25) would have stopped it
+    c, d, e = T("c"), T("d"), T("e")
+    for t in (c, d, e):
+        sched.on_trial_add(None, t)
+    sched.on_trial_complete(None, c, {"tokens": 12, "val_loss": 1.0})  # killed mid-run: would set the cutoff at 1
+    sched.on_trial_complete(None, d, {"tokens": 10, "val_loss": 9.0, "probe_loss": 4.3})
+    assert sched.on_trial_result(None, e, {"tokens": 10, "val_loss": 3.0, "probe_loss": 4.28}) == "CONTINUE"
     plain = ASHAScheduler(time_attr="tokens", metric="val_loss", mode="min", max_t=100, grace_period=10,
                           reduction_factor=2)
     for t in (a, b):

@@ -217,15 +217,13 @@ def lr_factor(cfg: Config, tokens_seen: int) -> float:
         return 1.0
     if cfg.schedule == "wsd":
         return cooldown_factor(cfg, t - cfg.stable_tokens, cfg.train_tokens - cfg.stable_tokens)
+    if cfg.schedule == "linear":  # one linear cooldown over the whole run after warmup
+        return cooldown_factor(cfg, t - warmup, cfg.train_tokens - warmup)
+    if cfg.schedule != "cosine":
+        raise ValueError(f"schedule={cfg.schedule!r}; choose one of cosine, linear, constant, wsd")
     span = cfg.train_tokens - warmup
     progress = 1.0 if span <= 0 else min(1.0, (t - warmup) / span)
-    if cfg.schedule == "cosine":
-        decay = 0.5 * (1.0 + math.cos(math.pi * progress))
-    elif cfg.schedule == "linear":
-        decay = 1.0 - progress
-    else:
-        raise ValueError(f"schedule={cfg.schedule!r}; choose one of cosine, linear, constant, wsd")
-    return cfg.min_lr_ratio + (1.0 - cfg.min_lr_ratio) * decay
+    return cfg.min_lr_ratio + (1.0 - cfg.min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 def cooldown_factor(cfg: Config, into: int, length: int) -> float:
@@ -254,4 +252,5 @@ def set_lr(optimizer: torch.optim.Optimizer, cfg: Config, tokens_seen: int) -> f
     return set_lr_factor(optimizer, cfg, lr_factor(cfg, tokens_seen))
 
 
-__all__ = ["Lion", "MuonAdamW", "build_optimizer", "lr_factor", "param_groups", "set_lr", "split_params"]
+__all__ = ["Lion", "MuonAdamW", "build_optimizer", "cooldown_factor", "lr_factor", "param_groups", "probe_length",
+           "set_lr", "set_lr_factor", "split_params"]

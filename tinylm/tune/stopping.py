@@ -72,14 +72,28 @@ def early_stop_warnings(sweep, base: Config, space: dict) -> list[str]:
 
 class ProbeASHA(ASHAScheduler):
     """ASHA for a sweep with cooldown probes: a rung judges a trial on its ``probe_loss`` (the loss a finished
-    run of that length reaches), not on the mid-run ``val_loss``; the evals between probes decide nothing."""
+    run of that length reaches), not on the mid-run ``val_loss``; the evals between probes decide nothing. Tune
+    also hands a stopped trial's last result to ``on_trial_complete``, which records it at a rung: the same rule
+    applies there."""
+
+    def _judged(self, result: dict) -> dict | None:
+        """The result as a rung should see it; None for a stable-phase eval (no probe, not the final result)."""
+        if "probe_loss" in result:
+            return {**result, self._metric: result["probe_loss"]}
+        return result if "status" in result else None
 
     def on_trial_result(self, tune_controller, trial, result: dict) -> str:
-        if "probe_loss" in result:
-            result = {**result, self._metric: result["probe_loss"]}
-        elif "status" not in result:  # a stable-phase eval: no rung decision on it
+        judged = self._judged(result)
+        if judged is None:
             return TrialScheduler.CONTINUE
-        return super().on_trial_result(tune_controller, trial, result)
+        return super().on_trial_result(tune_controller, trial, judged)
+
+    def on_trial_complete(self, tune_controller, trial, result: dict) -> None:
+        judged = self._judged(result)
+        if judged is None:  # stopped after a mid-run eval (the kill rule, Ctrl-C): nothing to record
+            self.on_trial_remove(tune_controller, trial)
+            return
+        super().on_trial_complete(tune_controller, trial, judged)
 
 
 def make_scheduler(sweep, base: Config, metric: str | None = None, mode: str | None = None) -> TrialScheduler:
@@ -111,6 +125,8 @@ def replay(results: dict[str, list[dict]], order: Sequence[str], scheduler: Tria
     sweep would: ``concurrent`` at a time in ``order``, a result arriving when its trial has trained its tokens
     (``tokens`` + ``probe_tokens``) since it started. ``results[trial]``: the trial's results in token order as it
     reported them (the last one is its final result, with a ``status``). Stopped trials free their slot at once.
+    Calls follow Tune's controller: the stopper before the scheduler, ``on_trial_complete`` with the last result
+    of every trial that ends (stopped or finished).
     """
     events: list[tuple[float, int, str, int]] = []  # (time, tie-break, trial, index of the result)
     seq = itertools.count()
@@ -133,15 +149,13 @@ def replay(results: dict[str, list[dict]], order: Sequence[str], scheduler: Tria
         r = results[trial][i]
         cost[trial] = int(r["tokens"] + r.get("probe_tokens", 0))
         if "status" in r:  # the final result
-            scheduler.on_trial_complete(None, _Trial(trial), r)
             out.completed.append(trial)
-        else:
-            action = scheduler.on_trial_result(None, _Trial(trial), r)
-            killed = stopper is not None and stopper(trial, r)
-            if action != TrialScheduler.STOP and not killed:
+        else:  # Tune's order: the stopper first; the scheduler sees only results the stopper let through
+            if not (stopper is not None and stopper(trial, r)) and \
+                    scheduler.on_trial_result(None, _Trial(trial), r) != TrialScheduler.STOP:
                 continue
-            scheduler.on_trial_remove(None, _Trial(trial))
             out.stopped[trial] = int(r["tokens"])
+        scheduler.on_trial_complete(None, _Trial(trial), r)  # as Tune does for every trial that ends running
         done.add(trial)
         if queue:
             start(queue.pop(0), now)
