@@ -43,7 +43,7 @@ def plain_step(model: GPT, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch
 def matmul_peak(tries: int = 3) -> float:
     """``tinylm.perf.measured_matmul_peak`` (fp32), best of a few fresh measurements: on a shared machine one
     measurement can land in a burst of someone else's load and inflate every MFU."""
-    return max(measured_matmul_peak.__wrapped__(torch.float32) for _ in range(tries))
+    return max(measured_matmul_peak(torch.float32) for _ in range(tries))
 
 
 def timed(step, n: int) -> tuple[float, float]:

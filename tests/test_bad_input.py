@@ -343,15 +343,17 @@ def _unchanged(out: Path, kept: dict[str, str]) -> None:
     assert now == kept, "a file of the finished run was changed or removed"
 
 
-def _corrupt_markers(out: Path, which: slice) -> None:
+def _corrupt_markers(out: Path, which: slice, text: str = '{"tag": "step0000') -> None:  # truncated JSON
     from tinylm.engine import COMPLETE, complete_tags
 
     for tag in complete_tags(str(out / "ckpt"))[which]:
-        (out / "ckpt" / tag / COMPLETE).write_text('{"tag": "step0000')  # truncated JSON
+        (out / "ckpt" / tag / COMPLETE).write_text(text)
 
 
 RESUME_REFUSED = [  # (what is done to a copy of a finished run, Config changes, message)
     ("both markers corrupt", lambda out: _corrupt_markers(out, slice(None)), {},
+     r"every checkpoint in .*ckpt has a corrupt completion marker .*refusing to start over and overwrite them"),
+    ("markers not objects", lambda out: _corrupt_markers(out, slice(None), "[1, 2]"), {},  # was an AttributeError
      r"every checkpoint in .*ckpt has a corrupt completion marker .*refusing to start over and overwrite them"),
     ("shorter re-run", lambda out: None, dict(train_tokens=1_024),
      r"cannot resume: the checkpoint in .* has trained 2,048 tokens and train_tokens changed 2,048 -> 1,024"),

@@ -52,7 +52,8 @@ def test_the_scan_sees_the_package():
     assert "ray" in imported_roots(PKG / "tune" / "runner.py")
     assert "ray" not in imported_roots(PKG / "sweep" / "__init__.py")  # flags are parsed without Ray
     assert "mlflow" in imported_roots(PKG / "tracking" / "writer.py")
-    assert "mlflow" in imported_roots(PKG / "tracking" / "readers.py")
+    assert "mlflow" in imported_roots(PKG / "tracking" / "store.py")
+    assert "mlflow" not in imported_roots(PKG / "tracking" / "readers.py")  # it searches through store
 
 
 def owned_by(framework: str, rel: str) -> bool:

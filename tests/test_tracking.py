@@ -285,6 +285,22 @@ def test_finish_statuses_map_to_mlflow(uri):
         tr.finish_run(run_id, "done")
 
 
+def test_finish_run_writes_the_status_into_final_metrics_and_logs_metrics_once(uri, tmp_path):
+    """The sweep callback logged a trial's last result already (Tune hands it to on_trial_result first):
+    ``log_metrics=False`` writes only the artifact, which carries the status and its reason."""
+    tr = Tracker(uri, "tinylm")
+    parent = tr.start_sweep("final-1", {}, {})
+    run_id = tr.trial_run(parent, "t0", {"seed": 1})
+    tr.log_metrics(run_id, {"val_loss": 2.0, "tokens": 100}, step=100)
+    tr.finish_run(run_id, "killed_rule", "worse than the baseline", {"val_loss": 2.0, "tokens": 100},
+                  log_metrics=False)
+    assert [m.value for m in tr.client.get_metric_history(run_id, "val_loss")] == [2.0]
+    path = tr.client.download_artifacts(run_id, "final_metrics.json", str(tmp_path))
+    with open(path) as f:
+        assert json.load(f) == {"val_loss": 2.0, "tokens": 100, "status": "killed_rule",
+                                "stop_reason": "worse than the baseline"}
+
+
 def test_artifacts_params_truncation_and_masking(uri, results, tmp_path):
     tr = Tracker(uri, "tinylm")
     parent = tr.start_sweep("art-1", {"long": "x" * 10_000, "store": "postgresql://me:pw@db/x"},

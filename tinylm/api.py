@@ -221,8 +221,7 @@ def compare(results_or_sweep_names, uri: str | None = None) -> pd.DataFrame:
         Columns ``source, run, status``, the Config fields that differ between rows, then ``COMPARE``; sorted by
         final val loss.
     """
-    from tinylm.config import FIELDS
-    from tinylm.ranking import trial_loss
+    from tinylm.ranking import trial_loss, varied
 
     items = results_or_sweep_names
     if isinstance(items, (Result, str, os.PathLike, pd.DataFrame)):
@@ -240,12 +239,11 @@ def compare(results_or_sweep_names, uri: str | None = None) -> pd.DataFrame:
     for col in COMPARE:
         df[col] = pd.to_numeric(df[col], errors="coerce") if col in df.columns else math.nan
     df["ppl_per_mparam"] = df["final_val_ppl"] / (df["params_total"] / 1e6)
-    varied = [k for k in FIELDS if k in df.columns and k not in ("name", "seed")
-              and df[k].astype(str).nunique(dropna=False) > 1]
+    differ = [k for k in varied(df.to_dict("records"), exclude=("name", "seed")) if k in df.columns]
     for col in ("run", "status"):
         if col not in df.columns:
             df[col] = None
-    out = df[["source", "run", "status", *varied, *COMPARE]]
+    out = df[["source", "run", "status", *differ, *COMPARE]]
     return out.sort_values("final_val_loss", na_position="last", kind="stable").reset_index(drop=True)
 
 

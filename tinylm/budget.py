@@ -258,13 +258,6 @@ def solve(total_params: float, vocab_size: int, embed_share: float, glu_factor: 
                     table=c)
 
 
-def solve_config(base: typing.Any, total_params: float, embed_share: float, glu_factor: float) -> typing.Any:
-    """``base`` (a Config) with the dims the solver picks for this budget (the sweep scripts' entry point)."""
-    sol = solve(total_params, base.vocab_size, embed_share, glu_factor, mlp=base.mlp, pos=base.pos,
-                norm=base.norm, tie_embeddings=base.tie_embeddings, block_size=base.block_size)
-    return base.replace(glu_factor=glu_factor, **sol.dims)
-
-
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m tinylm.budget", description=solve.__doc__.split("\n")[0])
     p.add_argument("--total_params", type=float, required=True)

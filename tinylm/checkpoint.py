@@ -101,29 +101,16 @@ def resume_point(ckpt_dir: str) -> dict | None:
     import logging
 
     from tinylm.config import ConfigError
-    from tinylm.engine import COMPLETE, complete_tags
+    from tinylm.engine import COMPLETE, scan_markers
 
-    if not os.path.isdir(ckpt_dir):
-        return None
-    corrupt = []
-    for tag in sorted(os.listdir(ckpt_dir)):
-        marker = os.path.join(ckpt_dir, tag, COMPLETE)
-        if os.path.isfile(marker):
-            try:
-                with open(marker) as f:
-                    point = json.load(f)
-                if not isinstance(point, dict) or not isinstance(point.get("config", {}), dict):
-                    raise ValueError(f"not a marker object: {str(point)[:80]}")
-            except (OSError, ValueError) as e:
-                corrupt.append(tag)
-                logging.getLogger(__name__).warning("checkpoint marker %s is unreadable (%s: %s)", marker,
-                                                    type(e).__name__, e)
-    tags = complete_tags(ckpt_dir)
-    if not tags:
+    good, corrupt = scan_markers(ckpt_dir)
+    for tag, why in corrupt.items():
+        logging.getLogger(__name__).warning("checkpoint marker %s is unreadable (%s)",
+                                            os.path.join(ckpt_dir, tag, COMPLETE), why)
+    if not good:
         if corrupt:
             raise ConfigError(f"every checkpoint in {ckpt_dir} has a corrupt completion marker ({COMPLETE} in "
                               f"{', '.join(corrupt)}); refusing to start over and overwrite them. Restore the "
                               f"markers, or move {ckpt_dir} away to train from scratch")
         return None
-    with open(os.path.join(ckpt_dir, tags[-1], COMPLETE)) as f:
-        return {"ckpt_dir": ckpt_dir, **json.load(f)}
+    return {"ckpt_dir": ckpt_dir, **good[-1][1]}

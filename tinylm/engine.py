@@ -155,7 +155,8 @@ def fresh_process(seed: int) -> None:
 
     import numpy as np
 
-    end_distributed()
+    if dist.is_initialized():  # the last trial's finally tore down already unless it died before it
+        end_distributed()
     os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(_free_port()))
     random.seed(seed)
@@ -245,20 +246,33 @@ def branch(engine, scratch_dir: str) -> Iterator[None]:
         barrier()
 
 
-def complete_tags(ckpt_dir: str) -> list[str]:
-    """Tags with a completion marker, oldest first (by tokens seen)."""
-    if not os.path.isdir(ckpt_dir):
-        return []
-    tags = []
-    for t in os.listdir(ckpt_dir):
-        marker = os.path.join(ckpt_dir, t, COMPLETE)
-        if os.path.isfile(marker):
+def read_marker(ckpt_dir: str, tag: str) -> dict:
+    """A tag's completion marker (``tag``, ``tokens``, ``config``); OSError / ValueError when it is unreadable or
+    not a marker object."""
+    with open(os.path.join(ckpt_dir, tag, COMPLETE)) as f:
+        marker = json.load(f)
+    if not isinstance(marker, dict) or not isinstance(marker.get("config", {}), dict):
+        raise ValueError(f"not a marker object: {str(marker)[:80]}")
+    return marker
+
+
+def scan_markers(ckpt_dir: str) -> tuple[list[tuple[str, dict]], dict[str, str]]:
+    """(tags with a readable completion marker and the marker, oldest first by tokens seen; tag -> why, for the
+    markers that exist but cannot be read). A tag folder without a marker is a save that never finished: in
+    neither."""
+    good, corrupt = [], {}
+    for tag in sorted(os.listdir(ckpt_dir)) if os.path.isdir(ckpt_dir) else []:
+        if os.path.isfile(os.path.join(ckpt_dir, tag, COMPLETE)):
             try:
-                with open(marker) as f:
-                    tags.append((json.load(f).get("tokens") or 0, t))
-            except (OSError, ValueError):
-                continue
-    return [t for _, t in sorted(tags)]
+                good.append((tag, read_marker(ckpt_dir, tag)))
+            except (OSError, ValueError) as e:
+                corrupt[tag] = f"{type(e).__name__}: {e}"
+    return sorted(good, key=lambda tm: (tm[1].get("tokens") or 0, tm[0])), corrupt
+
+
+def complete_tags(ckpt_dir: str) -> list[str]:
+    """Tags with a readable completion marker, oldest first (by tokens seen)."""
+    return [tag for tag, _ in scan_markers(ckpt_dir)[0]]
 
 
 def load_checkpoint(engine, ckpt_dir: str, check=None) -> dict | None:
@@ -269,8 +283,7 @@ def load_checkpoint(engine, ckpt_dir: str, check=None) -> dict | None:
     change): a refused checkpoint must fail loudly, not look corrupt and silently restart from scratch."""
     for tag in reversed(complete_tags(ckpt_dir)):
         if check is not None:
-            with open(os.path.join(ckpt_dir, tag, COMPLETE)) as f:
-                check(json.load(f).get("config", {}))
+            check(read_marker(ckpt_dir, tag).get("config", {}))
         try:
             path, client_state = engine.load_checkpoint(ckpt_dir, tag=tag)
         except Exception as e:  # noqa: BLE001 - any unreadable shard means "try the previous tag"

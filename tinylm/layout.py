@@ -15,6 +15,7 @@ Standard library only, so the driver, the CLIs and the tests read it for free.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from pathlib import Path
@@ -94,5 +95,23 @@ def mask_uri(text: Any) -> str:
     return _SECRET_QS.sub(r"\1***", _USERINFO.sub(r"\1:***@", str(text)))
 
 
-__all__ = ["COMPLETE", "RESULTS_ENV", "VARIANT", "default_uri", "mask_uri", "parse_key", "resolve_uri",
+def jsonable(obj: Any) -> Any:
+    """JSON-safe copy: non-finite floats -> null (a diverged loss), unknown objects -> str, URIs masked."""
+    if isinstance(obj, dict):
+        return {str(k): jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [jsonable(v) for v in obj]
+    if isinstance(obj, bool) or obj is None or isinstance(obj, int):
+        return obj
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if hasattr(obj, "item"):  # numpy / torch scalars
+        try:
+            return jsonable(obj.item())
+        except (TypeError, ValueError):
+            pass
+    return mask_uri(obj)
+
+
+__all__ = ["COMPLETE", "RESULTS_ENV", "VARIANT", "default_uri", "jsonable", "mask_uri", "parse_key", "resolve_uri",
            "results_dir", "run_dir", "single_key", "sweep_key", "trial_dir", "unwritable_parent"]

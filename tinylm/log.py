@@ -10,14 +10,13 @@ its best trial; then the established baselines: trials whose sweep marked them a
 from __future__ import annotations
 
 import argparse
-import json
 import os
 from typing import Any
 
 import pandas as pd
 
 from tinylm.config import FIELDS
-from tinylm.layout import results_dir
+from tinylm.layout import results_dir, unwritable_parent
 from tinylm.ranking import best_trial, plain, trial_loss, varied
 
 RESULT_COLS = ("final_val_loss", "final_val_ppl", "params_total", "tokens", "train_time_s", "tokens_per_s",
@@ -38,40 +37,6 @@ def _is_baseline(runs: pd.DataFrame) -> pd.Series:
         if col in runs.columns:
             mask |= runs[col].astype(str).str.lower().isin(("1", "1.0", "true"))
     return mask
-
-
-def require_store(uri: str) -> None:
-    """For commands that only read (log, analysis): a sqlite store must already exist and be a database. Opening
-    a missing one would create an empty ``mlflow.db`` in a mistyped folder and report "no sweeps"."""
-    from tinylm.tracking import TrackingError, mask_uri
-
-    if not uri.startswith("sqlite:"):
-        return
-    rest = uri.split("?", 1)[0][len("sqlite://"):]
-    if rest in ("", "/:memory:"):
-        return
-    path = rest[1:] if rest.startswith("/") else rest
-    if not os.path.isfile(path):
-        raise TrackingError(f"no tracking store at {mask_uri(uri)} ({path} does not exist); point --results at the "
-                            "folder a sweep wrote (it holds mlflow.db) or pass --uri")
-    with open(path, "rb") as f:
-        head = f.read(16)
-    if head and head != b"SQLite format 3\0":
-        raise TrackingError(f"{path} is not an SQLite database (corrupt or another file); point --uri at the "
-                            "sweep's mlflow.db")
-
-
-def read_store(uri: str, what, *args):
-    """``what(uri, *args)`` with any store failure (a corrupt database, a server error) as one TrackingError."""
-    from tinylm.tracking import TrackingError, mask_uri
-
-    try:
-        return what(uri, *args)
-    except TrackingError:
-        raise
-    except Exception as e:  # noqa: BLE001 - sqlalchemy / mlflow raise many types; the user needs the store's name
-        first = str(e).strip().splitlines()[0][:300] if str(e).strip() else ""
-        raise TrackingError(f"cannot read the tracking store {mask_uri(uri)}: {type(e).__name__}: {first}") from None
 
 
 def master_log(uri: str) -> dict[str, Any]:
@@ -153,18 +118,14 @@ def baselines_json(base: pd.DataFrame) -> list[dict]:
 
 def write_json(uri: str, path: str, log: dict[str, Any]) -> None:
     """``tracking.export_log`` plus ``baselines`` and the trials' device where the parent run has none."""
-    from tinylm.tracking import export_log
+    from tinylm.tracking import experiment_log, export_log
 
-    export_log(uri, path)
-    with open(path) as f:
-        data = json.load(f)
+    data = experiment_log(uri)
     devices = {s["run_id"]: s["device"] for s in log["sweeps"]}
     for s in data["sweeps"]:
         s["device"] = s.get("device") or devices.get(s["run_id"]) or None
     data["baselines"] = baselines_json(log["baselines"])
-    with open(path, "w") as f:
-        json.dump(data, f, indent=2, default=str)
-        f.write("\n")
+    export_log(uri, path, data)  # written once
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -173,7 +134,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--results", default=results_dir(), help="results folder (default $TINYLM_RESULTS or results)")
     p.add_argument("--json", default=None, metavar="OUT.json", help="also export the log as JSON")
     args = p.parse_args(argv)
-    from tinylm.tracking import TrackingError, check_tracking, resolve_uri
+    from tinylm.tracking import TrackingError, check_tracking, read_store, require_store, resolve_uri
 
     uri = resolve_uri(args.uri, args.results)
     try:
@@ -197,9 +158,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 def _check_writable(path: str) -> None:
     if os.path.isdir(path):
         raise ValueError(f"--json {path} is a folder; give a file name, e.g. {os.path.join(path, 'log.json')}")
-    parent = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(parent) or not os.access(parent, os.W_OK):
-        raise ValueError(f"--json {path}: the folder {parent} does not exist or is not writable")
+    existing = unwritable_parent(os.path.dirname(os.path.abspath(path)))  # the folder export_log would create
+    if existing:
+        raise ValueError(f"--json {path}: {existing} is not writable (not a writable folder)")
 
 
 if __name__ == "__main__":

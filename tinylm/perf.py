@@ -18,7 +18,6 @@ GPU_PEAK = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "A10G": 125e12, "L40
             "A10": 125e12, "V100": 125e12, "T4": 65e12}
 
 
-@functools.lru_cache(maxsize=4)
 def measured_matmul_peak(dtype: torch.dtype = torch.float32, n: int = 1024, reps: int = 8) -> float:
     """Measured matmul FLOP/s on this CPU (STACK.md: ~264 GFLOP/s fp32 with 2 threads at 2048^2)."""
     a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
@@ -47,14 +46,14 @@ def peak_cache_path() -> str:
                                                                 "peak.json")
 
 
-def peak_key(dtype: torch.dtype, threads: int | None = None) -> str:
+def peak_key(dtype: torch.dtype) -> str:
     cpu = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as f:
             cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
     except OSError:
         pass
-    return f"{socket.gethostname()}|{cpu}|threads={threads or torch.get_num_threads()}|{str(dtype).split('.')[-1]}"
+    return f"{socket.gethostname()}|{cpu}|threads={torch.get_num_threads()}|{str(dtype).split('.')[-1]}"
 
 
 def cpu_peak(dtype: torch.dtype = torch.float32, measure=None, reps: int = 5) -> float:
@@ -75,7 +74,7 @@ def cpu_peak(dtype: torch.dtype = torch.float32, measure=None, reps: int = 5) ->
     old = cache.get(key)
     if old is not None and ((old.get("load_avg_1m") or 0) <= busy or load > busy):
         return float(old["flops"])
-    measure = measure or (lambda: measured_matmul_peak.__wrapped__(dtype))
+    measure = measure or (lambda: measured_matmul_peak(dtype))
     value = max(measure() for _ in range(reps))
     if old is not None and float(old["flops"]) >= value:
         return float(old["flops"])

@@ -48,11 +48,12 @@ def plain(v: Any) -> Any:
     return v.item() if hasattr(v, "item") else v
 
 
-def varied(configs: Iterable[Mapping[str, Any]]) -> list[str]:
-    """Config fields (in Config order; ``name``, a label, excepted) whose values differ across the trials,
-    compared as text (MLflow params are text); a trial without the field counts as one more value."""
-    configs = list(configs)
-    return [k for k in FIELDS if k != "name" and len({str(c.get(k)) for c in configs}) > 1]
+def varied(configs: Iterable[Mapping[str, Any]], exclude: Iterable[str] = ("name",)) -> list[str]:
+    """Config fields (in Config order; ``exclude``d ones, by default the ``name`` label, left out) whose values
+    differ across the trials, compared as text (MLflow params are text); a trial without the field counts as one
+    more value."""
+    configs, exclude = list(configs), set(exclude)
+    return [k for k in FIELDS if k not in exclude and len({str(c.get(k)) for c in configs}) > 1]
 
 
 __all__ = ["LOSS", "best_trial", "loss_metric", "plain", "trial_loss", "varied"]

@@ -18,6 +18,7 @@ from tinylm.config import Config
 
 
 def overfit(cfg: Config, out_dir: str, n_tokens: int = 1024, max_steps: int = 400, target: float = 0.1) -> dict:
+    from tinylm.optim import set_lr_factor
     from tinylm.train import preflight, sample_batch, setup, train_step
 
     # one fixed batch of ~n_tokens, constant LR, no weight decay/dropout: pure memorisation
@@ -28,9 +29,8 @@ def overfit(cfg: Config, out_dir: str, n_tokens: int = 1024, max_steps: int = 40
     run = setup(cfg, out_dir)
     x, y = sample_batch(run, run.data.train, np.random.default_rng(cfg.seed))
     losses = []
+    set_lr_factor(run.optimizer, cfg, 1.0)  # constant: no warmup, no decay
     for _ in range(max_steps):
-        for g in run.optimizer.param_groups:
-            g["lr"] = cfg.lr * g.get("lr_scale", 1.0)
         losses.append(train_step(run, lambda: (x, y)))
         if losses[-1] < target / 2:
             break
@@ -42,6 +42,7 @@ def overfit(cfg: Config, out_dir: str, n_tokens: int = 1024, max_steps: int = 40
 
 
 def lr_range(cfg: Config, out_dir: str, lr_min: float = 1e-6, lr_max: float = 1.0, steps: int = 150) -> dict:
+    from tinylm.optim import set_lr_factor
     from tinylm.train import preflight, sample_batch, setup, train_step
 
     cfg = cfg.replace(schedule="constant", warmup_tokens=1)
@@ -51,8 +52,7 @@ def lr_range(cfg: Config, out_dir: str, lr_min: float = 1e-6, lr_max: float = 1.
     lrs, losses, smooth = [], [], None
     for i in range(steps):
         lr = lr_min * (lr_max / lr_min) ** (i / (steps - 1))
-        for g in run.optimizer.param_groups:
-            g["lr"] = lr * g.get("lr_scale", 1.0)
+        set_lr_factor(run.optimizer, cfg, lr / cfg.lr)
         loss = train_step(run, lambda: sample_batch(run, run.data.train, rng))
         if not math.isfinite(loss):
             break

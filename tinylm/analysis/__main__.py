@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"error: --out {args.out} cannot be created: {existing} is not a writable folder")
     baseline = parse_baseline(args.baseline)
     from tinylm import tracking
-    from tinylm.log import read_store, require_store
+    from tinylm.tracking import read_store, require_store
 
     try:
         require_store(uri)

@@ -17,23 +17,26 @@ store, which import neither each other nor this package):
 
 - ``schema``: what a run carries: the tag names (``TAG_*``), ``PROVENANCE`` / ``INHERITED`` tags, the ``STATUS``
   map (tinylm status -> MLflow status), the experiment-kind tag of the model training view, ``parent_run_name``
-  (no absolute results path in the UI) and ``jsonable`` (NaN -> null, URIs masked). No mlflow import.
-- ``store``: reaching a store: ``TrackingError``, ``check_tracking`` (fail fast, with a hint), ``connect``,
-  ``sqlite_path``, ``search_runs``, ``quoted`` (safe filter values) and ``ui_url`` (the model training view).
+  (no absolute results path in the UI). No mlflow import.
+- ``store``: reaching a store, the only module that calls mlflow's client for a search: ``TrackingError``,
+  ``check_tracking`` (fail fast, with a hint), ``require_store`` / ``read_store`` (the read-only commands),
+  ``connect``, ``sqlite_path``, ``search_experiments`` / ``search_runs`` (every page), ``quoted`` (safe filter
+  values) and ``ui_url`` (the model training view).
 - ``writer``: ``Tracker``, what a sweep and its trials log (parent/child runs, params, metrics, tags, artifacts).
 - ``readers``: ``list_sweeps``, ``load_runs``, ``load_curves`` and ``export_log`` (best trial by
   ``tinylm.ranking``).
-- ``tinylm.layout`` (re-exported): ``default_uri``, ``resolve_uri``, ``mask_uri``.
+- ``tinylm.layout`` (re-exported): ``default_uri``, ``resolve_uri``, ``mask_uri``; ``jsonable`` (NaN -> null, URIs
+  masked) is used for every JSON the package writes, and by ``tinylm.train``'s metrics.json.
 """
 
 from __future__ import annotations
 
 from tinylm.layout import default_uri, mask_uri, resolve_uri
-from tinylm.tracking.readers import export_log, list_sweeps, load_curves, load_runs
+from tinylm.tracking.readers import experiment_log, export_log, list_sweeps, load_curves, load_runs
 from tinylm.tracking.schema import INHERITED, PROVENANCE, STATUS, parent_run_name
-from tinylm.tracking.store import TrackingError, check_tracking, ui_url
+from tinylm.tracking.store import TrackingError, check_tracking, read_store, require_store, ui_url
 from tinylm.tracking.writer import Tracker
 
 __all__ = ["INHERITED", "PROVENANCE", "STATUS", "Tracker", "TrackingError", "check_tracking", "default_uri",
-           "export_log", "list_sweeps", "load_curves", "load_runs", "mask_uri", "parent_run_name", "resolve_uri",
-           "ui_url"]
+           "experiment_log", "export_log", "list_sweeps", "load_curves", "load_runs", "mask_uri", "parent_run_name",
+           "read_store", "require_store", "resolve_uri", "ui_url"]

@@ -12,13 +12,12 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from mlflow.entities import Run, ViewType
 
 from tinylm import ranking
 from tinylm.config import FIELDS, ConfigError, coerce
-from tinylm.layout import mask_uri
+from tinylm.layout import jsonable, mask_uri
 from tinylm.tracking import schema
-from tinylm.tracking.store import TrackingError, connect, search_runs
+from tinylm.tracking.store import Run, TrackingError, connect, search_experiments, search_runs
 
 _FIELD_TYPES = {name: type(f.default) for name, f in FIELDS.items()}
 
@@ -26,12 +25,7 @@ _FIELD_TYPES = {name: type(f.default) for name, f in FIELDS.items()}
 def _scan(uri: str, experiment: str | None = None) -> tuple[dict[str, str], dict[str, Run], list[Run]]:
     """(experiment id -> name, parent runs by id, child runs) across the active experiments."""
     client = connect(uri)
-    exps, token = {}, None
-    while True:
-        page = client.search_experiments(ViewType.ACTIVE_ONLY, 1000, page_token=token)
-        exps.update({e.experiment_id: e.name for e in page})
-        if not (token := page.token):
-            break
+    exps = search_experiments(client)
     if experiment is not None:
         if experiment not in exps.values():
             raise TrackingError(f"no experiment {experiment!r} in {mask_uri(uri)}; "
@@ -178,10 +172,10 @@ def load_curves(uri: str, run_ids: Iterable[str], metric: str = "val_loss") -> p
         .reset_index(drop=True)
 
 
-def export_log(uri: str, path: str) -> None:
-    """Write the experiment log as JSON: every sweep with hypothesis, description, times, git commit, device,
-    trial status counts and the best trial (``tinylm.ranking``: lowest final val loss, else latest val loss) with
-    the Config fields that vary across the sweep."""
+def experiment_log(uri: str) -> dict[str, Any]:
+    """The experiment log: every sweep with hypothesis, description, times, git commit, device, trial status
+    counts and the best trial (``tinylm.ranking``: lowest final val loss, else latest val loss) with the Config
+    fields that vary across the sweep."""
     exps, parents, children = _scan(uri)
     by_parent: dict[str, list[Run]] = {}
     for c in children:
@@ -210,7 +204,12 @@ def export_log(uri: str, path: str) -> None:
             "git_sha": row.git_sha, "git_dirty": p.get("git_dirty"), "device": p.get("device"),
             "hostname": p.get("hostname"), "n_trials": row.n_trials, "trial_status": statuses,
             "varied": varied, "best": best})
-    log = {"generated_at": pd.Timestamp.now(tz="UTC").isoformat(), "tracking_uri": mask_uri(uri),
-           "sweeps": sweeps}
+    return {"generated_at": pd.Timestamp.now(tz="UTC").isoformat(), "tracking_uri": mask_uri(uri),
+            "sweeps": sweeps}
+
+
+def export_log(uri: str, path: str, log: dict[str, Any] | None = None) -> None:
+    """Write ``log`` (default: ``experiment_log(uri)``) as strict JSON to ``path``, creating its folder."""
+    log = experiment_log(uri) if log is None else log
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_text(json.dumps(schema.jsonable(log), indent=2) + "\n")
+    Path(path).write_text(json.dumps(jsonable(log), indent=2) + "\n")

@@ -6,11 +6,9 @@ type rows by them, so their names live here once.
 
 from __future__ import annotations
 
-import math
 import re
-from typing import Any
 
-from tinylm.layout import mask_uri, parse_key
+from tinylm.layout import parse_key
 
 TAG_SWEEP, TAG_SWEEP_KEY, TAG_TRIAL_ID = "tinylm.sweep", "tinylm.sweep_key", "tinylm.trial_id"
 TAG_STATUS, TAG_STOP_REASON, TAG_RESTARTS = "tinylm.status", "tinylm.stop_reason", "tinylm.restarts"
@@ -26,24 +24,6 @@ INHERITED = (TAG_SWEEP, TAG_SWEEP_KEY, TAG_GIT_COMMIT, *PROVENANCE)
 # tinylm status -> MLflow run status. Early stops are legitimate results, so FINISHED.
 STATUS = {"completed": "FINISHED", "stopped_asha": "FINISHED", "killed_rule": "FINISHED",
           "failed": "FAILED", "diverged": "FAILED", "interrupted": "KILLED"}
-
-
-def jsonable(obj: Any) -> Any:
-    """JSON-safe copy: non-finite floats -> null (a diverged loss), unknown objects -> str, URIs masked."""
-    if isinstance(obj, dict):
-        return {str(k): jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [jsonable(v) for v in obj]
-    if isinstance(obj, bool) or obj is None or isinstance(obj, int):
-        return obj
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if hasattr(obj, "item"):  # numpy / torch scalars
-        try:
-            return jsonable(obj.item())
-        except (TypeError, ValueError):
-            pass
-    return mask_uri(obj)
 
 
 def parent_run_name(sweep_key: str) -> str:

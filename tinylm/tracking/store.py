@@ -128,6 +128,43 @@ def _check_db(uri: str, timeout_s: float) -> None:
         engine.dispose()
 
 
+def search_experiments(client: MlflowClient) -> dict[str, str]:
+    """Every active experiment, id -> name, across all result pages."""
+    exps, token = {}, None
+    while True:
+        page = client.search_experiments(ViewType.ACTIVE_ONLY, 1000, page_token=token)
+        exps.update({e.experiment_id: e.name for e in page})
+        if not (token := page.token):
+            return exps
+
+
+def require_store(uri: str) -> None:
+    """For commands that only read (log, analysis): a sqlite store must already exist and be a database. Opening
+    a missing one would create an empty ``mlflow.db`` in a mistyped folder and report "no sweeps"."""
+    path = sqlite_path(uri) if uri.startswith("sqlite:") else None
+    if path is None:
+        return
+    if not path.is_file():
+        raise TrackingError(f"no tracking store at {mask_uri(uri)} ({path} does not exist); point --results at the "
+                            "folder a sweep wrote (it holds mlflow.db) or pass --uri")
+    with open(path, "rb") as f:
+        head = f.read(16)
+    if head and head != b"SQLite format 3\0":
+        raise TrackingError(f"{path} is not an SQLite database (corrupt or another file); point --uri at the "
+                            "sweep's mlflow.db")
+
+
+def read_store(uri: str, what, *args):
+    """``what(uri, *args)`` with any store failure (a corrupt database, a server error) as one TrackingError."""
+    try:
+        return what(uri, *args)
+    except TrackingError:
+        raise
+    except Exception as e:  # noqa: BLE001 - sqlalchemy / mlflow raise many types; the user needs the store's name
+        first = str(e).strip().splitlines()[0][:300] if str(e).strip() else ""
+        raise TrackingError(f"cannot read the tracking store {mask_uri(uri)}: {type(e).__name__}: {first}") from None
+
+
 def search_runs(client: MlflowClient, experiment_ids: list[str], filter_string: str = "") -> list[Run]:
     """Every active run of the experiments that matches ``filter_string``, across all result pages."""
     runs, token = [], None

@@ -21,7 +21,7 @@ from mlflow.entities import Metric, Param, Run, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.utils.validation import MAX_ENTITY_KEY_LENGTH, MAX_PARAM_VAL_LENGTH, MAX_TAG_VAL_LENGTH
 
-from tinylm.layout import mask_uri
+from tinylm.layout import jsonable, mask_uri
 from tinylm.tracking.schema import (
     EXPERIMENT_KIND,
     INHERITED,
@@ -37,7 +37,6 @@ from tinylm.tracking.schema import (
     TAG_SWEEP,
     TAG_SWEEP_KEY,
     TAG_TRIAL_ID,
-    jsonable,
     parent_run_name,
 )
 from tinylm.tracking.store import connect, quoted, search_runs, sqlite_path
@@ -210,18 +209,21 @@ class Tracker:
         self.client.log_artifact(run_id, str(path), artifact_path)
 
     def finish_run(self, run_id: str, status: str, stop_reason: str = "", final_metrics: dict | None = None,
-                   step: int | None = None) -> None:
+                   step: int | None = None, log_metrics: bool = True) -> None:
         """End a run. ``status`` in tinylm terms (see ``STATUS``) -> tag ``tinylm.status`` + MLflow status.
 
-        ``final_metrics`` are logged as metrics (at ``step``, default their ``tokens`` entry or 0) and as the
-        artifact ``final_metrics.json``.
+        ``final_metrics`` are written as the artifact ``final_metrics.json`` (with ``status`` and ``stop_reason``)
+        and, unless ``log_metrics`` is False (the caller logged them already), as metrics at ``step`` (default
+        their ``tokens`` entry or 0).
         """
         if status not in STATUS:
             raise ValueError(f"status={status!r}; choose one of {', '.join(STATUS)}")
         if final_metrics:
-            at = step if step is not None else final_metrics.get("tokens", 0)
-            self.log_metrics(run_id, final_metrics, step=int(at or 0))
-            self.log_dict(run_id, final_metrics, "final_metrics.json")
+            if log_metrics:
+                at = step if step is not None else final_metrics.get("tokens", 0)
+                self.log_metrics(run_id, final_metrics, step=int(at or 0))
+            self.log_dict(run_id, final_metrics | {"status": status, "stop_reason": stop_reason},
+                          "final_metrics.json")
         self.set_tags(run_id, {TAG_STATUS: status, TAG_STOP_REASON: stop_reason})
         self.client.set_terminated(run_id, STATUS[status])
 

@@ -20,7 +20,7 @@ import torch
 
 from tinylm.budget import flops_per_token, param_counts
 from tinylm.config import ARCH_FIELDS, Config, ConfigError
-from tinylm.layout import unwritable_parent
+from tinylm.layout import jsonable, unwritable_parent
 from tinylm.model import GPT
 
 log = logging.getLogger("tinylm.train")
@@ -103,18 +103,9 @@ def preflight(cfg: Config, out_dir: str, resume_from: str | None = None, resume:
 
 def write_json(path: str, obj: dict) -> None:
     """Strict JSON, written atomically: NaN / inf become null (``json.dump`` would write the non-JSON ``NaN``)."""
-    def safe(x):
-        if isinstance(x, float | np.floating):
-            return float(x) if math.isfinite(x) else None
-        if isinstance(x, dict):
-            return {str(k): safe(v) for k, v in x.items()}
-        if isinstance(x, list | tuple):
-            return [safe(v) for v in x]
-        return x.item() if isinstance(x, np.generic) else x
-
     tmp = f"{path}.tmp-{os.getpid()}"
     with open(tmp, "w") as f:
-        json.dump(safe(obj), f, indent=2, default=str, allow_nan=False)
+        json.dump(jsonable(obj), f, indent=2, allow_nan=False)
     os.replace(tmp, path)
 
 

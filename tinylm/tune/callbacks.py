@@ -124,9 +124,11 @@ class TrackingCallback(tune.Callback):
         self.tracker.log_dict(run_id, cfg.to_dict(), "config.json")
         if last.get("ds_config"):
             self.tracker.log_dict(run_id, json.loads(last["ds_config"]), "ds_config.json")
-        final = {k: v for k, v in last.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-        self.tracker.log_dict(run_id, final | {"status": status, "stop_reason": reason}, "final_metrics.json")
-        self.tracker.finish_run(run_id, status, reason, final)
+        # the last result's metrics were logged by on_trial_result (Tune passes every result through it first):
+        # finish_run only writes them as final_metrics.json, with the status
+        final = {k: v for k, v in last.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
+                 and k not in TUNE_KEYS}
+        self.tracker.finish_run(run_id, status, reason, final, log_metrics=False)
         say(f"[{self.sweep.name}] {trial.trial_id} {self.axes(trial)} | tokens {int(last.get('tokens', 0)):,} | "
             f"val_loss {last.get('val_loss', float('nan')):.4f} | {status} {reason}".rstrip())
 

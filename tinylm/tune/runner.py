@@ -79,13 +79,14 @@ def _run_sweep(sweep: Sweep, base: Config, space: dict, refine_space: dict | Non
     t0 = time.time()
     try:
         _fit(sweep, base, param_space, res, parent, refine=False)
+        table = results_table(sweep)  # read once: Optuna's record of the grid, the refinement's start, the result
+        record_grid_in_optuna(sweep, table, param_space)
         if sweep.refine:
-            grid = results_table(sweep)
-            _fit(sweep, base, optuna_space(base, space, grid, refine_space), res, parent, refine=True, grid=grid)
+            _fit(sweep, base, optuna_space(base, space, table, refine_space), res, parent, refine=True, grid=table)
+            table = results_table(sweep)
     except KeyboardInterrupt:
         tracker.finish_run(parent, "interrupted", "interrupted by the user; run the same command to resume")
         raise
-    table = results_table(sweep)
     tracker.finish_run(parent, "completed", "", {"n_trials": len(table), "wall_s": time.time() - t0})
     return table
 
@@ -141,8 +142,6 @@ def _fit(sweep: Sweep, base: Config, param_space: dict, res: dict, parent: str, 
         len(v["grid_search"]) for v in param_space.values() if isinstance(v, dict) and "grid_search" in v)
     if unfinished or len(trials) < expected:
         raise KeyboardInterrupt(f"{len(unfinished) + max(0, expected - len(trials))} trial(s) unfinished")
-    if not refine:
-        record_grid_in_optuna(sweep, base, param_space)
 
 
 def shutdown() -> None:

@@ -92,15 +92,9 @@ def tell_grid_results(storage: str, study_name: str, space: dict, grid: pd.DataF
     return known
 
 
-def record_grid_in_optuna(sweep: Sweep, base: Config, param_space: dict) -> None:
-    """Store grid trials in the Optuna study named after the sweep (COMPLETE or PRUNED), once each."""
-    from tinylm.tracking import load_runs
-
-    try:
-        df = load_runs(sweep.uri(), sweep=sweep.name)
-    except Exception as e:  # noqa: BLE001 - nothing to record yet
-        log.warning("no trials to record in Optuna: %s", e)
-        return
+def record_grid_in_optuna(sweep: Sweep, df: pd.DataFrame, param_space: dict) -> None:
+    """Store the grid trials of ``df`` (the sweep's results table) in the Optuna study named after the sweep
+    (COMPLETE, PRUNED or FAIL), once each."""
     study = optuna.create_study(study_name=sweep.name, storage=optuna.storages.RDBStorage(url=sweep.storage()),
                                 direction="minimize", load_if_exists=True)
     seen = {t.user_attrs.get("ray_trial_id") for t in study.get_trials(deepcopy=False)}
