@@ -122,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
         base = exp.base(args.scale, **parse_sets(args.set))
     except ConfigError as e:
         sys.exit(f"error: {e}")
-    points = exp.space_at(args.scale)[VARIANT]
+    grid = points = exp.space_at(args.scale)[VARIANT]  # grid: the experiment's own trials, largest size last
     prefix = exp.name
     if args.points and args.mode == "ladder":  # extra (size, LR multiple) points, in sweeps of their own
         base_pts = points[1::len(LR_MULT)]  # the rule's LR (multiple 1) of each size
@@ -144,8 +144,9 @@ def main(argv: list[str] | None = None) -> int:
     from tinylm.analysis import ladder, stats
     from tinylm.analysis.plan import corpus_tokens
 
-    # every sweep flag as given (tinylm.sweep.Sweep); no ASHA, no kill rule, no refinement
-    common = replace(sweep_of(exp, vars(args), args.scale), kill_margin=math.inf, refine=0)
+    # every sweep flag as given (tinylm.sweep.Sweep); early_stopping=False already means no ASHA and, unless
+    # --kill-margin says otherwise, no kill rule; no refinement (the LR grid is the search)
+    common = replace(sweep_of(exp, vars(args), args.scale), refine=0)
     t0, tables = time.time(), []
     if args.mode == "ladder":  # one sweep per size, every LR to the end (no early stopping across an LR axis)
         groups = _groups(points, lambda q: (q["n_embd"], q["n_layer"]))
@@ -157,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
         for i, group in enumerate(groups):
             shape = {k: v for k, v in group[0].items() if k != "lr"}
             b = base.replace(**shape)
-            sweep = replace(common, name=f"{prefix}-{i}", asha=False)
+            sweep = replace(common, name=f"{prefix}-{i}")
             space = {"lr": [q["lr"] for q in group]} if args.mode == "ladder" else {VARIANT: group}
             print(f"[{exp.name}] group {i + 1}/{len(groups)}: {shape} ({len(group)} trials)", flush=True)
             tables.append(tune.run_sweep(sweep, b, space))
@@ -175,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     df = stats.prepare(pd.concat(tables, ignore_index=True))
     out = os.path.join(args.results, "analysis", exp.name)
     os.makedirs(out, exist_ok=True)
-    largest = base.replace(**{k: v for k, v in points[-1].items()})
+    largest = base.replace(**grid[-1])  # the ladder's largest size, also when --points ran only extra points
     avail, _ = corpus_tokens(largest)
     epochs = largest.train_tokens / avail if avail == avail and avail else math.nan
     if args.mode == "ladder":

@@ -446,3 +446,4 @@ def test_implausible_exponent_is_flagged():
     good = fits.fit_power_law(n, 1.69 + 406.4 / n ** 0.34, name="N", n_boot=10)
     assert good.warnings() == []
     assert fit.params["alpha"] > 2 and fit.warnings() and "do not extrapolate" in fit.warnings()[0]
+

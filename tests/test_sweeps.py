@@ -192,6 +192,40 @@ def test_two_phase_trains_finalists_to_the_end(monkeypatch, tmp_path):
     assert [v["glu_factor"] for v in space["__variant"]] == [2.66, 3.0, 4.0]  # 2 finalists + the baseline
 
 
+def test_ladder_extra_points_keep_the_kill_margin_and_count_epochs_of_the_largest_size(monkeypatch, tmp_path):
+    """``--points`` runs only the extra (size, LR) points: no ASHA, the user's --kill-margin, no refinement, and the
+    epochs flag still reads the ladder's largest size (not the last extra point)."""
+    import pandas as pd
+
+    tune = pytest.importorskip("tinylm.tune")
+    from tinylm import tracking
+    from tinylm.analysis import plan, stats
+
+    mod = load(os.path.join(ROOT, "sweeps", "ladder.py"))
+    sweeps, read = [], []
+
+    class Stop(Exception):
+        pass
+
+    def corpus_tokens(cfg):
+        read.append(cfg)
+        raise Stop
+
+    monkeypatch.setattr(tune, "run_sweep", lambda sweep, base, space: sweeps.append(sweep) or pd.DataFrame())
+    monkeypatch.setattr(tune, "shutdown", lambda: None)
+    monkeypatch.setattr(tracking, "list_sweeps", lambda uri: pd.DataFrame({"sweep": []}))
+    monkeypatch.setattr(stats, "prepare", lambda df: df)
+    monkeypatch.setattr(plan, "corpus_tokens", corpus_tokens)
+    with pytest.raises(Stop):
+        mod.main(["--points", "0:0.25", "--kill-margin", "0.05", "--results", str(tmp_path)])
+    (sweep,) = sweeps
+    assert not sweep.asha and sweep.kill_margin == 0.05 and sweep.refine == 0
+    largest = mod.EXPERIMENT.space_at("laptop")[mod.VARIANT][-1]
+    assert (read[0].n_embd, read[0].n_layer, read[0].train_tokens) == \
+        (largest["n_embd"], largest["n_layer"], largest["train_tokens"])
+    assert read[0].n_embd != mod.SHAPES["laptop"][0][0]  # the extra point is the smallest size
+
+
 def test_repeated_set_flags_all_apply():
     """``--set a=1 --set b=2`` sets both (argparse's default would keep only the last ``--set``)."""
     from tinylm.sweep.__main__ import parser

@@ -198,11 +198,9 @@ def two_phase(exp: Experiment, base: Config, args, sweep: Sweep):
     """PRD pipeline: phase 1 ranks every variant on a short run; phase 2 trains the finalists at the full
     budget with 3 seeds (or --seeds if larger). ``sweep``: the settings both phases start from."""
     from tinylm import tune
+    from tinylm.analysis.plan import short_base
 
-    short_tokens = max(base.eval_every_tokens, int(base.train_tokens * args.rank_fraction))
-    # a laptop warmup of N tokens would fill most of a short ranking run: cap it at a quarter of the run
-    short = base.replace(train_tokens=short_tokens,
-                         warmup_tokens=min(base.warmup_tokens, short_tokens // 4) if base.warmup_tokens else 0)
+    short = short_base(base, args.rank_fraction)  # the dry-run plan's phase 1 is the same config
     rank = replace(sweep, name=f"{exp.name}-rank", seeds=1, refine=0)
     ranked = tune.run_sweep(rank, short, exp.space_at(args.scale))
     axes = [k for k in exp.space_at(args.scale) if k in ranked.columns]

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from tinylm.analysis.columns import match
 from tinylm.analysis.cost import load_prices
 from tinylm.analysis.report import report_sweep
 from tinylm.config import FIELDS, ConfigError, coerce
@@ -38,21 +39,13 @@ def parse_baseline(items: list[str] | None) -> dict[str, Any] | None:
 
 
 def check_baseline(df, baseline: dict[str, Any], sweep: str) -> None:
-    """``--baseline`` must name columns of the sweep's trials and match at least one trial (floats to 1e-9)."""
-    import numpy as np
-    import pandas as pd
-
+    """``--baseline`` must name columns of the sweep's trials and match at least one trial (``columns.match``:
+    numbers to 1e-9, other values as case-insensitive strings, as the report selects the baseline)."""
     missing = [k for k in baseline if k not in df.columns]
     if missing:
         raise ValueError(f"--baseline {', '.join(missing)}: not a column of {sweep}'s trials; name Config fields "
                          f"such as {', '.join(k for k in FIELDS if k in df.columns and df[k].nunique() > 1) or 'seed'}")
-    mask = np.ones(len(df), dtype=bool)
-    for k, v in baseline.items():
-        col = df[k]
-        if isinstance(v, int | float) and not isinstance(v, bool):
-            mask &= np.isclose(pd.to_numeric(col, errors="coerce").to_numpy(dtype=float), float(v), rtol=1e-9, atol=0)
-        else:
-            mask &= (col.astype(str) == str(v)).to_numpy()
+    mask = match(df, baseline)
     if not mask.any():
         values = "; ".join(f"{k}: {', '.join(map(str, sorted(df[k].dropna().unique().tolist())))}" for k in baseline)
         given = " ".join(f"{k}={v}" for k, v in baseline.items())

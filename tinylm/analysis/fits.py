@@ -24,6 +24,8 @@ GRID_E = (-1.0, -0.5, 0.0, 0.5, 1.0)
 GRID_LOGCOEF = (0.0, 5.0, 10.0, 15.0, 20.0, 25.0)
 # Single-variable fits also try small exponents: L(C) exponents are ~0.05 (Kaplan et al. 2020).
 GRID_EXP_1D = (0.0, 0.05, 0.1, 0.25, 0.5, 1.0, 1.5, 2.0)
+# A fitted exponent outside this range is flagged: published LM exponents lie around 0.05-0.5.
+EXPONENT_RANGE = (0.01, 2.0)
 
 
 class NotEnoughPoints(ValueError):
@@ -50,7 +52,7 @@ class PowerLawFit:
         out = []
         for name in ("alpha", "beta"):
             v = self.params.get(name)
-            if v is not None and not 0.01 <= v <= 2.0:
+            if v is not None and not EXPONENT_RANGE[0] <= v <= EXPONENT_RANGE[1]:
                 out.append(f"{name} = {v:.3g} is far outside the exponents seen in LM scaling studies (~0.05-0.5): "
                            "these points do not follow a power law (undertrained or non-monotone points, e.g. too "
                            "few tokens per parameter for the larger models); do not extrapolate from this fit")
@@ -321,12 +323,16 @@ def budgets(c: np.ndarray, rel_tol: float = 0.1) -> np.ndarray:
 
 
 def isoflop_minima(c: np.ndarray, n: np.ndarray, y: np.ndarray, *, rel_tol: float = 0.1,
-                   min_per_budget: int = 3) -> list[dict]:
+                   min_per_budget: int = 3, n_boot: int = 0, seed: int = 0, level: float = 0.95) -> list[dict]:
     """Hoffmann et al.'s approach 2: group runs by FLOP budget, fit a parabola of loss in log N per budget,
     report its argmin. Budgets with fewer than ``min_per_budget`` distinct N are left out; ``bracketed`` says
     whether the argmin lies inside the sampled N (else it is an extrapolation) or the parabola opens down
-    (no minimum: ``N_opt`` is NaN). Raises ``NotEnoughPoints`` when no budget has enough distinct N."""
+    (no minimum: ``N_opt`` is NaN). Raises ``NotEnoughPoints`` when no budget has enough distinct N.
+
+    ``n_boot`` > 0 adds ``N_opt_ci``: a residual-bootstrap percentile interval (resample the parabola's
+    residuals, refit, argmin; None when fewer than max(10, n_boot / 2) refits open upward)."""
     c, n, y = (np.asarray(v, dtype=float).ravel() for v in (c, n, y))
+    rng = np.random.default_rng(seed)
     ok = np.isfinite(c) & np.isfinite(n) & np.isfinite(y) & (c > 0) & (n > 0)
     c, n, y = c[ok], n[ok], y[ok]
     lab = budgets(c, rel_tol)
@@ -340,16 +346,35 @@ def isoflop_minima(c: np.ndarray, n: np.ndarray, y: np.ndarray, *, rel_tol: floa
         cb = float(np.exp(np.log(c[m]).mean()))
         if a2 <= 0:
             rows.append({"C": cb, "n_points": int(m.sum()), "N_opt": np.nan, "D_opt": np.nan,
-                         "loss_min": float(y[m].min()), "bracketed": False})
+                         "loss_min": float(y[m].min()), "bracketed": False, "N_opt_ci": None})
             continue
         x_opt = -a1 / (2 * a2)
         n_opt = float(np.exp(x_opt))
         rows.append({"C": cb, "n_points": int(m.sum()), "N_opt": n_opt, "D_opt": cb / (6 * n_opt),
-                     "loss_min": float(a0 - a1 * a1 / (4 * a2)), "bracketed": bool(ln.min() <= x_opt <= ln.max())})
+                     "loss_min": float(a0 - a1 * a1 / (4 * a2)), "bracketed": bool(ln.min() <= x_opt <= ln.max()),
+                     "N_opt_ci": _isoflop_ci(ln, y[m], (a2, a1, a0), n_boot, rng, level)})
     if not rows:
         raise NotEnoughPoints(f"isoFLOP minima need a FLOP budget with at least {min_per_budget} distinct N; "
                               f"found {len(np.unique(lab))} budget(s) without one")
     return rows
+
+
+def _isoflop_ci(x: np.ndarray, y: np.ndarray, coef: tuple[float, float, float], n_boot: int,
+                rng: np.random.Generator, level: float) -> tuple[float, float] | None:
+    """Percentile interval of the parabola's argmin N under a residual bootstrap (None: too few usable refits)."""
+    if n_boot <= 0:
+        return None
+    fitted = np.polyval(coef, x)
+    resid = y - fitted
+    sims = []
+    for _ in range(n_boot):
+        cb = np.polyfit(x, fitted + rng.choice(resid, len(resid), replace=True), 2)
+        if cb[0] > 0:
+            sims.append(float(np.exp(-cb[1] / (2 * cb[0]))))
+    if len(sims) < max(10, n_boot // 2):
+        return None
+    lo, hi = np.percentile(sims, [50 * (1 - level), 50 * (1 + level)])
+    return float(lo), float(hi)
 
 
 def isoflop_exponents(rows: list[dict]) -> dict[str, float]:

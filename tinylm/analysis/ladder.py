@@ -22,22 +22,22 @@ import numpy as np
 import pandas as pd
 from scipy import stats as sps
 
-from tinylm.analysis import fits
-
-
-def _size_key(n: pd.Series) -> pd.Series:
-    return n.map(lambda x: float(f"{x:.3g}") if np.isfinite(x) else np.nan)
+from tinylm.analysis import fits, validity
+from tinylm.analysis.scaling import rounded
 
 
 def best_per_size(df: pd.DataFrame) -> pd.DataFrame:
     """One row per size: N, D, tokens_per_param, best lr, loss (seed mean at that lr), the lr grid, n_done
     (completed trials at this size), edge ("low"/"high"/"")."""
-    done = df[(df["status"].astype(str) == "completed") if "status" in df.columns else slice(None)]
-    done = done[np.isfinite(done["loss"])]
+    size = rounded(df["N"])  # one key per size: N to 3 significant figures, as the scaling fits group it
+    keep = np.isfinite(df["loss"].to_numpy(float))
+    if "status" in df.columns:
+        keep &= (df["status"].astype(str) == "completed").to_numpy()
+    done = df[keep]
     rows = []
-    for key, g in done.groupby(_size_key(done["N"]), sort=True):
+    for key, g in done.groupby(size[keep].to_numpy(), sort=True):
         per_lr = g.groupby("lr")["loss"].mean()
-        grid = sorted(float(x) for x in df.loc[_size_key(df["N"]) == key, "lr"].unique())
+        grid = sorted(float(x) for x in df.loc[size == key, "lr"].unique())
         best = float(per_lr.idxmin())
         edge = "low" if best == grid[0] and len(grid) > 1 else ("high" if best == grid[-1] and len(grid) > 1 else "")
         gb = g[g["lr"] == best]
@@ -75,8 +75,9 @@ def predict(fit: dict, n0: float) -> tuple[float, float, float]:
 
 def heldout(points: pd.DataFrame, level: float = 0.95, with_e: bool = True) -> dict:
     """Fit on all sizes but the largest, predict the largest. Keys: fit, n_fit, N_heldout, measured, predicted,
-    pi (lo, hi), error_pct ((predicted − measured) / measured), covered, flags (non-monotone points, exponent out
-    of the 0.01-2 range seen in LM studies), and the E + A·N^−α fit on the same points when it converges."""
+    pi (lo, hi), error_pct ((predicted − measured) / measured), covered, flags (non-monotone fitted points,
+    ``validity.check_fit``; an exponent outside ``fits.EXPONENT_RANGE``), and the E + A·N^−α fit on the same points
+    when it converges (and ``with_e``)."""
     p = points.sort_values("N")
     if len(p) < 4:
         raise fits.NotEnoughPoints(f"a held-out check needs >= 4 sizes (3 to fit, 1 to predict); got {len(p)}")
@@ -84,66 +85,42 @@ def heldout(points: pd.DataFrame, level: float = 0.95, with_e: bool = True) -> d
     fit = loglog_fit(train["N"].to_numpy(), train["loss"].to_numpy(), level)
     pred, lo, hi = predict(fit, float(test["N"]))
     measured = float(test["loss"])
-    flags = []
-    ys = train["loss"].to_numpy()
-    if (np.diff(ys) > 0).any():
-        flags.append("non-monotone: loss rises with N between fitted sizes; the law is refused as a description")
-    if not 0.01 <= fit["alpha"] <= 2.0:
+    flags = validity.check_fit(train["N"].to_numpy(), train["loss"].to_numpy(), "N")
+    if not fits.EXPONENT_RANGE[0] <= fit["alpha"] <= fits.EXPONENT_RANGE[1]:
         flags.append(f"implausible exponent α = {fit['alpha']:.3g} (LM studies: ~0.05-0.5)")
     out = {"fit": fit, "n_fit": len(train), "N_heldout": float(test["N"]), "measured": measured, "predicted": pred,
            "pi": (lo, hi), "error_pct": 100 * (pred - measured) / measured, "covered": bool(lo <= measured <= hi),
            "flags": flags}
     out["with_E"] = None
-    try:
-        if not with_e:
-            return out
-        e_fit = fits.fit_power_law(train["N"].to_numpy(), train["loss"].to_numpy(), n_boot=0)
-        out["with_E"] = {"params": e_fit.params, "predicted": float(e_fit.predict(float(test["N"]))),
-                         "dof": len(train) - 3}
-    except (fits.NotEnoughPoints, ValueError):
-        out["with_E"] = None
+    if with_e:
+        try:
+            e_fit = fits.fit_power_law(train["N"].to_numpy(), train["loss"].to_numpy(), n_boot=0)
+            out["with_E"] = {"params": e_fit.params, "predicted": float(e_fit.predict(float(test["N"]))),
+                             "dof": len(train) - 3}
+        except (fits.NotEnoughPoints, ValueError):
+            pass
     return out
 
 
 def isoflop_table(points: pd.DataFrame, n_boot: int = 200, seed: int = 0, rel_tol: float = 0.1,
                   level: float = 0.95) -> tuple[list[dict], dict | None]:
-    """Per budget: N_opt (parabola argmin in log N), tokens/param at N_opt, and a residual-bootstrap interval on
-    both; then the exponents of N_opt and D_opt in C (None with < 2 bracketed budgets)."""
-    rng = np.random.default_rng(seed)
-    labels = fits.budgets(points["C"].to_numpy(float), rel_tol)
-    rows = []
-    for b in np.unique(labels):
-        g = points[labels == b]
-        if g["N"].nunique() < 3:
-            continue
-        x, y = np.log(g["N"].to_numpy(float)), g["loss"].to_numpy(float)
-        coef = np.polyfit(x, y, 2)
-        c = float(np.exp(np.log(g["C"].to_numpy(float)).mean()))
-        row = {"C": c, "n_points": len(g), "N_opt": math.nan, "tokens_per_param": math.nan, "N_opt_ci": None,
-               "tpp_ci": None, "bracketed": False, "loss_min": float(y.min())}
-        if coef[0] > 0:
-            xo = -coef[1] / (2 * coef[0])
-            n_opt = float(np.exp(xo))
-            row.update(N_opt=n_opt, tokens_per_param=c / (6 * n_opt) / n_opt, bracketed=bool(x.min() <= xo <= x.max()),
-                       loss_min=float(np.polyval(coef, xo)))
-            resid = y - np.polyval(coef, x)
-            sims = []
-            for _ in range(n_boot):
-                yb = np.polyval(coef, x) + rng.choice(resid, len(resid), replace=True)
-                cb = np.polyfit(x, yb, 2)
-                if cb[0] > 0:
-                    sims.append(float(np.exp(-cb[1] / (2 * cb[0]))))
-            if len(sims) >= max(10, n_boot // 2):
-                lo, hi = np.percentile(sims, [50 * (1 - level), 50 * (1 + level)])
-                row["N_opt_ci"] = (float(lo), float(hi))
-                row["tpp_ci"] = (c / 6 / hi ** 2, c / 6 / lo ** 2)
-        rows.append(row)
-    good = [r for r in rows if np.isfinite(r["N_opt"])]
-    exps = None
-    if len(good) >= 2:
-        lc = np.log([r["C"] for r in good])
-        a = float(np.polyfit(lc, np.log([r["N_opt"] for r in good]), 1)[0])
-        exps = {"a": a, "b": 1 - a, "n_budgets": len(good)}
+    """Per budget (``fits.isoflop_minima`` with its residual-bootstrap interval): N_opt (parabola argmin in log N),
+    tokens/param at N_opt and intervals on both; then the exponents of N_opt and D_opt in C
+    (``fits.isoflop_exponents``; None with < 2 budgets that have a minimum). No budget with 3 sizes: ([], None)."""
+    try:
+        rows = fits.isoflop_minima(points["C"].to_numpy(float), points["N"].to_numpy(float),
+                                   points["loss"].to_numpy(float), rel_tol=rel_tol, n_boot=n_boot, seed=seed,
+                                   level=level)
+    except fits.NotEnoughPoints:
+        return [], None
+    for r in rows:  # D_opt = C / (6 N_opt): tokens per parameter C / (6 N_opt^2), decreasing in N_opt
+        ci = r["N_opt_ci"]
+        r["tokens_per_param"] = r["D_opt"] / r["N_opt"]
+        r["tpp_ci"] = (r["C"] / 6 / ci[1] ** 2, r["C"] / 6 / ci[0] ** 2) if ci else None
+    try:
+        exps = fits.isoflop_exponents(rows)
+    except fits.NotEnoughPoints:
+        exps = None
     return rows, exps
 
 

@@ -91,6 +91,7 @@ def describe(cfg: Config, point: dict) -> dict:
 
     c = param_counts(cfg)
     avail, exact = corpus_tokens(cfg)
+    fpt = flops_per_token(cfg)
     epochs = cfg.train_tokens / avail if avail and avail == avail else math.nan
     return {
         "point": ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in point.items()
@@ -100,10 +101,18 @@ def describe(cfg: Config, point: dict) -> dict:
         "glu_real": cfg.ffn_hidden / cfg.n_embd, "glu_requested": cfg.glu_factor, "d_over_L": cfg.n_embd / cfg.n_layer,
         "tokens": cfg.train_tokens, "tokens_per_param": cfg.train_tokens / c["total"], "epochs": epochs,
         "epochs_exact": exact, "lr": cfg.lr, "batch_tokens": cfg.tokens_per_step, "warmup": cfg.warmup,
-        "flops": flops_per_token(cfg) * cfg.train_tokens, "est_s_here": seconds_here(cfg),
-        "est_gpu_s": flops_per_token(cfg) * cfg.train_tokens / GPU_FLOPS, "target_params": cfg.target_params,
+        "flops": fpt * cfg.train_tokens, "est_s_here": seconds_here(cfg),
+        "est_gpu_s": fpt * cfg.train_tokens / GPU_FLOPS, "target_params": cfg.target_params,
         "embed_share_requested": cfg.embed_share,
     }
+
+
+def short_base(base: Config, rank_fraction: float) -> Config:
+    """The two-phase pipeline's phase-1 config (``tinylm.experiment.two_phase``): ``rank_fraction`` of the run (at
+    least one eval interval), its warmup capped at a quarter of that (a laptop warmup would fill most of it)."""
+    short_tokens = max(base.eval_every_tokens, int(base.train_tokens * rank_fraction))
+    return base.replace(train_tokens=short_tokens,
+                        warmup_tokens=min(base.warmup_tokens, short_tokens // 4) if base.warmup_tokens else 0)
 
 
 def plan(exp, base: Config, seeds: int = 1, two_phase: bool = False, rank_fraction: float = 0.25,
@@ -114,9 +123,7 @@ def plan(exp, base: Config, seeds: int = 1, two_phase: bool = False, rank_fracti
     space = exp.space_at(base.scale)
     rows = []
     if two_phase:
-        short_tokens = max(base.eval_every_tokens, int(base.train_tokens * rank_fraction))
-        short = base.replace(train_tokens=short_tokens,  # as tinylm.experiment.two_phase does
-                             warmup_tokens=min(base.warmup_tokens, short_tokens // 4) if base.warmup_tokens else 0)
+        short = short_base(base, rank_fraction)
         for p in expand(space, 1, short):
             rows.append(describe(Config(**(short.to_dict() | {k: v for k, v in p.items() if k in FIELDS})), p)
                         | {"phase": "rank"})

@@ -213,8 +213,7 @@ def _scale_of(df: pd.DataFrame) -> str:
     return scales[0] if len(scales) == 1 else (", ".join(scales) or "unknown")
 
 
-def _validity(df: pd.DataFrame, done: pd.DataFrame, curves: pd.DataFrame | None, flags: list[str],
-              slopes: pd.DataFrame) -> list[str]:
+def _validity(df: pd.DataFrame, done: pd.DataFrame, flags: list[str], slopes: pd.DataFrame) -> list[str]:
     scale = _scale_of(df)
     lines = ["## What this run can claim", "", validity.SCALE_CLAIMS.get(scale, f"Scale: {scale}."), "",
              "## Validity diagnostics", ""]
@@ -342,21 +341,21 @@ def build_report(df: pd.DataFrame, out_dir: str | Path, sweep_name: str, curves:
     figs = [f for f in figs if f is not None]
 
     hypothesis = (meta or {}).get("hypothesis") or ", ".join(_unique(df, "hypothesis"))
-    noise_sd, _ = verdict.noise_floor(done) if "group" in done.columns else (float("nan"), 0)
+    noise = verdict.noise_floor(done) if "group" in done.columns else (float("nan"), 0)
     slopes = validity.end_slopes(curves, done)
-    flags = validity.diagnostics(df, done, curves, noise_sd, sweep_name, fitted)
+    flags = validity.diagnostics(df, done, slopes, noise[0], sweep_name, fitted)
     v, why = None, ""
     if base_mask.any() and done["loss"].notna().any():
         v = verdict.build(done, base_mask, dec.summary if isinstance(dec, decision.Decision) else str(dec),
-                          verdict.equivalence_margin(hypothesis))
+                          verdict.equivalence_margin(hypothesis), noise)
         if len(v.effects):
-            verdict.paired_table(done, v.effects).to_csv(out / "effects.csv", index=False)
+            verdict.paired_table(v.effects).to_csv(out / "effects.csv", index=False)
     else:
         why = dec if isinstance(dec, str) else ""
 
     lines = [f"# Sweep report: {sweep_name}", ""]
     lines += _verdict(v, hypothesis, why)
-    lines += _validity(df, done, curves, flags, slopes)
+    lines += _validity(df, done, flags, slopes)
     lines += _setup(df, sweep_name, meta or {})
     lines += _best(grouped)
     lines += _results(grouped, tests, base_label)

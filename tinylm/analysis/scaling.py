@@ -23,7 +23,7 @@ from tinylm.analysis.pareto import pareto_mask
 ONE_D = {"L(N)": ("N", "N"), "L(N_nonembed)": ("N_nonembed", "N_nonembed"), "L(D)": ("D", "D"), "L(C)": ("C", "C")}
 
 
-def _rounded(v: pd.Series) -> pd.Series:
+def rounded(v: pd.Series) -> pd.Series:
     """Values equal to 3 significant figures share a key (tokens seen differ by a batch between runs)."""
     return v.map(lambda x: float(f"{x:.3g}") if np.isfinite(x) else np.nan)
 
@@ -34,7 +34,7 @@ def points(df: pd.DataFrame) -> pd.DataFrame:
         df = stats.prepare(df)
     d = columns.completed(df)
     d = d[np.isfinite(d["loss"])]
-    keys = pd.DataFrame({"kN": _rounded(d["N"]), "kD": _rounded(d["D"])}, index=d.index)
+    keys = pd.DataFrame({"kN": rounded(d["N"]), "kD": rounded(d["D"])}, index=d.index)
     cols = ["N", "N_nonembed", "D", "C", "loss"]
     g = d[cols].groupby([keys["kN"], keys["kD"]], dropna=False, sort=True).mean()
     return g.reset_index(drop=True)
@@ -45,7 +45,7 @@ def one_d_points(pts: pd.DataFrame, x: str) -> pd.DataFrame:
     if x == "C":
         p = pts[pareto_mask(pts["C"].to_numpy(), pts["loss"].to_numpy())]
         return p.sort_values("C", kind="stable").reset_index(drop=True)
-    key = _rounded(pts[x])
+    key = rounded(pts[x])
     idx = pts["loss"].groupby(key).idxmin().dropna().astype(int)
     return pts.loc[idx].sort_values(x, kind="stable").reset_index(drop=True)
 

@@ -77,8 +77,9 @@ def lr_edges(done: pd.DataFrame) -> list[str]:
     return out
 
 
-def check_fit(x: np.ndarray, y: np.ndarray, fit: fits.PowerLawFit | None = None, name: str = "N") -> list[str]:
-    """Reasons not to trust a decreasing power law through (x, y): non-monotone points, an implausible exponent."""
+def check_fit(x: np.ndarray, y: np.ndarray, name: str = "N") -> list[str]:
+    """Reasons not to trust a decreasing power law through (x, y): loss rising with ``name`` anywhere (an
+    implausible fitted exponent is ``PowerLawFit.warnings``)."""
     out = []
     order = np.argsort(np.asarray(x, float))
     ys = np.asarray(y, float)[order]
@@ -87,15 +88,14 @@ def check_fit(x: np.ndarray, y: np.ndarray, fit: fits.PowerLawFit | None = None,
         xs = np.asarray(x, float)[order]
         out.append(f"non-monotone: loss rises from {name}={xs[ups[0] - 1]:.3g} to {xs[ups[0]]:.3g} "
                    f"({len(ups)} rise(s)); a power law in {name} does not describe these points")
-    if fit is not None:
-        out += fit.warnings()
     return out
 
 
-def diagnostics(df: pd.DataFrame, done: pd.DataFrame, curves: pd.DataFrame | None, noise_sd: float,
+def diagnostics(df: pd.DataFrame, done: pd.DataFrame, slopes: pd.DataFrame, noise_sd: float,
                 sweep_name: str = "", fitted: dict | None = None) -> list[str]:
     """Every flag, most serious first (empty: nothing found). ``df`` are all trials, ``done`` the completed ones,
-    both prepared by ``stats.prepare``."""
+    both prepared by ``stats.prepare``; ``slopes`` is ``end_slopes(curves, done)``, ``noise_sd`` the first of
+    ``verdict.noise_floor(done)`` (the report computes both once and shows them too)."""
     flags = []
     scales = sorted({str(s) for s in df["scale"].dropna()}) if "scale" in df.columns else []
     if "smoke" in scales:
@@ -107,7 +107,6 @@ def diagnostics(df: pd.DataFrame, done: pd.DataFrame, curves: pd.DataFrame | Non
         flags.append(f"undertrained by design: {int((tpp < need).sum())} trial(s) saw {tpp.min():.2g}-"
                      f"{tpp[tpp < need].max():.2g} tokens per parameter (< {need:g}"
                      + (": a scaling fit over them measures training speed, not capacity)" if scaling else ")"))
-    slopes = end_slopes(curves, done)
     if len(slopes):
         bad = slopes[slopes["drop_per_doubling"] > UNDERTRAINED_NATS]
         if len(bad):
@@ -139,7 +138,7 @@ def diagnostics(df: pd.DataFrame, done: pd.DataFrame, curves: pd.DataFrame | Non
 
                 col = fit.variables[0]
                 pts = scaling.one_d_points(scaling.points(df), col)
-                for w in check_fit(pts[col].to_numpy(), pts["loss"].to_numpy(), None, col):
+                for w in check_fit(pts[col].to_numpy(), pts["loss"].to_numpy(), col):
                     flags.append(f"{name} refused: {w}")
     return flags
 

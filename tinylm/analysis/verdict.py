@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats as sps
 
-from tinylm.analysis import columns, stats
+from tinylm.analysis import stats
 
 ALPHA = 0.05
 POWER = 0.8
@@ -146,9 +146,10 @@ class Verdict:
         return " ".join(parts)
 
 
-def build(df: pd.DataFrame, base_mask: pd.Series, decision_summary: str, equivalence_pct: float = 5.0) -> Verdict:
+def build(df: pd.DataFrame, base_mask: pd.Series, decision_summary: str, equivalence_pct: float = 5.0,
+          noise: tuple[float, int] | None = None) -> Verdict:
     """Effects of every configuration against the baseline's, in trial order. ``df`` is prepared (stats.prepare)
-    and holds the trials that count (completed ones)."""
+    and holds the trials that count (completed ones); ``noise`` is ``noise_floor(df)`` when already computed."""
     base_groups = set(df.loc[base_mask, "group"])
     base_label = str(df.loc[base_mask, "label"].iloc[0]) if base_mask.any() else "baseline"
     effects = []
@@ -156,7 +157,7 @@ def build(df: pd.DataFrame, base_mask: pd.Series, decision_summary: str, equival
         if gid in base_groups:
             continue
         effects.append(effect(df, df["group"] == gid, base_mask, str(g["label"].iloc[0]), base_label))
-    sd, dof = noise_floor(df)
+    sd, dof = noise_floor(df) if noise is None else noise
     paired = [e for e in effects if e.test == "paired t" and e.sd_diff == e.sd_diff]
     if paired:
         # pooled s.d. of the paired differences over variants (each with n-1 d.o.f.)
@@ -178,7 +179,7 @@ def equivalence_margin(hypothesis: str, default: float = 5.0) -> float:
     return float(m.group(1)) if m else default
 
 
-def paired_table(df: pd.DataFrame, effects: list[Effect]) -> pd.DataFrame:
+def paired_table(effects: list[Effect]) -> pd.DataFrame:
     """The effects as a table (for the report and effects.csv)."""
     rows = []
     for e in effects:
@@ -190,5 +191,5 @@ def paired_table(df: pd.DataFrame, effects: list[Effect]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-__all__ = ["Effect", "Verdict", "build", "columns", "effect", "equivalence_margin", "format_p", "mde", "noise_floor",
+__all__ = ["Effect", "Verdict", "build", "effect", "equivalence_margin", "format_p", "mde", "noise_floor",
            "paired_table", "pct"]
