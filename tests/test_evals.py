@@ -44,10 +44,13 @@ CHARS = string.printable  # letters, digits, punctuation, whitespace
 TOK = CharTokenizer(CHARS)
 
 
-def tiny_gpt(block_size: int = 64, seed: int = 0) -> GPT:
+def tiny_gpt(block_size: int = 64, seed: int = 0, dtype: torch.dtype = torch.float32) -> GPT:
+    """A random char-level GPT. ``float64`` for tests whose point is that two code paths (padding, batching,
+    truncation, scoring only some positions) compute the same numbers: float32 sums in a CPU-dependent order, so a
+    1e-4 log-likelihood gap or a flipped near-tie argmax would test the CPU (tests/numerics.py)."""
     torch.manual_seed(seed)
     cfg = Config(n_layer=2, n_head=2, n_embd=32, block_size=block_size, vocab_size=TOK.n_vocab, tokenizer="char")
-    return GPT(cfg).eval()
+    return GPT(cfg).eval().to(dtype)
 
 
 class Unigram(nn.Module):
@@ -92,6 +95,7 @@ P = {" ": 0.2, "a": 0.4, "b": 0.05, "x": 0.35}
 def test_loglikelihood_is_the_hand_computed_sum():
     model = Unigram(P)
     res = loglikelihood(model, TOK, [("x", " b"), ("x", " aaaa"), ("x", "aa"), ("x", "ab")], batch_size=3)
+    # float32 log-softmax of fixed logits is good to ~1e-7 relative on any kernel family; 1e-5 on sums of ~-5
     assert res[0][0] == pytest.approx(math.log(0.2) + math.log(0.05), abs=1e-5)
     assert res[1][0] == pytest.approx(math.log(0.2) + 4 * math.log(0.4), abs=1e-5)
     assert [r[2] for r in res] == [2, 5, 2, 2]  # scored tokens = continuation characters
@@ -125,43 +129,50 @@ def test_greedy_until_reads_each_rows_own_last_position():
 
 
 # --- padding, truncation and batch-size invariance on a real tiny GPT ----------------------------------------
+F64_ABS = 1e-9  # float64 log-likelihoods of ~-50: reordering moves them by ~1e-13; a pad seen or scored moves them O(1)
+
+
 def _manual_ll(model, ids: list[int], n_cont: int) -> float:
     logits, _ = model(torch.tensor([ids[:-1]]))
     logp = torch.log_softmax(logits[0].double(), -1)
     return float(sum(logp[p, ids[p + 1]].detach() for p in range(len(ids) - 1 - n_cont, len(ids) - 1)))
 
 
+@pytest.mark.numerics
 def test_padding_is_never_seen_nor_scored():
-    model = tiny_gpt()
+    model = tiny_gpt(dtype=torch.float64)
     short, long_ = ("The cat", " sat"), ("A much longer context that pads the short row" * 1, " here")
     alone = loglikelihood(model, TOK, [short], batch_size=1)[0][0]
     batched = loglikelihood(model, TOK, [short, long_], batch_size=2)[0][0]
     manual = _manual_ll(model, TOK.encode_ordinary("The cat sat"), 4)
-    assert alone == pytest.approx(manual, abs=1e-4) and batched == pytest.approx(manual, abs=1e-4)
+    assert alone == pytest.approx(manual, abs=F64_ABS) and batched == pytest.approx(manual, abs=F64_ABS)
 
 
+@pytest.mark.numerics
 def test_long_contexts_are_left_truncated_keeping_the_continuation():
-    model = tiny_gpt(block_size=16)
+    model = tiny_gpt(block_size=16, dtype=torch.float64)
     ctx = "0123456789abcdefghijklmnopqrstuvwxyz"
     ll, _, k = loglikelihood(model, TOK, [(ctx, " end")])[0]
     ids = TOK.encode_ordinary(ctx + " end")[-17:]  # block_size + 1 tokens: 16 inputs, 4 of them scored
-    assert k == 4 and ll == pytest.approx(_manual_ll(model, ids, 4), abs=1e-4)
+    assert k == 4 and ll == pytest.approx(_manual_ll(model, ids, 4), abs=F64_ABS)
     out = greedy_until(model, TOK, [ctx * 3], max_new_tokens=5)  # 108 chars into a 16-token window
     assert isinstance(out[0], str) and len(out[0]) <= 5
 
 
+@pytest.mark.numerics
 def test_results_do_not_depend_on_batch_size():
-    model = tiny_gpt()
+    model = tiny_gpt(dtype=torch.float64)  # equal accuracies and greedy text: no near-tie may flip with the CPU
     docs = select(commonsense.load_piqa(), 6, seed=1) + select(commonsense.load_hellaswag(), 6, seed=1)
     a, b = evaluate_mc(model, TOK, docs, batch_size=1), evaluate_mc(model, TOK, docs, batch_size=7)
     assert a == b
     reqs = [(d.context, " " + c) for d in docs for c in d.choices]
     la, lb = loglikelihood(model, TOK, reqs, batch_size=1), loglikelihood(model, TOK, reqs, batch_size=7)
-    assert max(abs(x[0] - y[0]) for x, y in zip(la, lb)) < 1e-4
+    assert max(abs(x[0] - y[0]) for x, y in zip(la, lb)) < F64_ABS
     prompts = [d.prompt for d in select(squad.load(), 7, seed=1)]
     assert greedy_until(model, TOK, prompts, 6, batch_size=1) == greedy_until(model, TOK, prompts, 6, batch_size=7)
 
 
+@pytest.mark.numerics
 @pytest.mark.parametrize("pos", ["learned", "rope"])
 def test_kv_cache_decoding_matches_rereading(pos, monkeypatch):
     from tinylm.evals import decode
@@ -169,7 +180,7 @@ def test_kv_cache_decoding_matches_rereading(pos, monkeypatch):
     torch.manual_seed(1)
     cfg = Config(n_layer=2, n_head=2, n_embd=32, block_size=48, vocab_size=TOK.n_vocab, tokenizer="char",
                  pos=pos, mlp="swiglu" if pos == "rope" else "gelu", norm="rmsnorm" if pos == "rope" else "layernorm")
-    model = GPT(cfg).eval()
+    model = GPT(cfg).eval().double()  # float64: cached and re-read greedy text equal on any CPU (no near-tie flips)
     with torch.no_grad():
         for p in model.parameters():
             p.mul_(8.0)  # a sharper random model: greedy text varies instead of repeating one character
@@ -184,12 +195,13 @@ def test_kv_cache_decoding_matches_rereading(pos, monkeypatch):
     assert calls == [3, 1, 1, 1]  # ragged rows share a cached batch; the cached path was really taken
 
 
+@pytest.mark.numerics
 def test_head_only_at_scored_positions_changes_nothing():
-    model = tiny_gpt()
+    model = tiny_gpt(dtype=torch.float64)
     reqs = [("Question: What is 2 plus 3?\nAnswer:", f" {s}") for s in (5, 6, 50)]
     fast = loglikelihood(model, TOK, reqs)
     manual = [_manual_ll(model, TOK.encode_ordinary(c + s), len(s)) for c, s in reqs]
-    assert [r[0] for r in fast] == pytest.approx(manual, abs=1e-4)
+    assert [r[0] for r in fast] == pytest.approx(manual, abs=F64_ABS)
 
 
 # --- prompts as lm-eval builds them (real records) -----------------------------------------------------------

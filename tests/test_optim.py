@@ -434,6 +434,7 @@ def _free_port() -> int:
 
 
 @pytest.mark.slow
+@pytest.mark.numerics
 def test_deepspeed_accepts_muon_adamw_at_zero0(tmp_path):
     pytest.importorskip("deepspeed")
     tests = str(Path(__file__).resolve().parent)
@@ -451,7 +452,9 @@ def test_deepspeed_accepts_muon_adamw_at_zero0(tmp_path):
     assert out["lrs"][0] == pytest.approx(out["lrs"][1] * 0.05 / 1e-2)  # engine.get_lr reads our groups
     assert out["resumed_state"]
     ref = out["ref_losses"]
-    assert out["ds_losses"] == pytest.approx(ref, rel=1e-5)  # measured: bit-identical to the plain loop
+    # the engine runs the plain loop's float32 ops on the same CPU (bit-identical where measured); rel 1e-5 leaves
+    # room for a kernel family that reduces the clipping norm in another order, a wrong LR or clip is >1e-3
+    assert out["ds_losses"] == pytest.approx(ref, rel=1e-5)
     assert ref[-1] < 0.9 * ref[0]
     # bf16 at ZeRO 0 wraps the client optimizer in FP16_UnfusedOptimizer, which keeps one fp32 master per tensor
     # (shapes kept), so Muon still sees matrices; a flattening wrapper would break it.

@@ -167,7 +167,8 @@ def loglikelihood(model: torch.nn.Module, tokenizer, requests: Sequence[tuple[st
                     slots.append(i)
             hidden, _ = model(x.to(device))
             tgt_t, own_t = torch.tensor(tgt, device=device), torch.tensor(owner, device=device)
-            sel = head(hidden[torch.tensor(b_idx, device=device), torch.tensor(p_idx, device=device)]).float()
+            sel = head(hidden[torch.tensor(b_idx, device=device), torch.tensor(p_idx, device=device)])
+            sel = sel.to(torch.promote_types(sel.dtype, torch.float32))  # bf16 up to fp32; a float64 model stays
             logp = F.log_softmax(sel, dim=-1).gather(1, tgt_t[:, None]).squeeze(1).double()  # (N,)
             ll = torch.zeros(len(slots), dtype=torch.float64, device=device).index_add_(0, own_t, logp)
             miss = torch.zeros(len(slots), dtype=torch.float64, device=device).index_add_(
