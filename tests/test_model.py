@@ -24,7 +24,7 @@ def tiny(**kw) -> Config:
 
 
 def build(cfg: Config, seed: int = 0) -> GPT:
-    torch.manual_seed(seed)
+    torch.manual_seed(seed)  # dropout's stream; the init comes from cfg.seed (common random numbers)
     return GPT(cfg)
 
 
@@ -206,6 +206,30 @@ def test_residual_projections_get_the_scaled_init():
     std = model.transformer.h[0].attn.c_proj.weight.std().item()
     assert std == pytest.approx(0.02 / math.sqrt(2 * cfg.n_layer), rel=0.05)
     assert model.transformer.h[0].attn.c_attn.weight.std().item() == pytest.approx(0.02, rel=0.05)
+
+
+# --- init: common random numbers ----------------------------------------------------------------------------------
+def test_same_seed_variants_share_every_tensor_they_have_in_common():
+    """Each tensor is drawn from (seed, its name): a deeper or SwiGLU variant of one seed starts with the same
+    embedding, attention and shared-layer weights as the baseline, whatever it builds first; another seed does not.
+    The global RNG plays no part."""
+    torch.manual_seed(123)
+    base = GPT(tiny(seed=7))
+    torch.manual_seed(456)  # a different global state must change nothing
+    deeper = GPT(tiny(seed=7, n_layer=3, mlp="swiglu"))
+    other = GPT(tiny(seed=8))
+    b, d, o = dict(base.named_parameters()), dict(deeper.named_parameters()), dict(other.named_parameters())
+    shared = [n for n in b if n in d and b[n].shape == d[n].shape]
+    assert "transformer.wte.weight" in shared and "transformer.h.1.attn.c_attn.weight" in shared
+    for n in shared:  # residual projections: the same draws, scaled by 1/sqrt(2 n_layer) of each model
+        scale = math.sqrt(2 * 2) / math.sqrt(2 * 3) if n.endswith("c_proj.weight") else 1.0
+        assert torch.allclose(b[n] * scale, d[n], rtol=1e-6, atol=0), n
+    fc = "transformer.h.0.mlp.c_fc.weight"  # SwiGLU's fused (2 d_ff, d) weight: its leading rows are GELU's
+    assert d[fc].shape[0] == 2 * b[fc].shape[0] and torch.equal(d[fc][: b[fc].shape[0]], b[fc])
+    assert all(not torch.equal(b[n], o[n]) for n in b if b[n].dim() == 2)  # another seed: every matrix differs
+    proj, attn = b["transformer.h.0.attn.c_proj.weight"], b["transformer.h.0.attn.c_attn.weight"]
+    assert proj.std().item() == pytest.approx(0.02 / math.sqrt(2 * 2), rel=0.1)  # GPT-2's scales are kept
+    assert attn.std().item() == pytest.approx(0.02, rel=0.1)
 
 
 # --- generation -----------------------------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ Decoding passes a ``KVCache`` through the same forward (as nanochat does), so ev
 
 from __future__ import annotations
 
+import hashlib
 import math
 
 import torch
@@ -172,6 +173,12 @@ class Block(nn.Module):
         return x + self.mlp(self.ln_2(x))
 
 
+def tensor_generator(seed: int, name: str) -> torch.Generator:
+    """A CPU generator seeded by (seed, a parameter's name): the same stream for that name in every model."""
+    digest = hashlib.sha256(f"tinylm-init/{seed}/{name}".encode()).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & (2**63 - 1))
+
+
 class GPT(nn.Module):
     """``logits, loss = model(idx, targets)``; ``loss`` is None without targets, logits cover every position.
     ``model(idx, kv_cache=cache)`` decodes: ``idx`` holds only the tokens after those the cache holds."""
@@ -194,19 +201,26 @@ class GPT(nn.Module):
         self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
         if cfg.tie_embeddings:
             self.lm_head.weight = self.transformer.wte.weight  # weight tying (Press & Wolf 2017)
-        self.apply(self._init_weights)
-        for name, p in self.named_parameters():  # GPT-2: scale residual projections by 1/sqrt(2 * n_layer)
-            if name.endswith("c_proj.weight"):
-                torch.nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * cfg.n_layer))
+        self.init_weights(cfg.seed)
 
-    @staticmethod
-    def _init_weights(module: nn.Module) -> None:
-        if isinstance(module, nn.Linear):
-            torch.nn.init.normal_(module.weight, mean=0.0, std=0.02)
-            if module.bias is not None:
+    @torch.no_grad()
+    def init_weights(self, seed: int) -> None:
+        """GPT-2's init (normal 0.02, residual projections 0.02/sqrt(2 n_layer), zero biases, norms at one), each
+        tensor drawn from its own generator seeded by (``seed``, its name): common random numbers. Two models of
+        one seed start with identical tensors wherever name and shape agree (and a wider tensor's leading values
+        agree), whatever else differs, so a comparison of variants pairs its seeds on the init as it does on the
+        data order. (Seeding the global RNG once would not: construction draws a different amount per
+        architecture, so same-seed variants shared nothing but their norm weights.)"""
+        std_proj = 0.02 / math.sqrt(2 * self.cfg.n_layer)  # GPT-2: scale residual projections by 1/sqrt(2 * n_layer)
+        for mod_name, module in self.named_modules():
+            if not isinstance(module, nn.Linear | nn.Embedding) or module is self.lm_head and self.cfg.tie_embeddings:
+                continue
+            name = f"{mod_name}.weight"
+            std = std_proj if name.endswith("c_proj.weight") else 0.02
+            draw = torch.empty(module.weight.shape).normal_(0.0, std, generator=tensor_generator(seed, name))
+            module.weight.copy_(draw)  # drawn on the CPU in float32: the same values on any device and dtype
+            if getattr(module, "bias", None) is not None:
                 torch.nn.init.zeros_(module.bias)
-        elif isinstance(module, nn.Embedding):
-            torch.nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())  # shared (tied) tensors count once
