@@ -59,7 +59,9 @@ def test_verdict_text_names_the_effect_interval_test_and_prd_rule():
     df = prepare(glu_trials({4.0: 0.0, 2.0: 0.10, 2.66: 0.0}, seeds=3, noise=0.003))
     v = verdict.build(df, df["glu_factor"] == 4.0, "No winner: ...", equivalence_pct=5.0)
     text = v.headline()
-    assert "paired t over 3 seeds" in text and "95 % CI" in text and "PRD rule: No winner" in text
+    # three configurations on shared seeds: the two-way fit pools the residual, (3-1)(3-1) = 4 d.o.f.
+    assert "two-way t over 3 seeds, 4 d.o.f." in text and "95 % CI" in text and "PRD rule: No winner" in text
+    assert "Holm-adjusted p" in text and "exact noncentral t" in text
     by = {e.variant: e for e in v.effects}
     two = by["glu_factor=2"]
     assert two.ppl_pct == pytest.approx(100 * math.expm1(0.10), abs=2.0)
@@ -119,7 +121,7 @@ def test_report_opens_with_verdict_and_diagnostics_and_has_no_placeholder(tmp_pa
     assert "To be written" not in text
     heads = [line for line in text.splitlines() if line.startswith("## ")]
     assert heads[:3] == ["## Verdict", "## What this run can claim", "## Validity diagnostics"]
-    assert "SMOKE scale" in text and "paired t over 3 seeds" in text and "Minimum detectable effect" in text
+    assert "SMOKE scale" in text and "two-way t over 3 seeds, 6 d.o.f." in text and "Minimum detectable effect" in text
     assert "## Discussion (generated from the numbers above)" in text
     eff = pd.read_csv(tmp_path / "effects.csv")
     row = eff[eff["variant"] == "glu_factor=2"].iloc[0]

@@ -11,7 +11,8 @@ Pure functions over a trials table (``stats.prepare``-d):
 - ``heldout``: fit on every size but the largest, predict the largest, report the error and whether the 95 %
   prediction interval covers the measured loss;
 - ``isoflop_table``: per FLOP budget a parabola of loss in log N, its argmin N_opt and tokens per parameter, with
-  a residual-bootstrap interval; then N_opt ∝ C^a across budgets.
+  a delta-method interval, only where the minimum is bracketed by the sampled sizes (else n/a and why); then
+  N_opt ∝ C^a across the bracketed budgets.
 """
 
 from __future__ import annotations
@@ -102,15 +103,14 @@ def heldout(points: pd.DataFrame, level: float = 0.95, with_e: bool = True) -> d
     return out
 
 
-def isoflop_table(points: pd.DataFrame, n_boot: int = 200, seed: int = 0, rel_tol: float = 0.1,
-                  level: float = 0.95) -> tuple[list[dict], dict | None]:
-    """Per budget (``fits.isoflop_minima`` with its residual-bootstrap interval): N_opt (parabola argmin in log N),
-    tokens/param at N_opt and intervals on both; then the exponents of N_opt and D_opt in C
-    (``fits.isoflop_exponents``; None with < 2 budgets that have a minimum). No budget with 3 sizes: ([], None)."""
+def isoflop_table(points: pd.DataFrame, rel_tol: float = 0.1, level: float = 0.95
+                  ) -> tuple[list[dict], dict | None]:
+    """Per budget (``fits.isoflop_minima`` with its delta-method interval): N_opt (parabola argmin in log N, NaN
+    with a ``reason`` when not bracketed), tokens/param at N_opt and intervals on both; then the exponents of N_opt
+    and D_opt in C (``fits.isoflop_exponents``; None with < 2 bracketed budgets). No budget with 3 sizes: ([], None)."""
     try:
         rows = fits.isoflop_minima(points["C"].to_numpy(float), points["N"].to_numpy(float),
-                                   points["loss"].to_numpy(float), rel_tol=rel_tol, n_boot=n_boot, seed=seed,
-                                   level=level)
+                                   points["loss"].to_numpy(float), rel_tol=rel_tol, level=level)
     except fits.NotEnoughPoints:
         return [], None
     for r in rows:  # D_opt = C / (6 N_opt): tokens per parameter C / (6 N_opt^2), decreasing in N_opt
@@ -171,11 +171,15 @@ def ladder_markdown(points: pd.DataFrame, held: dict | None, scale: str, flags: 
                              f"{r['N_opt_ci'][0]:.3g}-{r['N_opt_ci'][1]:.3g}" if r["N_opt_ci"] else "n/a",
                              r["tokens_per_param"],
                              f"{r['tpp_ci'][0]:.3g}-{r['tpp_ci'][1]:.3g}" if r["tpp_ci"] else "n/a",
-                             "yes" if r["bracketed"] else "no (extrapolated)"] for r in rows],
-                           ["C (FLOPs)", "sizes", "N_opt", "95 % CI", "tokens/param at N_opt", "95 % CI",
-                            "bracketed"]), ""]
+                             "yes" if r["bracketed"] else f"no: n/a ({r['reason']})"] for r in rows],
+                           ["C (FLOPs)", "sizes", "N_opt", "95 % CI (delta method)", "tokens/param at N_opt",
+                            "95 % CI", "bracketed"]), ""]
         if exps:
-            lines.append(f"N_opt ∝ C^{exps['a']:.3f}, D_opt ∝ C^{exps['b']:.3f} over {exps['n_budgets']} budgets.")
+            left = f" ({exps['n_excluded']} unbracketed budget(s) left out)" if exps["n_excluded"] else ""
+            lines.append(f"N_opt ∝ C^{exps['a']:.3f}, D_opt ∝ C^{exps['b']:.3f} over {exps['n_budgets']} bracketed "
+                         f"budgets{left}.")
+        else:
+            lines.append("N_opt ∝ C^a: not fitted (fewer than 2 budgets with a bracketed minimum).")
     return "\n".join(lines) + "\n"
 
 

@@ -6,7 +6,8 @@
 - L(C): the compute-efficient frontier, the Pareto set of (C, loss) over seed-mean points, as Kaplan et al.
   fit L(C_min).
 - L(N, D): every completed trial (Hoffmann et al. fit all their runs).
-- isoFLOP minima: runs grouped by FLOP budget, a parabola in log N per budget.
+- isoFLOP minima: runs grouped by FLOP budget, a parabola in log N per budget; N_opt only where the sampled sizes
+  bracket its minimum (``fits.isoflop_minima``).
 
 Only completed trials enter the fits: a trial stopped early has a schedule that did not finish.
 """

@@ -1,10 +1,13 @@
-"""Statistics over seeds: mean ± std per configuration, t-tests between configurations, Spearman correlations.
+"""Statistics over seeds: mean ± std per configuration, t-tests between configurations (two-way pooled, paired or
+Welch; Holm's correction over a sweep's comparisons), Spearman correlations.
 
 A configuration is every Config field except ``seed`` (and the ``name`` label): trials that differ only in the
 seed are repeats of one configuration.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -85,63 +88,177 @@ def group_over_seeds(df: pd.DataFrame, metrics: list[str] | None = None) -> pd.D
     return pd.DataFrame(rows)
 
 
-def difference(df: pd.DataFrame, metric: str, a: pd.Series, b: pd.Series, level: float = 0.95) -> dict:
+@dataclass(frozen=True)
+class TwoWay:
+    """Least squares of a metric on configuration + seed (additive, no interaction) over every trial with a seed.
+
+    Same-seed runs of different configurations share the data order, so the seed effect is removed as pairing
+    does, but the residual pools the noise of every configuration: k configurations on n shared seeds give a
+    comparison (k−1)(n−1) d.o.f. where the paired test has n−1. ``coef`` and ``s2`` carry a trailing axis when
+    the fit was given several response columns at once (simulations reuse this exact code)."""
+
+    groups: tuple  # configuration ids, in the design's column order
+    design: np.ndarray  # (trials, p): configuration and seed indicators
+    pinv: np.ndarray  # (p, trials) its pseudo-inverse
+    coef: np.ndarray  # (p,) or (p, sims): a least-squares solution (estimable contrasts do not depend on which)
+    s2: np.ndarray  # residual variance, () or (sims,)
+    dof: int  # residual degrees of freedom
+
+    @property
+    def n_groups(self) -> int:
+        return len(self.groups)
+
+    def contrast(self, ga: object, gb: object) -> tuple[np.ndarray, np.ndarray] | None:
+        """(estimate, standard error) of effect(gb) − effect(ga), or None when the data cannot identify it (the two
+        configurations are not linked through shared seeds) or no residual d.o.f. remain."""
+        if ga not in self.groups or gb not in self.groups or self.dof < 1:
+            return None
+        c = np.zeros(self.pinv.shape[0])
+        c[self.groups.index(gb)] += 1.0
+        c[self.groups.index(ga)] -= 1.0
+        w = c @ self.pinv  # the estimate is w · y
+        if not np.allclose(w @ self.design, c, atol=1e-8):  # c not in the row space of X: not estimable
+            return None
+        return c @ self.coef, np.sqrt(self.s2 * float(w @ w))
+
+
+def two_way_fit(group: np.ndarray, seed: np.ndarray, y: np.ndarray) -> TwoWay:
+    """``TwoWay`` of ``y`` (trials,) or (trials, sims) on configuration ids ``group`` and ``seed`` (trials,)."""
+    gi, groups = pd.factorize(np.asarray(group))
+    si, _ = pd.factorize(np.asarray(seed))
+    n, k = len(gi), len(groups)
+    x = np.zeros((n, k + si.max() + 1))
+    x[np.arange(n), gi] = 1.0
+    x[np.arange(n), k + si] = 1.0
+    pinv = np.linalg.pinv(x)
+    coef = pinv @ y
+    resid = y - x @ coef
+    dof = n - int(np.linalg.matrix_rank(x))
+    s2 = (resid ** 2).sum(axis=0) / dof if dof > 0 else np.full(np.shape(y)[1:], np.nan)
+    return TwoWay(tuple(groups.tolist()), x, pinv, coef, np.asarray(s2), dof)
+
+
+def two_way(df: pd.DataFrame, metric: str) -> TwoWay | None:
+    """``two_way_fit`` of ``metric`` over the trials with a value and a seed (configurations from ``group``); None
+    when there is no seed column or fewer than three configurations (with two, it is the paired t-test)."""
+    if "seed" not in df.columns:
+        return None
+    groups = df["group"] if "group" in df.columns else group_ids(df)
+    v = pd.to_numeric(df[metric], errors="coerce")
+    ok = v.notna() & df["seed"].notna()
+    if groups[ok].nunique() < 3:
+        return None
+    return two_way_fit(groups[ok].to_numpy(), df.loc[ok, "seed"].astype(str).to_numpy(), v[ok].to_numpy(float))
+
+
+def holm(p: np.ndarray) -> np.ndarray:
+    """Holm's step-down adjusted p-values along axis 0 (a family per column); NaN entries are not in the family and
+    stay NaN. Reject where adjusted p < α: the family-wise error rate stays ≤ α under any dependence."""
+    p = np.asarray(p, dtype=float)
+    order = np.argsort(p, axis=0, kind="stable")  # NaN last
+    ps = np.take_along_axis(p, order, axis=0)
+    m = np.isfinite(p).sum(axis=0)
+    k = np.arange(p.shape[0]).reshape((-1,) + (1,) * (p.ndim - 1))
+    adj = np.minimum(1.0, np.maximum.accumulate((m - k) * ps, axis=0))
+    out = np.empty_like(adj)
+    np.put_along_axis(out, order, adj, axis=0)
+    return out
+
+
+def difference(df: pd.DataFrame, metric: str, a: pd.Series, b: pd.Series, level: float = 0.95,
+               pooled: TwoWay | None = None) -> dict:
     """The difference b − a of ``metric`` between the trials selected by masks ``a`` and ``b``, with its test and
-    ``level`` confidence interval: a paired t-test on the per-seed differences over the seeds both sides share
-    when there are at least two, else Welch's t-test when each side has two values, else no test.
-    Returns test, n_a, n_b, n_pairs, mean_a, mean_b, delta (the mean paired difference, else mean_b − mean_a),
-    ci (on delta, or None), statistic, pvalue (NaN when the differences have no spread), sd_diff (paired only)."""
+    ``level`` confidence interval. The test, by preference:
+
+    - ``two-way t``: ``pooled`` (``two_way`` of the sweep, ≥ 3 configurations) when each mask is one of its
+      configurations and the seeds link the two: the contrast of the additive fit, t on the fit's residual d.o.f.;
+    - ``paired t`` on the per-seed differences over the seeds both sides share, when there are at least two;
+    - ``Welch t`` when each side has two values; else no test.
+
+    Returns test, dof, n_a, n_b, n_pairs (shared seeds), mean_a, mean_b, delta (the test's estimate of b − a, else
+    mean_b − mean_a), se, ci (on delta, or None), statistic, pvalue (NaN when there is no spread), sd_diff (s.d. of
+    a same-seed difference: observed for paired, implied by the pooled variance for two-way)."""
     va = pd.to_numeric(df.loc[a, metric], errors="coerce")
     vb = pd.to_numeric(df.loc[b, metric], errors="coerce")
-    out = {"test": "none", "n_a": int(va.notna().sum()), "n_b": int(vb.notna().sum()), "n_pairs": 0,
-           "mean_a": va.mean(), "mean_b": vb.mean(), "delta": float(vb.mean() - va.mean()), "ci": None,
-           "statistic": np.nan, "pvalue": np.nan, "sd_diff": np.nan}
+    out = {"test": "none", "dof": np.nan, "n_a": int(va.notna().sum()), "n_b": int(vb.notna().sum()),
+           "n_pairs": 0, "mean_a": va.mean(), "mean_b": vb.mean(), "delta": float(vb.mean() - va.mean()),
+           "se": np.nan, "ci": None, "statistic": np.nan, "pvalue": np.nan, "sd_diff": np.nan}
     if "seed" in df.columns:
         sa = va.groupby(df.loc[a, "seed"]).mean().dropna()
         sb = vb.groupby(df.loc[b, "seed"]).mean().dropna()
         common = sa.index.intersection(sb.index).sort_values()
+        out["n_pairs"] = len(common)
+        est = None
+        if pooled is not None and "group" in df.columns:
+            ga, gb = df.loc[a, "group"][va.notna()].unique(), df.loc[b, "group"][vb.notna()].unique()
+            if len(ga) == 1 and len(gb) == 1:
+                est = pooled.contrast(ga[0], gb[0])
+        if est is not None:
+            m, se = float(est[0]), float(est[1])
+            out.update(test="two-way t", dof=float(pooled.dof), sd_diff=float(np.sqrt(2 * pooled.s2)))
+            return _t_result(out, m, se, pooled.dof, level)
         if len(common) >= 2:
             d = (sb[common] - sa[common]).to_numpy(dtype=float)
-            n, m, sd = len(d), float(d.mean()), float(d.std(ddof=1))
-            half = float(sps.t.ppf(0.5 + level / 2, n - 1)) * sd / np.sqrt(n)
-            res = sps.ttest_1samp(d, 0.0) if sd > 0 else None  # == ttest_rel(b, a)
-            out.update(test="paired t", n_pairs=n, delta=m, ci=(m - half, m + half), sd_diff=sd,
-                       statistic=float(res.statistic) if res else np.nan, pvalue=float(res.pvalue) if res else np.nan)
-            return out
+            n, sd = len(d), float(d.std(ddof=1))
+            out.update(test="paired t", dof=float(n - 1), sd_diff=sd)  # == ttest_rel(b, a)
+            return _t_result(out, float(d.mean()), sd / np.sqrt(n), n - 1, level)
     if out["n_a"] >= 2 and out["n_b"] >= 2:
         x, y = vb.dropna().to_numpy(float), va.dropna().to_numpy(float)
-        res = sps.ttest_ind(x, y, equal_var=False)
         se2x, se2y = x.var(ddof=1) / len(x), y.var(ddof=1) / len(y)
-        se = np.sqrt(se2x + se2y)
+        se = float(np.sqrt(se2x + se2y))
         dof = (se2x + se2y) ** 2 / (se2x ** 2 / (len(x) - 1) + se2y ** 2 / (len(y) - 1)) if se > 0 else 1.0
-        half = float(sps.t.ppf(0.5 + level / 2, dof)) * se
-        m = float(x.mean() - y.mean())
-        out.update(test="Welch t", delta=m, ci=(m - half, m + half), statistic=float(res.statistic),
-                   pvalue=float(res.pvalue))
+        out.update(test="Welch t", dof=float(dof))  # == ttest_ind(x, y, equal_var=False)
+        return _t_result(out, float(x.mean() - y.mean()), se, dof, level)
     return out
 
 
-def compare(df: pd.DataFrame, metric: str, a: pd.Series, b: pd.Series) -> dict:
+def t_test(m: np.ndarray, se: np.ndarray, dof: float, level: float = 0.95
+           ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(ci_lo, ci_hi, t, two-sided p) of an estimate ``m`` with standard error ``se`` on ``dof`` d.o.f., elementwise
+    (arrays: simulations use the code the report uses)."""
+    m, se = np.asarray(m, dtype=float), np.asarray(se, dtype=float)
+    half = sps.t.ppf(0.5 + level / 2, dof) * se
+    with np.errstate(divide="ignore", invalid="ignore"):
+        t = m / se
+    return m - half, m + half, t, 2 * sps.t.sf(np.abs(t), dof)
+
+
+def _t_result(out: dict, m: float, se: float, dof: float, level: float) -> dict:
+    """Fill delta, se, ci, statistic and pvalue of ``out`` from ``t_test`` (no spread: statistic and p NaN)."""
+    lo, hi, t, p = t_test(m, se, dof, level)
+    spread = se > 1e-12 * max(1.0, abs(out["mean_a"]), abs(out["mean_b"]))  # rounding is not a spread
+    out.update(delta=m, se=se, ci=(float(lo), float(hi)), statistic=float(t) if spread else np.nan,
+               pvalue=float(p) if spread else np.nan)
+    return out
+
+
+def compare(df: pd.DataFrame, metric: str, a: pd.Series, b: pd.Series, pooled: TwoWay | None = None) -> dict:
     """Test whether ``metric`` differs between the trials selected by masks ``a`` and ``b`` (``difference``).
-    Returns test, n_a, n_b, n_pairs, mean_a, mean_b, diff (mean_b − mean_a), statistic, pvalue.
+    Returns test, dof, n_a, n_b, n_pairs, mean_a, mean_b, diff (mean_b − mean_a), statistic, pvalue.
     """
-    d = difference(df, metric, a, b)
-    keys = ("test", "n_a", "n_b", "n_pairs", "mean_a", "mean_b", "statistic", "pvalue")
-    return {**{k: d[k] for k in keys[:6]}, "diff": d["mean_b"] - d["mean_a"], **{k: d[k] for k in keys[6:]}}
+    d = difference(df, metric, a, b, pooled=pooled)
+    keys = ("test", "dof", "n_a", "n_b", "n_pairs", "mean_a", "mean_b")
+    return {**{k: d[k] for k in keys}, "diff": d["mean_b"] - d["mean_a"], "statistic": d["statistic"],
+            "pvalue": d["pvalue"]}
 
 
 def tests_vs(df: pd.DataFrame, metric: str, reference: pd.Series) -> pd.DataFrame:
-    """``compare`` every other configuration against the configuration(s) selected by ``reference``."""
+    """``compare`` every other configuration against the configuration(s) selected by ``reference``, with the
+    sweep's ``two_way`` fit, and ``p_holm``: the p-values Holm-adjusted over these comparisons."""
     if "group" not in df.columns:
         df = prepare(df)
+    pooled = two_way(df, metric)
     ref_groups = set(df.loc[reference, "group"])
     rows = []
     for gid, g in df.groupby("group", sort=True):
         if gid in ref_groups:
             continue
-        r = compare(df, metric, reference, df["group"] == gid)
+        r = compare(df, metric, reference, df["group"] == gid, pooled)
         rows.append({"label": g["label"].iloc[0], "metric": metric, **r})
-    return pd.DataFrame(rows)
+    out = pd.DataFrame(rows)
+    if len(out):
+        out["p_holm"] = holm(out["pvalue"].to_numpy(float))
+    return out
 
 
 def _eval_columns(df: pd.DataFrame) -> list[str]:
