@@ -143,6 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     from tinylm import tune
     from tinylm.analysis import ladder, stats
     from tinylm.analysis.plan import corpus_tokens
+    from tinylm.tracking import TrackingError
 
     # every sweep flag as given (tinylm.sweep.Sweep); early_stopping=False already means no ASHA and, unless
     # --kill-margin says otherwise, no kill rule; no refinement (the LR grid is the search)
@@ -162,6 +163,8 @@ def main(argv: list[str] | None = None) -> int:
             space = {"lr": [q["lr"] for q in group]} if args.mode == "ladder" else {VARIANT: group}
             print(f"[{exp.name}] group {i + 1}/{len(groups)}: {shape} ({len(group)} trials)", flush=True)
             tables.append(tune.run_sweep(sweep, b, space))
+    except (ConfigError, TrackingError) as e:  # refused before its group started (a lock, a store, a changed grid)
+        sys.exit(f"error: {e}")
     except KeyboardInterrupt:
         sys.exit(f"\ninterrupted after {len(tables)} group(s): run the same command to resume")
     finally:
@@ -199,7 +202,11 @@ def main(argv: list[str] | None = None) -> int:
         f.write(text)
     print(text)
     print(f"{len(df)} trials in {time.time() - t0:.0f} s; report: {path}")
-    return 0
+    # exit 0 only when every trial ended as planned (tinylm.sweep.__main__ does the same for the other sweeps)
+    problems = [m for m in (tune.unplanned(replace(common, name=n), t) for n, t in zip(names, tables)) if m]
+    for m in problems:
+        print(f"warning: {m}", file=sys.stderr)
+    return 1 if problems else 0
 
 
 if __name__ == "__main__":

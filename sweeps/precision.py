@@ -1,7 +1,7 @@
 """fp32 vs bf16 training: does mixed precision change the loss, and what does it buy?
 
 Hypothesis: bf16 matches fp32's final loss within 1 % and is ~2x faster on GPUs; on a CPU it is slower for tiny
-models (STACK.md), so read the throughput columns per device.
+models (RESULTS.md, 2026-11-22: ~10x slower here), so read the throughput columns per device.
 
     python sweeps/precision.py            # smoke on this CPU
     python sweeps/precision.py --scale full --address auto    # on GPUs

@@ -92,10 +92,13 @@ def test_run_sweep_equals_cli(fake_tune, tmp_path):
     assert fake_tune[-1][0].max_concurrent == 2
 
 
-def test_every_sweep_flag_is_declared_once_on_the_sweep(fake_tune, tmp_path):
+def test_every_sweep_flag_is_declared_once_on_the_sweep(fake_tune, tmp_path, monkeypatch):
     """A Sweep field declared with ``flag(...)`` is a CLI option and a ``run()`` option by the same dest, with the
     field's default, and it reaches the Sweep the run builds: adding a sweep flag is that one field."""
     from dataclasses import fields
+
+    # the flags' plumbing, not their servers: "ray://head:10001" reaches no store or cluster (test_input_checks.py)
+    monkeypatch.setattr("tinylm.experiment.check_services", lambda args: None)
 
     from tinylm.sweep import Sweep, flags
     from tinylm.sweep.__main__ import parser

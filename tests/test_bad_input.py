@@ -381,7 +381,8 @@ def test_resume_refused_before_data_and_nothing_overwritten(case, finished, tmp_
 def test_resume_onto_another_tokenizer_is_refused(finished, tmp_path, monkeypatch):
     """Same kind (bpe) and size, another corpus: the tokenizer hash differs, so the token ids mean other strings."""
     cfg, out, kept = _copy(finished, tmp_path)
-    corpus = _corpus(tmp_path / "other.txt", 300, words="zebra quartz jumps over lazy vexing fjord nymph waltz")
+    letters = np.random.default_rng(1).choice(list("zqjxvkwyfb"), size=(600, 6))  # enough merges for vocab 1024
+    corpus = _corpus(tmp_path / "other.txt", 300, words=" ".join(map("".join, letters)))
     with pytest.raises(ConfigError, match=r"cannot resume: the checkpoint was trained with another tokenizer"):
         from tinylm.train import train
 

@@ -44,8 +44,9 @@ def kill_tree(pid, sig=signal.SIGKILL):
 
 @pytest.mark.slow
 def test_driver_killed_then_resumed_and_a_diverging_trial(tmp_path):
-    """kill -9 of the driver after the first trial finished; the same command finishes the rest exactly once.
-    One trial diverges (lr=1e8): it is recorded as diverged with its reason while the others finish."""
+    """kill -9 of the driver after the first trial finished; the same command takes over its stale lock and
+    finishes the rest exactly once. One trial diverges (lr=1e8): it is recorded as diverged with its reason while
+    the others finish, and the sweep exits 1 naming it."""
     import optuna
 
     env = {**os.environ, "TINY_SPACE": json.dumps({"lr": [3e-3, 1e8, 2e-3]})}
@@ -60,7 +61,11 @@ def test_driver_killed_then_resumed_and_a_diverging_trial(tmp_path):
         p.kill()
     t0 = time.time()
     again = subprocess.run(sweep_cmd(tmp_path), capture_output=True, text=True, cwd=ROOT, env=env, timeout=900)
-    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    # the diverged trial is kept and reported: exit 1 after the table, one line naming it and where to look
+    assert again.returncode == 1, again.stdout[-3000:] + again.stderr[-3000:]
+    assert "results CSV" in again.stdout
+    assert "1 of 3 trials of sweep tiny did not end as planned (1 diverged)" in again.stderr, again.stderr[-3000:]
+    assert "taking over the stale sweep lock" in again.stderr  # the killed driver's lock
     resume_s = time.time() - t0
     df = children(tmp_path)
     assert len(df) == 3 and df["trial_id"].is_unique, "every trial exactly once, no duplicate MLflow runs"

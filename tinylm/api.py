@@ -26,7 +26,7 @@ from typing import Any
 
 import pandas as pd
 
-from tinylm.config import Config, ConfigError
+from tinylm.config import PRESETS, Config, ConfigError
 
 # compare() columns, in order; the rest of a sweep's columns (Config fields that vary) go before them
 COMPARE = ("params_total", "final_val_loss", "final_val_ppl", "train_time_s", "peak_mem_mb", "infer_tokens_per_s",
@@ -108,7 +108,7 @@ class Result:
 
 
 def run_experiment(cfg: Config, out_dir: str | None = None, track: bool = False,
-                   results_dir: str = "results") -> Result:
+                   results_dir: str | None = None, force: bool = False) -> Result:
     """Train one model in this process (no Ray): ``tinylm.train.train`` plus, with ``track``, an MLflow run.
 
     Args:
@@ -116,24 +116,35 @@ def run_experiment(cfg: Config, out_dir: str | None = None, track: bool = False,
         out_dir: where the model and metrics go (default ``<results_dir>/runs/<name>-<time>``).
         track: log params, metrics and provenance to MLflow (experiment "single-runs" of
             ``$MLFLOW_TRACKING_URI`` or the sqlite store in ``results_dir``), as ``python -m tinylm.train --track``.
-        results_dir: the results folder for the default out_dir and tracking store.
+        results_dir: the results folder for the default out_dir and tracking store (default ``$TINYLM_RESULTS``
+            or ``results``, ``tinylm.layout.results_dir``).
+        force: start from scratch in an out_dir that holds other files (refused otherwise).
     """
+    if not isinstance(cfg, Config):
+        hint = f"Config.from_name({cfg!r})" if isinstance(cfg, str) else 'Config.from_name("debug", lr=3e-3)'
+        raise TypeError(f"run_experiment() takes a Config, got {type(cfg).__name__} {cfg!r:.60}; build one with "
+                        f"{hint} (from tinylm import Config; presets: {', '.join(PRESETS)})")
+    from tinylm.layout import results_dir as default_results
     from tinylm.train import train
 
+    results_dir = default_results(results_dir)
     out = os.path.abspath(out_dir or os.path.join(results_dir, "runs", f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"))
     if not track:
-        final = train(cfg, out)
+        final = train(cfg, out, force=force)
     else:
         from tinylm.layout import single_key
-        from tinylm.tracking import Tracker, default_uri
+        from tinylm.tracking import Tracker, check_tracking, default_uri
 
-        tracker = Tracker(default_uri(os.path.abspath(results_dir)), experiment="single-runs")
+        uri = default_uri(os.path.abspath(results_dir))
+        check_tracking(uri)  # before any compute, within the one timeout of every entry point
+        tracker = Tracker(uri, experiment="single-runs")
         parent = tracker.start_sweep(single_key(out), params={}, tags={"tinylm.sweep": "single-runs"})
         run_id = tracker.trial_run(parent, os.path.basename(out), cfg.to_dict())
         numbers = lambda m: {k: v for k, v in m.items() if isinstance(v, (int, float))}
         try:
             final = train(cfg, out, report=lambda m, _ckpt: tracker.log_metrics(run_id, numbers(m),
-                                                                                 step=int(m.get("tokens", 0))))
+                                                                                 step=int(m.get("tokens", 0))),
+                          force=force)
         except BaseException as e:
             tracker.finish_run(run_id, "interrupted" if isinstance(e, KeyboardInterrupt) else "failed", repr(e)[:500])
             tracker.finish_run(parent, "interrupted" if isinstance(e, KeyboardInterrupt) else "failed")

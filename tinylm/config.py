@@ -329,6 +329,19 @@ class Config:
         return replace(self, train_tokens=tokens, eval_every_tokens=max(step, step * round(tokens / 8 / step)),
                        warmup_tokens=min(n, tokens // 4), lr=laptop_lr(n))
 
+    def effective(self) -> dict[str, typing.Any]:
+        """What a run actually uses: the derived values resolved (d_ff, warmup) and what this run ignores left out
+        (the budget solver's inputs, whose effect is in the dims; muon_lr without muon; decay_frac outside wsd;
+        min_lr_ratio under a constant schedule; rope_theta without RoPE; the name). Two Configs with equal
+        ``effective()`` train the same model the same way, so a sweep axis whose values all agree here is inert."""
+        unused = {"name", "glu_factor", "target_params", "embed_share"}
+        unused |= set() if self.optimizer == "muon" else {"muon_lr"}
+        unused |= set() if self.schedule == "wsd" else {"decay_frac"}
+        unused |= {"min_lr_ratio"} if self.schedule == "constant" else set()
+        unused |= set() if self.pos == "rope" else {"rope_theta"}
+        d = asdict(self) | {"d_ff": self.ffn_hidden, "warmup_tokens": self.warmup}
+        return {k: v for k, v in d.items() if k not in unused}
+
     def to_dict(self) -> dict[str, typing.Any]:
         return asdict(self)
 
@@ -362,7 +375,8 @@ LAPTOP_RULES: tuple[tuple[str, str], ...] = (
      "presets' d/L = 32 stays inside the seeds' range (d/L 64 at full); head size 16 is the smallest sane one"),
     ("LR = 3e-3 * (N / 189k)^(-1/3)",
      "exponent from Porian et al. 2024's fit LR ~ N^(-1/3) (5M-901M params); anchor measured here: 3e-3 was "
-     "the best of {1e-3, 3e-3, 1e-2} at 45k, 86k and 189k params (STACK.md micro ladder, batch 2048 tokens). "
+     "the best of {1e-3, 3e-3, 1e-2} at 45k, 86k and 189k params (micro ladder, sotu BPE-512, batch 2048 "
+     "tokens; RESULTS.md). "
      "Porian's own constant extrapolated 25x below its range gives ~0.04, which we do not trust; the ladder sweep "
      "re-tunes LR per size around this rule and flags a best LR at the grid edge. Measured by sweeps/ladder.py "
      "(2026-11-30, sotu BPE-384, 20 tok/param): best LR 2.8e-3 / 2.2e-3 / 3.7e-3 / 6.1e-3 / >=4.9e-3 at 29k / 59k "

@@ -10,7 +10,10 @@ from the HF cache when ``TINYLM_OFFLINE=1``; it is never silently replaced by an
 Pipeline, all deterministic: documents -> optional ``num_documents`` sample -> train/val split by document hash ->
 tokenizer (trained on the train split; cached by corpus fingerprint, kind and vocab) -> each document's tokens
 followed by EOT -> train tokens cut to the budget below -> ``np.memmap`` shards in the cache, keyed by every
-data-affecting Config field, written to a temp dir and ``os.replace``-d so concurrent callers are safe.
+data-affecting Config field, written to a temp dir and ``os.replace``-d once complete, so concurrent callers are safe
+and a crash leaves nothing that is read (a folder damaged afterwards is rebuilt). A vocabulary the corpus cannot
+fill (a BPE out of merges, a char vocabulary over twice the corpus's characters) or a char vocabulary that maps
+over 1 % of the text to UNK is refused there, before any model is built.
 
 Training-token budget: ``kept = min(available, cap * data_scale)`` where ``cap = max_tokens or available``.
 So ``max_tokens`` is a cap and ``data_scale`` a multiplier on it: a data-scale sweep sets ``max_tokens=B`` and
@@ -22,6 +25,7 @@ silently saturating the sweep. Train documents are ordered by hash, so smaller b
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import functools
 import glob
@@ -486,10 +490,51 @@ def data_settings(cfg: Config) -> dict:
     return s
 
 
+# A character tokenizer may map at most this share of the training text to UNK: bits per byte count an UNK as one
+# cheap symbol, so above it the loss is not comparable (vocab_size=5 on wiki-offline: 3 characters kept, ~70 % UNK)
+MAX_UNK_FRACTION = 0.01
+
+
 def _check_vocab(cfg: Config, tok: Tokenizer) -> None:
+    """``vocab_size`` fits the tokenizer both ways: no id beyond the embedding, and no embedding the corpus cannot
+    fill (a BPE that ran out of merges; a char vocabulary mostly of rows no character maps to)."""
     if tok.n_vocab > cfg.vocab_size:
         raise ConfigError(f"tokenizer {tok.name!r} has n_vocab={tok.n_vocab} > vocab_size={cfg.vocab_size}; "
                           f"set vocab_size >= {tok.n_vocab}")
+    if cfg.tokenizer == "bpe" and tok.n_vocab < cfg.vocab_size:
+        raise ConfigError(f"vocab_size={cfg.vocab_size:,} is more than dataset={cfg.dataset!r} can fill: its BPE runs "
+                          f"out of merges at {tok.n_vocab:,} tokens (the largest reachable size), so "
+                          f"{cfg.vocab_size - tok.n_vocab:,} embedding rows would never be trained; set vocab_size <= "
+                          f"{tok.n_vocab:,} or use a larger corpus")
+    if cfg.tokenizer == "char" and cfg.vocab_size > 2 * tok.n_vocab:
+        raise ConfigError(f"vocab_size={cfg.vocab_size:,} is more than twice what dataset={cfg.dataset!r} can fill "
+                          f"with tokenizer='char': it has {tok.n_vocab - 2:,} distinct characters (+ UNK + EOT = "
+                          f"{tok.n_vocab:,}), so most embedding rows would never be trained; set vocab_size <= "
+                          f"{tok.n_vocab:,}")
+
+
+def _check_unk(cfg: Config, tok: Tokenizer, train_docs: list[str], tokens: np.ndarray) -> float:
+    """The share of the training tokens that a char tokenizer maps to UNK; ConfigError above MAX_UNK_FRACTION,
+    naming the corpus's distinct characters and the vocab_size that keeps 99 % of its text."""
+    if not isinstance(tok, tokenize.CharTokenizer) or not len(tokens):
+        return 0.0
+    unk = float(np.count_nonzero(tokens == tok.unk_token)) / len(tokens)
+    if unk <= MAX_UNK_FRACTION:
+        return unk
+    counts = collections.Counter()
+    for doc in train_docs:
+        counts.update(doc)
+    total, covered, needed = sum(counts.values()), 0, len(counts)
+    for i, (_, n) in enumerate(counts.most_common(), 1):
+        covered += n
+        if covered >= (1 - MAX_UNK_FRACTION) * total:
+            needed = i
+            break
+    raise ConfigError(f"vocab_size={cfg.vocab_size:,} with tokenizer='char' keeps {len(tok.chars):,} of the "
+                      f"{len(counts):,} distinct characters of dataset={cfg.dataset!r}: {unk:.0%} of the training "
+                      f"text becomes UNK (at most {MAX_UNK_FRACTION:.0%}: bits per byte would count UNK as one cheap "
+                      f"symbol); set vocab_size >= {needed + 2:,} ({1 - MAX_UNK_FRACTION:.0%} of the text) or "
+                      f"{len(counts) + 2:,} (every character)")
 
 
 def _write_tokens(tok: Tokenizer, docs: list[str], path: Path, dtype: np.dtype, limit: int | None) -> int:
@@ -526,6 +571,7 @@ def _build_shards(cfg: Config, settings: dict, out: Path, cache: Path) -> None:
                 f"{int(available / cfg.data_scale):,} or use a larger corpus")
         kept = min(available, requested)
         os.truncate(tmp / "train.bin", kept * dtype.itemsize)
+        unk = _check_unk(cfg, tok, train_docs, np.memmap(tmp / "train.bin", dtype=dtype, mode="r"))
         n_val = _write_tokens(tok, val_docs, tmp / "val.bin", dtype, None)
         # Content only: local files' paths and mtimes (in the cache key) stay out, so equal data hashes equal.
         content = {k: v for k, v in settings.items() if k != "files"}
@@ -538,7 +584,7 @@ def _build_shards(cfg: Config, settings: dict, out: Path, cache: Path) -> None:
                     n_val_docs=len(val_docs), n_chars=sum(map(len, docs)), n_train_tokens=kept,
                     # None when encoding stopped early at the budget (the corpus has more than was kept)
                     n_train_tokens_available=available if want is None or available < want else None,
-                    n_val_tokens=n_val, dtype=dtype.name, tokenizer=tok.name, n_vocab=tok.n_vocab,
+                    n_val_tokens=n_val, unk_fraction=unk, dtype=dtype.name, tokenizer=tok.name, n_vocab=tok.n_vocab,
                     tokenizer_hash=tokenizer_hash(tok), fingerprint=h.hexdigest(), settings=settings,
                     build_seconds=round(time.perf_counter() - t0, 2))
         save_tokenizer(tok, tmp / "tokenizer.json")
@@ -547,6 +593,20 @@ def _build_shards(cfg: Config, settings: dict, out: Path, cache: Path) -> None:
             os.replace(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _complete(out: Path) -> dict | None:
+    """The meta of a complete shard folder, else None: missing, or an unreadable meta, a shard of another length
+    than its meta says, no tokenizer (a folder copied or truncated after ``_build_shards`` placed it whole)."""
+    try:
+        meta = json.loads((out / "meta.json").read_text())
+        size = np.dtype(meta["dtype"]).itemsize
+        whole = ((out / "train.bin").stat().st_size == meta["n_train_tokens"] * size
+                 and (out / "val.bin").stat().st_size == meta["n_val_tokens"] * size
+                 and (out / "tokenizer.json").is_file())
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return meta if whole else None
 
 
 def load_data(cfg: Config, cache_dir: str | os.PathLike | None = None) -> TokenData:
@@ -562,10 +622,14 @@ def load_data(cfg: Config, cache_dir: str | os.PathLike | None = None) -> TokenD
     settings = data_settings(cfg)
     slug = re.sub(r"[^\w.-]+", "_", cfg.dataset.split("/")[-1])[:40]
     out = cache / "tokens" / f"{slug}-{cfg.tokenizer}{cfg.vocab_size}-{_sha(json.dumps(settings, sort_keys=True))[:16]}"
-    if not (out / "meta.json").exists():
+    meta = _complete(out)
+    if meta is None:
+        if out.exists():  # damaged after it was placed (shards are only ever placed whole): rebuilt, not trusted
+            log.warning("token cache %s is incomplete; rebuilding it", out)
+            shutil.rmtree(out, ignore_errors=True)
         out.parent.mkdir(parents=True, exist_ok=True)
         _build_shards(cfg, settings, out, cache)
-    meta = json.loads((out / "meta.json").read_text())
+        meta = json.loads((out / "meta.json").read_text())
     tok = load_tokenizer(out / "tokenizer.json")
     _check_vocab(cfg, tok)
     train, val = (np.memmap(out / f"{s}.bin", dtype=np.dtype(meta["dtype"]), mode="r") for s in ("train", "val"))

@@ -3,7 +3,8 @@
 ``ds_config(cfg)`` derives the DeepSpeed config from Config (never hand-written); ``build_engine`` wraps the pure
 PyTorch model and the client optimizer from optim.py; checkpoints are DeepSpeed's (every rank saves its ZeRO
 shards) plus a completion marker so a partial or corrupt checkpoint is detected and the previous one used.
-Works in one process without a launcher (STACK.md recipe) and, unchanged, inside Ray Train workers.
+Works in one process without a launcher (RANK/WORLD_SIZE/MASTER_* set by ``init_distributed``, gloo on CPU)
+and, unchanged, inside Ray Train workers.
 """
 
 from __future__ import annotations
@@ -207,8 +208,14 @@ def all_reduce_sum(x: float, device: torch.device | str = "cpu") -> float:
 
 def save_checkpoint(engine, ckpt_dir: str, tag: str, client_state: dict, keep: int = 2) -> str:
     """Collective: every rank saves its shards under ``ckpt_dir/tag``; rank 0 marks the tag complete and
-    prunes old tags (keeping ``keep``)."""
-    engine.save_checkpoint(ckpt_dir, tag=tag, client_state=client_state)
+    prunes old tags (keeping ``keep``). A save that fails or is interrupted (a full disk, Ctrl-C) removes its
+    unmarked tag, so the space it took is free again and the previous checkpoint is the one to resume from."""
+    try:
+        engine.save_checkpoint(ckpt_dir, tag=tag, client_state=client_state)
+    except BaseException:
+        if not os.path.exists(os.path.join(ckpt_dir, tag, COMPLETE)):
+            shutil.rmtree(os.path.join(ckpt_dir, tag), ignore_errors=True)
+        raise
     barrier()
     if dist.get_rank() == 0:
         with open(os.path.join(ckpt_dir, tag, COMPLETE), "w") as f:
@@ -268,6 +275,19 @@ def scan_markers(ckpt_dir: str) -> tuple[list[tuple[str, dict]], dict[str, str]]
             except (OSError, ValueError) as e:
                 corrupt[tag] = f"{type(e).__name__}: {e}"
     return sorted(good, key=lambda tm: (tm[1].get("tokens") or 0, tm[0])), corrupt
+
+
+def unmarked_saves(ckpt_dir: str) -> list[str]:
+    """Tag folders without a completion marker when DeepSpeed finished a save there (its ``latest`` file names
+    one of them): checkpoints whose markers were removed, not a save cut short (that writes no ``latest``)."""
+    try:
+        with open(os.path.join(ckpt_dir, "latest")) as f:
+            latest = f.read().strip()
+    except (OSError, UnicodeDecodeError):
+        return []
+    unmarked = [tag for tag in sorted(os.listdir(ckpt_dir)) if os.path.isdir(os.path.join(ckpt_dir, tag))
+                and not os.path.exists(os.path.join(ckpt_dir, tag, COMPLETE))]
+    return unmarked if latest in unmarked else []
 
 
 def complete_tags(ckpt_dir: str) -> list[str]:

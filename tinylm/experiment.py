@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -22,7 +24,7 @@ from dataclasses import dataclass, field, replace
 from tinylm.config import CHOICES, Config, ConfigError, coerce
 from tinylm.layout import VARIANT, unwritable_parent  # VARIANT: re-exported for the sweep scripts
 from tinylm.ranking import plain, trial_loss
-from tinylm.sweep import Flag, Sweep, int_at_least, is_number
+from tinylm.sweep import MAX_SEEDS, MAX_TRIALS, Flag, Sweep, int_at_least, is_number
 from tinylm.sweep import flags as sweep_flags
 
 
@@ -54,6 +56,10 @@ class Experiment:
         return self.baseline(scale) if callable(self.baseline) else self.baseline
 
     def base(self, scale: str, **extra) -> Config:
+        """The Config every trial of this sweep starts from at ``scale``; ``extra``: the ``--set`` fields, which may
+        name neither a field the sweep sets itself nor one its space sweeps (``check_sets``)."""
+        if extra:
+            check_sets(extra, self.space_at(scale))
         if scale == "laptop":  # a replica of the full experiment: its overrides apply at full scale, then it shrinks
             from tinylm.budget import num_params
 
@@ -89,6 +95,39 @@ RUN_FLAGS: list[Flag] = [
 ]
 
 
+# Config fields a sweep sets itself (Experiment.base): ``--set`` cannot take them; what to use instead
+RESERVED = {"scale": "--scale (smoke, laptop or full)",
+            "name": "--results DIR to keep two runs of this sweep apart (its trials are named after the sweep)"}
+
+
+def swept(space: dict) -> dict[str, list]:
+    """Every Config field that ``space`` sets per trial (an axis, a fixed value, or a field of a VARIANT's dicts)
+    -> the values it takes, in order."""
+    out: dict[str, list] = {}
+    for k, values in space.items():
+        if k == VARIANT:
+            for variant in values:
+                for f, v in dict(variant).items():
+                    out.setdefault(f, []).append(v)
+        else:
+            out[k] = list(values) if isinstance(values, list) else [values]
+    return out
+
+
+def check_sets(sets: dict, space: dict) -> None:
+    """``--set`` may not name a field the sweep sets itself (``RESERVED``) nor one of its space, which the grid
+    would override in silence (``--set glu_factor=3.0`` on the GLU sweep ran all four factors)."""
+    axes = swept(space)
+    for k, v in sets.items():
+        if k in RESERVED:
+            raise ConfigError(f"--set {k}={v}: {k} is set by the sweep itself; use {RESERVED[k]}")
+        if k in axes:
+            values = ", ".join(dict.fromkeys(map(str, axes[k])))
+            raise ConfigError(f"--set {k}={v}: {k} is an axis of this sweep (values {values}), which sets it per "
+                              "trial and would ignore --set; drop the --set, or sweep the values you want in a "
+                              "script of your own")
+
+
 def flags() -> list[Flag]:
     """Every option of a sweep run, CLI and ``run()`` alike: the run's own, then the Sweep's."""
     return RUN_FLAGS + sweep_flags()
@@ -118,6 +157,7 @@ def parse_sets(pairs: list[str]) -> dict:
             raise ConfigError(f"--set expects FIELD=VALUE, got {pair!r}")
         k, v = pair.split("=", 1)
         out[k] = coerce(k, v) if k in Config.__dataclass_fields__ else v
+    check_sets(out, {})  # a reserved field (scale, name) is refused here, before Experiment.base takes the scale
     return out
 
 
@@ -128,14 +168,44 @@ def check_options(args: argparse.Namespace) -> None:
         refusal = f.refusal(getattr(args, f.dest)) if f.dest in vars(args) else None
         if refusal:
             raise ConfigError(refusal)
+    if args.seeds > MAX_SEEDS:
+        raise ConfigError(f"--seeds={args.seeds:,} is more than {MAX_SEEDS} (tinylm.sweep.MAX_SEEDS; a seeded verdict "
+                          "needs 3-10): lower --seeds")
     existing = unwritable_parent(str(args.results))
     if existing:
         raise ConfigError(f"--results={args.results!r}: {existing} is not a writable folder")
+    if "%" in os.path.abspath(str(args.results)):
+        raise ConfigError(f"--results={args.results!r}: its path holds '%'; the stores in it are sqlite URLs, which "
+                          "SQLAlchemy decodes (%20 is a space), so MLflow would open another file: choose a folder "
+                          "without '%'")
+    # before Experiment.base, which takes the scale as an argument (--set scale=full was a TypeError there)
+    check_sets(args.set if isinstance(args.set, dict) else dict(p.split("=", 1) for p in args.set if "=" in p), {})
+    check_services(args)
 
 
-def check_space(base: Config, space: dict) -> None:
+def check_services(args: argparse.Namespace) -> None:
+    """The tracking store, the Optuna storage and the Ray cluster a sweep would use answer within
+    ``REACH_TIMEOUT_S`` each (the dry run checks them too, creating nothing): a bad ``--optuna-storage`` used to
+    fail only after every trial had trained, a bad ``--address`` or ``--tracking-uri`` after minutes of retries."""
+    from tinylm.tracking import TrackingError, check_storage, check_tracking
+
+    sweep = Sweep.from_flags("check", vars(args))
+    for flag, given, check in (("--tracking-uri", args.tracking_uri, lambda: check_tracking(sweep.uri(), create=False)),
+                               ("--optuna-storage", args.optuna_storage, lambda: check_storage(sweep.storage()))):
+        try:
+            check()
+        except TrackingError as e:
+            raise TrackingError(f"{flag}: {e}" if given else str(e)) from None
+    if sweep.address or os.environ.get("RAY_ADDRESS"):
+        from tinylm.tune.resources import check_address
+
+        check_address(sweep.address)
+
+
+def check_space(base: Config, space: dict, args: argparse.Namespace | None = None) -> None:
     """Every grid point builds a valid Config before Ray starts, none sets a dim that the budget solver would
-    silently replace (``Config.replace`` refuses that), and every dataset named exists."""
+    silently replace (``Config.replace`` refuses that), every dataset named exists, no axis is inert (all its
+    values build the same run) and, given the run's ``args``, the sweep has at most ``MAX_TRIALS`` trials."""
     from tinylm.data import check_dataset
 
     points = [dict(v) for v in space.get(VARIANT, [])] if isinstance(space.get(VARIANT), list) else []
@@ -143,13 +213,43 @@ def check_space(base: Config, space: dict) -> None:
                for v in values]
     for dataset in {base.dataset} | {base.replace(**point).dataset for point in points}:
         check_dataset(dataset)
+    for k, values in space.items():
+        if isinstance(values, list) and len(values) > 1:
+            runs = [base.replace(**(dict(v) if k == VARIANT else {k: v})).effective() for v in values]
+            if all(r == runs[0] for r in runs[1:]):
+                axis = "the variants" if k == VARIANT else f"axis {k}"
+                verb = "change" if k == VARIANT else "changes"
+                raise ConfigError(f"{axis} ({', '.join(map(str, values))}) {verb} nothing here: every value builds "
+                                  "the same model and training settings from this base (after the budget solver "
+                                  f"and the derived sizes), so its trials would repeat one run; {_inert_hint(k, base)}")
+    if args is not None:
+        n = math.prod(len(v) if isinstance(v, list) else 1 for v in space.values())
+        if args.two_phase:
+            trials, how = n + (args.finalists + 1) * max(3, args.seeds), f"{n} ranking runs + finalists x seeds"
+        else:
+            trials, how = n * args.seeds + args.refine, f"{n} grid points x {args.seeds} seeds + {args.refine} refined"
+        if trials > MAX_TRIALS:
+            raise ConfigError(f"{trials:,} trials ({how}) is more than {MAX_TRIALS:,} (tinylm.sweep.MAX_TRIALS): lower "
+                              "--seeds or --refine, or split the sweep")
+
+
+def _inert_hint(axis: str, base: Config) -> str:
+    """Why an axis can change nothing, for the common cases; what to do."""
+    if axis == "glu_factor" and base.d_ff and not base.target_params:
+        return (f"d_ff={base.d_ff} is fixed and glu_factor only sets d_ff when d_ff=0 (or through target_params): "
+                "add --set d_ff=0, or drop the --set that fixed the dims")
+    if axis == "embed_share" and not base.target_params:
+        return "embed_share only acts through the budget solver (target_params > 0): drop --set target_params=0"
+    return f"drop the --set (or pick the scale) that fixes what {axis} changes"
 
 
 def run(exp: Experiment, scale: str | None = None, **options):
     """Run ``exp`` as the sweep scripts' ``main`` does, without argv: ``options`` are the flags by dest name
     (``seeds=3``, ``no_asha=True``, ``max_concurrent=1``, ``set={"lr": 2e-3}`` or ``set=["lr=2e-3"]``); unset
     ones take the flags' defaults (with ``exp.options``). Returns the ranked results table. Raises ConfigError on
-    a bad option or Config, KeyboardInterrupt when interrupted (the same call resumes)."""
+    a bad option or Config, KeyboardInterrupt when interrupted (the same call resumes). When some trials did not
+    end as planned (diverged, failed) it warns in one line, also kept in ``table.attrs["unplanned"]`` (the CLI
+    then exits 1)."""
     args = argparse.Namespace(**defaults(exp))
     unknown = sorted(set(options) - set(vars(args)))
     if unknown:
@@ -161,7 +261,7 @@ def run(exp: Experiment, scale: str | None = None, **options):
     check_options(args)
     sets = args.set if isinstance(args.set, dict) else parse_sets(args.set)
     base = exp.base(args.scale, **sets)
-    check_space(base, exp.space_at(args.scale))
+    check_space(base, exp.space_at(args.scale), args)
     if args.dry_run:  # no Ray, no stores: what would run, and what it could claim
         from tinylm.analysis.plan import print_plan
 
@@ -170,9 +270,10 @@ def run(exp: Experiment, scale: str | None = None, **options):
 
     sweep = sweep_of(exp, vars(args), args.scale)
     t0 = time.time()
+    problems = []  # trials that did not end as planned, per phase: the table is returned, the CLI exits 1
     try:
         if args.two_phase:
-            table, sweep, space = two_phase(exp, base, args, sweep)
+            table, sweep, space, problems = two_phase(exp, base, args, sweep)
         else:
             space = exp.space_at(args.scale)
             table = tune.run_sweep(sweep, base, space, exp.refine_space)
@@ -180,6 +281,10 @@ def run(exp: Experiment, scale: str | None = None, **options):
         tune.shutdown()
     tune.print_results(sweep, table, space)
     print(f"{len(table)} trials ({tune.stopped_early(table)} stopped early) in {time.time() - t0:.0f} s")
+    problems = [p for p in (*problems, tune.unplanned(sweep, table)) if p]
+    if problems:
+        table.attrs["unplanned"] = "; ".join(problems)
+        print(f"warning: {table.attrs['unplanned']}", file=sys.stderr)
     if args.analyze:  # as `python -m tinylm.analysis <sweep> --out <results>/analysis --baseline ...` does
         from pathlib import Path
 
@@ -196,13 +301,15 @@ def run(exp: Experiment, scale: str | None = None, **options):
 
 def two_phase(exp: Experiment, base: Config, args, sweep: Sweep):
     """PRD pipeline: phase 1 ranks every variant on a short run; phase 2 trains the finalists at the full
-    budget with 3 seeds (or --seeds if larger). ``sweep``: the settings both phases start from."""
+    budget with 3 seeds (or --seeds if larger). ``sweep``: the settings both phases start from. Returns phase 2's
+    table, Sweep and space, and phase 1's trials that did not end as planned (``tune.unplanned``)."""
     from tinylm import tune
     from tinylm.analysis.plan import short_base
 
     short = short_base(base, args.rank_fraction)  # the dry-run plan's phase 1 is the same config
     rank = replace(sweep, name=f"{exp.name}-rank", seeds=1, refine=0)
     ranked = tune.run_sweep(rank, short, exp.space_at(args.scale))
+    problems = [p for p in [tune.unplanned(rank, ranked)] if p]
     axes = [k for k in exp.space_at(args.scale) if k in ranked.columns]
     ranked = ranked.assign(_loss=[trial_loss(r) for r in ranked.to_dict("records")]).sort_values(
         "_loss", na_position="last", kind="stable")  # the ranking of tinylm.ranking (final, else latest val loss)
@@ -217,4 +324,4 @@ def two_phase(exp: Experiment, base: Config, args, sweep: Sweep):
     # comparison it exists for may never happen
     final = replace(sweep, name=f"{exp.name}-final", seeds=max(3, args.seeds), refine=0, asha=False,
                     kill_margin=math.inf)
-    return tune.run_sweep(final, base, space), final, space
+    return tune.run_sweep(final, base, space), final, space, problems

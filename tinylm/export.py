@@ -32,7 +32,7 @@ from tinylm.config import Config, ConfigError
 from tinylm.model import GPT
 
 
-def resolve(source: str, uri: str | None = None, results_dir: str = "results") -> str:
+def resolve(source: str, uri: str | None = None, results_dir: str | None = None) -> str:
     """The model folder for a model folder, a run folder (``<run>/model``) or an MLflow run id."""
     if os.path.isfile(os.path.join(source, "config.json")):
         return source
@@ -149,8 +149,9 @@ def check_out(out: str, src: str, force: bool = False) -> None:
 
 
 def export(source: str, out: str | None = None, hf: bool = False, uri: str | None = None,
-           results_dir: str = "results", force: bool = False) -> dict[str, str]:
-    """Export ``source`` (see ``resolve``) to ``out`` (default ``<results_dir>/exports/<name>``).
+           results_dir: str | None = None, force: bool = False) -> dict[str, str]:
+    """Export ``source`` (see ``resolve``) to ``out`` (default ``<results_dir>/exports/<name>``; ``results_dir``
+    defaults to ``$TINYLM_RESULTS`` or ``results``).
 
     Returns:
         ``{"tinylm": out}`` plus ``{"hf": out/hf}`` with ``hf``. Raises ConfigError for ``hf`` on a model that is
@@ -163,7 +164,7 @@ def export(source: str, out: str | None = None, hf: bool = False, uri: str | Non
     if out is None:
         name = os.path.basename(os.path.dirname(os.path.abspath(src))) if os.path.basename(src) == "model" \
             else os.path.basename(os.path.abspath(src))
-        out = os.path.join(results_dir, "exports", name if os.path.isdir(source) else source)
+        out = os.path.join(layout.results_dir(results_dir), "exports", name if os.path.isdir(source) else source)
     if os.path.abspath(out) == os.path.abspath(src):
         raise ValueError(f"--out {out} is the source folder; choose another")
     check_out(out, src, force)
@@ -184,7 +185,7 @@ def main(argv: list[str] | None = None) -> dict[str, str]:
     p = argparse.ArgumentParser(prog="python -m tinylm.export", description=__doc__.split("\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     p.add_argument("source", help="run folder, model folder or MLflow run id")
-    p.add_argument("--out", default=None, help="output folder (default results/exports/<name>)")
+    p.add_argument("--out", default=None, help="output folder (default RESULTS/exports/<name>)")
     p.add_argument("--hf", action="store_true", help="also write a transformers GPT2LMHeadModel folder to OUT/hf")
     p.add_argument("--force", action="store_true", help="overwrite an --out folder that holds other files")
     p.add_argument("--uri", default=None, help="tracking URI for run ids (default $MLFLOW_TRACKING_URI or sqlite)")

@@ -9,15 +9,21 @@
 - The tracking URI: an explicit URI, else ``$MLFLOW_TRACKING_URI``, else ``sqlite:///<absolute results dir>/mlflow.db``
   with the results dir ``$TINYLM_RESULTS`` or ``./results`` (``results_dir``, ``default_uri``, ``resolve_uri``);
   ``mask_uri`` hides passwords in anything printed.
+- Overwriting: ``overwrite_refusal`` is the one rule every command that writes a file a user named follows (never a
+  database nor a run's own files; another existing file only with ``--force``); ``write_failure`` turns a failed
+  save (a full disk) into one line naming the path.
 
 Standard library only, so the driver, the CLIs and the tests read it for free.
 """
 
 from __future__ import annotations
 
+import errno
 import math
 import os
 import re
+import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -74,7 +80,8 @@ def unwritable_parent(path: str) -> str | None:
 
 
 def results_dir(results: str | None = None) -> str:
-    """The results folder: the one given, else ``$TINYLM_RESULTS``, else ``results`` (relative to the cwd)."""
+    """The results folder: the one given, else ``$TINYLM_RESULTS``, else ``results`` (relative to the cwd). Every
+    default below it (runs, exports, analysis, the tracking store) goes through here, so the variable moves all."""
     return results or os.environ.get(RESULTS_ENV) or "results"
 
 
@@ -113,5 +120,73 @@ def jsonable(obj: Any) -> Any:
     return mask_uri(obj)
 
 
-__all__ = ["COMPLETE", "RESULTS_ENV", "VARIANT", "default_uri", "jsonable", "mask_uri", "parse_key", "resolve_uri",
-           "results_dir", "run_dir", "single_key", "sweep_key", "trial_dir", "unwritable_parent"]
+# --- never over a user's files -----------------------------------------------------------------------------------
+_SQLITE = b"SQLite format 3\x00"
+
+
+def _is_database(path: str) -> bool:
+    try:
+        with open(path, "rb") as f:
+            return f.read(len(_SQLITE)) == _SQLITE
+    except OSError:
+        return False
+
+
+def _run_folder(path: str) -> str | None:
+    """The training run whose file ``path`` is (its metrics, model/, ckpt/<tag>/): the nearest of its three
+    enclosing folders that holds a ``run_info.json``; None for any other file."""
+    folder = os.path.dirname(os.path.abspath(path))
+    for _ in range(3):
+        if os.path.isfile(os.path.join(folder, "run_info.json")):
+            return folder
+        folder = os.path.dirname(folder)
+    return None
+
+
+def overwrite_refusal(path: str, flag: str, force: bool = False,
+                      ours: Callable[[str], bool] | None = None) -> str | None:
+    """None when ``path`` may be written: it does not exist, ``ours(path)`` says this command wrote it before, or
+    ``force``; else the one-line refusal. A database or a training run's own file is refused even with ``force``."""
+    if not os.path.lexists(path):
+        return None
+    if os.path.isdir(path):
+        return f"{flag} {path} is a folder; give a file name, e.g. {os.path.join(path, 'out.json')}"
+    if _is_database(path):
+        return f"{flag} {path} is an SQLite database (a tracking or Optuna store?); refusing to overwrite it: give a " \
+               "new file name"
+    if ours is not None and ours(path):
+        return None
+    run = _run_folder(path)
+    if run:
+        return f"{flag} {path} is a file of the training run in {run}; refusing to overwrite it: give a new file name"
+    if force:
+        return None
+    return f"{flag} {path} already exists; refusing to overwrite it: give a new file name, or --force to replace it"
+
+
+def write_failure(path: str, e: BaseException) -> str | None:
+    """One line for a save that failed for lack of room (or of permission), naming ``path``; None for an error
+    that is not about writing. torch.save reports a full disk as a RuntimeError from its zip writer, so for that
+    the free space decides."""
+    code = e.errno if isinstance(e, OSError) else None
+    if code == errno.ENOSPC or (isinstance(e, (OSError, RuntimeError)) and _free(path) < 16 * 2**20):
+        why = "no space left on device"
+    elif code == errno.EDQUOT:
+        why = "disk quota exceeded"
+    elif isinstance(e, OSError):
+        why = f"{type(e).__name__}: {e.strerror or e}"
+    else:
+        return None
+    return f"cannot write {path}: {why}"
+
+
+def _free(path: str) -> int:
+    folder = os.path.abspath(path)
+    while not os.path.exists(folder):
+        folder = os.path.dirname(folder)
+    return shutil.disk_usage(folder).free
+
+
+__all__ = ["COMPLETE", "RESULTS_ENV", "VARIANT", "default_uri", "jsonable", "mask_uri",
+           "overwrite_refusal", "parse_key", "resolve_uri", "results_dir", "run_dir", "single_key", "sweep_key",
+           "trial_dir", "unwritable_parent", "write_failure"]

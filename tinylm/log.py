@@ -10,13 +10,14 @@ its best trial; then the established baselines: trials whose sweep marked them a
 from __future__ import annotations
 
 import argparse
+import json
 import os
 from typing import Any
 
 import pandas as pd
 
 from tinylm.config import FIELDS
-from tinylm.layout import results_dir, unwritable_parent
+from tinylm.layout import overwrite_refusal, results_dir, unwritable_parent
 from tinylm.ranking import best_trial, plain, trial_loss, varied
 
 RESULT_COLS = ("final_val_loss", "final_val_ppl", "params_total", "tokens", "train_time_s", "tokens_per_s",
@@ -132,14 +133,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p = argparse.ArgumentParser(prog="python -m tinylm.log", description=__doc__.split("\n")[0])
     p.add_argument("--uri", default=None, help="tracking URI (default $MLFLOW_TRACKING_URI or RESULTS/mlflow.db)")
     p.add_argument("--results", default=results_dir(), help="results folder (default $TINYLM_RESULTS or results)")
-    p.add_argument("--json", default=None, metavar="OUT.json", help="also export the log as JSON")
+    p.add_argument("--json", default=None, metavar="OUT.json", help="also export the log as JSON (a new file, or "
+                                                                    "a JSON log this command wrote before)")
+    p.add_argument("--force", action="store_true", help="let --json replace another existing file (never a "
+                                                        "database or a run's metrics)")
     args = p.parse_args(argv)
     from tinylm.tracking import TrackingError, check_tracking, read_store, require_store, resolve_uri
 
     uri = resolve_uri(args.uri, args.results)
     try:
         if args.json:
-            _check_writable(args.json)
+            _check_writable(args.json, args.force)
         require_store(uri)
         check_tracking(uri)
         log = read_store(uri, master_log)
@@ -155,12 +159,25 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     return log
 
 
-def _check_writable(path: str) -> None:
-    if os.path.isdir(path):
-        raise ValueError(f"--json {path} is a folder; give a file name, e.g. {os.path.join(path, 'log.json')}")
+def _check_writable(path: str, force: bool) -> None:
+    """Before the store is read: --json names a new file, a JSON log written here before, or (``force``) another
+    file, never the tracking database itself or a run's metrics (``layout.overwrite_refusal``)."""
+    refusal = overwrite_refusal(path, "--json", force, ours=_is_json_log)
+    if refusal:
+        raise ValueError(refusal)
     existing = unwritable_parent(os.path.dirname(os.path.abspath(path)))  # the folder export_log would create
     if existing:
         raise ValueError(f"--json {path}: {existing} is not writable (not a writable folder)")
+
+
+def _is_json_log(path: str) -> bool:
+    """A file this command wrote: a JSON object with the log's own keys."""
+    try:
+        with open(path) as f:
+            data = json.load(f)
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and {"generated_at", "tracking_uri", "sweeps"} <= data.keys()
 
 
 if __name__ == "__main__":

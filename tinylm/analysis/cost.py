@@ -24,15 +24,30 @@ DEVICE_COUNT_COLUMNS = ("n_devices", "num_workers", "world_size")
 
 
 def load_prices(path: str | Path | None = None, overrides: dict[str, float] | None = None) -> dict[str, float]:
-    """``DEFAULT_PRICES`` updated by a JSON file ``{"device": usd_per_hour}`` and then by ``overrides``."""
+    """``DEFAULT_PRICES`` updated by a JSON file ``{"device": usd_per_hour}`` (or that JSON object itself, e.g.
+    ``--prices '{"H100": 2.5}'``) and then by ``overrides``. Every price must be a finite number >= 0 (ValueError
+    naming the device: a negative one printed a negative cost)."""
     prices = dict(DEFAULT_PRICES)
     if path is not None:
-        data = json.loads(Path(path).read_text())
-        if not isinstance(data, dict) or not all(isinstance(v, int | float) for v in data.values()):
-            raise ValueError(f"{path}: expected a JSON object of device name -> USD per hour, got {data!r}")
-        prices.update({str(k): float(v) for k, v in data.items()})
-    prices.update(overrides or {})
+        text = str(path) if str(path).lstrip().startswith("{") else Path(path).read_text()
+        data = json.loads(text)
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: expected a JSON object of device name -> USD per hour, got {data!r:.200}")
+        prices.update(_checked(data, str(path)))
+    prices.update(_checked(overrides or {}, "overrides"))
     return prices
+
+
+def _checked(prices: dict, where: str) -> dict[str, float]:
+    """``prices`` as ``{str: float}``, each a finite number >= 0."""
+    out = {}
+    for device, usd in prices.items():
+        ok = isinstance(usd, int | float) and not isinstance(usd, bool) and math.isfinite(usd) and usd >= 0
+        if not ok:
+            raise ValueError(f"{where}: the price of {device!r} is {usd!r}; prices are USD per device-hour, finite "
+                             "numbers >= 0")
+        out[str(device)] = float(usd)
+    return out
 
 
 def device_price(device: object, prices: dict[str, float]) -> tuple[str | None, float]:

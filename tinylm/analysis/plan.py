@@ -25,7 +25,7 @@ from tinylm.budget import flops_per_token
 from tinylm.config import LAPTOP_RULES, Config
 from tinylm.layout import VARIANT
 
-# Measured here (2026-11-30, /tmp/trust/tp2.py: tinylm.train on one thread, DeepSpeed fp32, block 128, batch 16,
+# Measured here (2026-11-30, tinylm.train on one thread, DeepSpeed fp32, block 128, batch 16,
 # laptop configs, CPU seconds per token between the first and last of 4 evals, so other jobs' load (~4-8 on 2 cores)
 # does not enter): GLU 2.0 (9 x 32) 59.6 us, GLU 4.0 (6 x 32) 48.9 us, small (2 x 64) 28.0 us, medium (3 x 96)
 # 66.8 us per token. Least squares on budget.flops_per_token: us/token = -0.30 + 4.27 * layers + 17.89 * MFLOP/token
@@ -51,19 +51,24 @@ def seconds_here(cfg: Config) -> float:
 
 
 def corpus_tokens(cfg: Config) -> tuple[float, bool]:
-    """(train tokens available, exact?): from the token cache when this corpus/tokenizer was built, else ~ from
-    the corpus size at ~3.2 bytes per token."""
+    """(train tokens available, exact?): from the token cache when this corpus/tokenizer/split was built whole,
+    else ~ from the corpus size at ~3.2 bytes per token. A cache cut at a token budget (``max_tokens``: its
+    ``n_train_tokens_available`` is null) does not know the corpus's size and is skipped, as is an unreadable one
+    (a failed ``--max_tokens 10`` run's cache crashed every later dry run)."""
     from tinylm.data import default_cache
 
+    want = (cfg.dataset, cfg.tokenizer, cfg.vocab_size, cfg.num_documents, cfg.val_fraction)
     for meta in glob.glob(str(default_cache() / "tokens" / "*" / "meta.json")):
         try:
             m = json.loads(Path(meta).read_text())
-        except (OSError, ValueError):
+            s = m.get("settings", {})
+            have = (s.get("dataset"), s.get("tokenizer"), s.get("vocab_size"), s.get("num_documents"),
+                    s.get("val_fraction"))
+            available = m.get("n_train_tokens_available", m.get("n_train_tokens"))
+        except (OSError, ValueError, AttributeError):
             continue
-        s = m.get("settings", {})
-        if (s.get("dataset"), s.get("tokenizer"), s.get("vocab_size"), s.get("num_documents")) == \
-                (cfg.dataset, cfg.tokenizer, cfg.vocab_size, cfg.num_documents):
-            return float(m.get("n_train_tokens_available", m.get("n_train_tokens", 0))), True
+        if have == want and isinstance(available, int | float) and available > 0:
+            return float(available), True
     size = CORPUS_BYTES.get(cfg.dataset)
     if size is None:
         return math.nan, False
@@ -132,8 +137,13 @@ def plan(exp, base: Config, seeds: int = 1, two_phase: bool = False, rank_fracti
             rows.append(describe(Config(**(base.to_dict() | {k: v for k, v in p.items() if k in FIELDS})), p)
                         | {"phase": "final*"})
         return pd.DataFrame(rows)
+    described: dict[Config, dict] = {}  # seeds share everything else: each grid point is described once
     for p in expand(space, seeds, base):
-        rows.append(describe(Config(**(base.to_dict() | {k: v for k, v in p.items() if k in FIELDS})), p))
+        cfg = Config(**(base.to_dict() | {k: v for k, v in p.items() if k in FIELDS}))
+        key = cfg.replace(seed=base.seed)
+        if key not in described:
+            described[key] = describe(key, p)
+        rows.append(described[key] | {"seed": p.get("seed")})
     return pd.DataFrame(rows)
 
 

@@ -6,6 +6,7 @@ gives the same files.
 
 from __future__ import annotations
 
+import logging
 import math
 import re
 from collections.abc import Mapping
@@ -19,8 +20,8 @@ from tinylm.analysis import columns, cost, decision, fits, pareto, plots, scalin
 
 STATUSES = ("completed", "stopped_asha", "killed_rule", "failed", "diverged", "interrupted")
 # Metrics shown in the report's main table (all metric columns go to table_main.csv).
-MAIN_METRICS = ("loss", "ppl", "params_total", "share_embed", "tokens_per_s", "latency_ms_b1_l128", "peak_mem_mb",
-                "eval_score")
+MAIN_METRICS = ("loss", "ppl", "ref_bigram_loss", "ref_unigram_loss", "params_total", "share_embed", "tokens_per_s",
+                "latency_ms_b1_l128", "peak_mem_mb", "eval_score")  # refs: count models on the same val windows
 
 
 def _f(v: Any, digits: int = 4) -> str:
@@ -93,11 +94,13 @@ def _results(grouped: pd.DataFrame, tests: pd.DataFrame, base_label: str) -> lis
     lines = ["## Results (mean ± std over seeds)", "", md_table(rows, ["config", "n", *shown]), "",
              "All metrics: `table_main.csv`; every trial: `results_summary.csv`.", ""]
     if len(tests):
-        lines += [f"Val loss against the baseline ({base_label}): paired t-test over shared seeds, Welch's t-test "
-                  "when unpaired.", "",
+        lines += [f"Val loss against the baseline ({base_label}): a two-way (configuration × seed) t-test pooling "
+                  "the seed noise of every configuration where seeds are shared, else paired or Welch's t; p "
+                  "Holm-adjusted over these comparisons.", "",
                   md_table([[r["label"], r["test"], r["n_pairs"] or f"{r['n_a']}/{r['n_b']}", r["diff"],
-                             r["statistic"], r["pvalue"]] for _, r in tests.iterrows()],
-                           ["config", "test", "pairs (or n)", "Δ loss", "t", "p"]), ""]
+                             r["statistic"], r.get("dof", float("nan")), r["pvalue"], r.get("p_holm", float("nan"))]
+                            for _, r in tests.iterrows()],
+                           ["config", "test", "pairs (or n)", "Δ loss", "t", "d.o.f.", "p", "Holm p"]), ""]
     return lines
 
 
@@ -133,10 +136,13 @@ def _laws(fitted: dict, df: pd.DataFrame) -> list[str]:
         minima, exps = scaling.isoflop(df)
         lines += ["", "isoFLOP minima (parabola of loss in log N per FLOP budget):", "",
                   md_table([[r["C"], r["n_points"], r["N_opt"], r["D_opt"], r["loss_min"],
-                             "yes" if r["bracketed"] else "no (extrapolated)"] for r in minima],
+                             "yes" if r["bracketed"] else f"no: n/a ({r.get('reason') or 'not bracketed'})"]
+                            for r in minima],
                            ["budget C", "points", "N_opt", "D_opt", "loss at min", "bracketed"]), ""]
         if isinstance(exps, dict):
-            lines.append(f"N_opt ∝ C^{exps['a']:.3f}, D_opt ∝ C^{exps['b']:.3f} over {exps['n_budgets']} budgets.")
+            left = exps.get("n_excluded", 0)
+            lines.append(f"N_opt ∝ C^{exps['a']:.3f}, D_opt ∝ C^{exps['b']:.3f} over {exps['n_budgets']} bracketed "
+                         f"budgets" + (f" ({left} left out: no bracketed minimum)." if left else "."))
         else:
             lines.append(f"- isoFLOP exponents: not enough points: {exps}")
     except fits.NotEnoughPoints as e:
@@ -162,7 +168,8 @@ def _fronts(grouped: pd.DataFrame) -> list[str]:
 def _decision(dec: decision.Decision | str) -> list[str]:
     lines = ["## Decision (PRD rule)", "",
              "A variant wins if it beats the baseline perplexity by ≥ 5 % at equal or lower latency and memory; "
-             "perplexity ties (within 5 %) go to the faster one. Means over seeds.", ""]
+             "perplexity ties go to the faster one. Perplexity is judged on the verdict's 95 % CI: a tie only when "
+             "the CI lies inside ±5 %, a CI that straddles the margin is inconclusive.", ""]
     if isinstance(dec, str):
         return lines + [dec, ""]
     lines += [f"Baseline: **{dec.baseline}** ({dec.how}).", "", dec.summary, ""]
@@ -237,10 +244,10 @@ def _verdict(v: verdict.Verdict | None, hypothesis: str, reason: str = "") -> li
     if v.effects:
         rows = [[e.variant, f"{e.ppl_pct:+.2f} %",
                  f"{e.ci_pct[0]:+.2f} to {e.ci_pct[1]:+.2f} %" if e.ci_pct else "n/a", e.test,
-                 e.n_pairs or f"{e.n_variant}/{e.n_baseline}", verdict.format_p(e.pvalue), e.reading(v.equivalence_pct)]
-                for e in v.effects]
-        lines += [md_table(rows, ["variant", "Δ PPL vs baseline", "95 % CI", "test", "pairs (or n)", "p",
-                                  "reading"]), ""]
+                 e.n_pairs or f"{e.n_variant}/{e.n_baseline}", f"{e.dof:.3g}", verdict.format_p(e.pvalue),
+                 verdict.format_p(e.p_holm), e.reading(v.equivalence_pct)] for e in v.effects]
+        lines += [md_table(rows, ["variant", "Δ PPL vs baseline", "95 % CI", "test", "pairs (or n)", "d.o.f.", "p",
+                                  "Holm p", "reading"]), ""]
     return lines
 
 
@@ -251,25 +258,26 @@ def _discussion(v: verdict.Verdict | None, flags: list[str], df: pd.DataFrame, f
     scale = _scale_of(df)
     if v is not None and v.effects:
         eq = v.equivalence_pct
-        sig = [e for e in v.effects if e.ci is not None and e.pvalue < verdict.ALPHA]
+        sig = [e for e in v.effects if e.ci is not None and e.significant]
         tested = [e for e in v.effects if e.ci is not None]
         big = max(v.effects, key=lambda e: abs(e.delta))
         lines.append(f"- Largest effect: {big.variant} at {big.ppl_pct:+.2f} % PPL against {big.baseline}. "
-                     f"{len(sig)} of {len(v.effects)} comparison(s) are significant at α = {verdict.ALPHA} "
-                     f"(no correction for {len(v.effects)} comparisons; Bonferroni would need p < "
-                     f"{verdict.ALPHA / max(1, len(v.effects)):.3g}).")
+                     f"{len(sig)} of {len(v.effects)} comparison(s) are significant at α = {verdict.ALPHA} after "
+                     f"Holm's correction over the {len(v.effects)} comparisons.")
         equiv = [e.variant for e in tested if e.ci_pct and -eq < e.ci_pct[0] and e.ci_pct[1] < eq]
         if equiv:
             lines.append(f"- Equivalent to the baseline within ±{eq:g} % (95 % CI inside the margin): "
                          f"{', '.join(equiv)}.")
         incon = [e.variant for e in tested if e.ci_pct and e.variant not in equiv and e.ci_pct[0] < eq
-                 and e.ci_pct[1] > -eq and e.pvalue >= verdict.ALPHA]
+                 and e.ci_pct[1] > -eq and not e.significant]
         if incon:
             lines.append(f"- Inconclusive at this many seeds: {', '.join(incon)} (CI crosses ±{eq:g} % and no "
                          "significant difference).")
         if v.mde == v.mde:
-            lines.append(f"- With {v.n_pairs} paired seeds the smallest effect this sweep detects reliably is "
-                         f"{verdict.pct(v.mde):.2f} % PPL; roughly 4× the seeds halve it.")
+            lines.append(f"- With {v.n_pairs} seeds ({v.test}, {v.dof:.3g} d.o.f.) the smallest effect this sweep "
+                         f"detects reliably is {verdict.pct(v.mde):.2f} % PPL; roughly 4× the seeds halve it.")
+        if v.regime:
+            lines.append(f"- {v.regime}")
         if v.noise_sd == v.noise_sd:
             small = [e.variant for e in v.effects if abs(e.delta) < 2 * v.noise_sd]
             if small:
@@ -373,7 +381,10 @@ def build_report(df: pd.DataFrame, out_dir: str | Path, sweep_name: str, curves:
 
 def report_sweep(uri: str, sweep: str, out: Path, baseline: dict | None, prices: dict, n_boot: int,
                  log: bool = True) -> Path:
-    """Build one sweep's report and log its files to the sweep's parent run; returns REPORT.md's path."""
+    """Build one sweep's report under ``out`` and log its files to the sweep's parent run; returns REPORT.md's path.
+
+    The report is logged only where the store owns the artifacts: a copy of a results folder (its runs point at
+    the original's ``mlartifacts``) or one that cannot be written gets the report in ``out`` and one warning."""
     from tinylm import tracking  # the only mlflow module; imported here so the package stays light
 
     df = tracking.load_runs(uri, sweep=sweep)
@@ -384,8 +395,18 @@ def report_sweep(uri: str, sweep: str, out: Path, baseline: dict | None, prices:
     path = build_report(df, out / sweep, sweep, curves=curves, baseline=baseline, prices=prices, meta=meta,
                         n_boot=n_boot)
     if log and meta:
-        tracker = tracking.Tracker(uri, meta["experiment"])
-        for f in sorted(path.parent.iterdir()):
-            if f.is_file():
-                tracker.log_artifact(meta["run_id"], str(f), "report")
+        elsewhere = tracking.foreign_artifacts(uri, meta["run_id"])
+        if elsewhere:
+            logging.getLogger(__name__).warning(
+                "report not logged to the sweep's run: its artifacts live in %s, outside the store's folder (a copied "
+                "results folder?); the report is in %s only", elsewhere, path.parent)
+            return path
+        try:
+            tracker = tracking.Tracker(uri, meta["experiment"])
+            for f in sorted(path.parent.iterdir()):
+                if f.is_file():
+                    tracker.log_artifact(meta["run_id"], str(f), "report")
+        except Exception as e:  # noqa: BLE001 - a read-only store: the report on disk is the result, the log a copy
+            logging.getLogger(__name__).warning("report not logged to the sweep's run (%s: %s); the report is in %s "
+                                                "only", type(e).__name__, str(e).strip()[:200], path.parent)
     return path

@@ -14,6 +14,7 @@ import os
 
 from tinylm.evals.sources import EvalDataUnavailable
 from tinylm.evals.suite import TASKS, efficiency, resolve_tasks, run_suite
+from tinylm.layout import overwrite_refusal
 
 _SKIP = ("_stderr", "_random", "_n", "_time_s")
 
@@ -53,7 +54,10 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--threads", type=int, default=0,
                    help="torch CPU threads (0 = torch's default; 1 is several times faster on a shared machine)")
     p.add_argument("--efficiency", action="store_true", help="also measure tokens/s, latency and memory")
-    p.add_argument("--out", default=None, help="write the metrics as JSON here")
+    p.add_argument("--out", default=None, help="write the metrics as JSON here (a new file, or an earlier --out of "
+                                               "this command)")
+    p.add_argument("--force", action="store_true", help="let --out replace another existing file (never a run's "
+                                                        "metrics.json or run_info.json)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
 
@@ -73,6 +77,9 @@ def main(argv: list[str] | None = None) -> dict:
         if args.device.startswith("cuda") and not torch.cuda.is_available():
             raise ValueError(f"--device={args.device} but CUDA is not available here; use auto or cpu")
         if args.out:
+            refusal = overwrite_refusal(args.out, "--out", args.force, ours=_is_evals_out)
+            if refusal:  # a new file, an earlier --out of this command, or (--force) another; never a run's records
+                raise ValueError(refusal)
             _check_writable(args.out)
         device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
         model, cfg, tok = load_pretrained(args.model, device=device)
@@ -105,8 +112,6 @@ def main(argv: list[str] | None = None) -> dict:
 
 def _check_writable(path: str) -> None:
     """Raise ValueError unless ``path`` can be written (tried by opening it for append: nothing is truncated)."""
-    if os.path.isdir(path):
-        raise ValueError(f"--out {path} is a folder; give a file name, e.g. {os.path.join(path, 'evals.json')}")
     existed = os.path.exists(path)
     try:
         with open(path, "a"):
@@ -115,6 +120,16 @@ def _check_writable(path: str) -> None:
         raise ValueError(f"--out {path} cannot be written ({type(e).__name__}: {e})") from None
     if not existed:
         os.remove(path)
+
+
+def _is_evals_out(path: str) -> bool:
+    """A file this command wrote: a JSON object of eval metrics (``eval_score``) and nothing of a training run."""
+    try:
+        with open(path) as f:
+            data = json.load(f)
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and "eval_score" in data and "status" not in data
 
 
 if __name__ == "__main__":

@@ -24,6 +24,11 @@ from typing import Any
 from tinylm import layout
 from tinylm.rules import DEFAULT_MARGIN
 
+# Caps on one sweep, checked before anything starts (a mistyped --seeds 1000000 planned for minutes in silence):
+# a seeded verdict needs 3-10 seeds, and the largest grid of sweeps/ has 15 points
+MAX_SEEDS = 100
+MAX_TRIALS = 2_000  # grid points x seeds + refinement trials (two-phase: ranking runs + finalists x seeds)
+
 
 def is_int(v) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
@@ -94,7 +99,8 @@ class Sweep:
     name: str = trial_field()
     results_dir: str = flag("results", "results folder (default $TINYLM_RESULTS or results)", option="--results",
                             cli_default=layout.results_dir)
-    seeds: int = flag(1, "repeat every grid point with this many seeds", check=(int_at_least(1), "an int >= 1"))
+    seeds: int = flag(1, f"repeat every grid point with this many seeds (at most {MAX_SEEDS}; {MAX_TRIALS:,} trials "
+                      "in all)", check=(int_at_least(1), "an int >= 1"))
     refine: int = flag(0, "Optuna trials after the grid (0 = none)",
                        check=(int_at_least(0), "an int >= 0 (0 = no refinement)"))
     asha: bool = flag(True, option="--no-asha")
@@ -176,4 +182,5 @@ def flags() -> list[Flag]:
     return [_flag_of(f) for f in fields(Sweep) if "flag" in f.metadata]
 
 
-__all__ = ["Flag", "Sweep", "flag", "flags", "int_at_least", "is_int", "is_number", "trial_field"]
+__all__ = ["MAX_SEEDS", "MAX_TRIALS", "Flag", "Sweep", "flag", "flags", "int_at_least", "is_int", "is_number",
+           "trial_field"]

@@ -33,17 +33,22 @@ def parser(exp: Experiment) -> argparse.ArgumentParser:
 
 def main(exp: Experiment, argv: list[str] | None = None, command: str | None = None):
     """Parse the shared flags, run the sweep (or the two-phase pipeline) and print the ranked table.
-    ``command``: what the user typed, for the resume hint (default: this process's command line)."""
+    ``command``: what the user typed, for the resume hint (default: this process's command line). Exits 0 only
+    when every trial ended as planned (completed, or stopped early by ASHA / the kill rule); trials that diverged
+    or failed exit 1 after the table, with the one-line summary ``run`` printed."""
     from tinylm.tracking import TrackingError
 
     args = parser(exp).parse_args(argv)
     try:
-        return run(exp, **vars(args))
+        table = run(exp, **vars(args))
     except (ConfigError, TrackingError) as e:
         sys.exit(f"error: {e}")
     except KeyboardInterrupt:
         sys.exit(f"\ninterrupted; finished trials are kept. Resume with the same command:\n"
                  f"  {command or 'python ' + shlex.join(sys.argv)}\n(sweep {exp.name}; results in {args.results})")
+    if getattr(table, "attrs", {}).get("unplanned"):
+        sys.exit(1)
+    return table
 
 
 def run_script(argv: list[str]):

@@ -19,7 +19,8 @@ store, which import neither each other nor this package):
   map (tinylm status -> MLflow status), the experiment-kind tag of the model training view, ``parent_run_name``
   (no absolute results path in the UI). No mlflow import.
 - ``store``: reaching a store, the only module that calls mlflow's client for a search: ``TrackingError``,
-  ``check_tracking`` (fail fast, with a hint), ``require_store`` / ``read_store`` (the read-only commands),
+  ``check_tracking`` / ``check_storage`` (fail fast within ``REACH_TIMEOUT_S``, bounded by ``within``, with a
+  hint; the Optuna storage too), ``require_store`` / ``read_store`` (the read-only commands),
   ``connect``, ``sqlite_path``, ``search_experiments`` / ``search_runs`` (every page), ``quoted`` (safe filter
   values) and ``ui_url`` (the model training view).
 - ``writer``: ``Tracker``, what a sweep and its trials log (parent/child runs, params, metrics, tags, artifacts).
@@ -32,11 +33,21 @@ store, which import neither each other nor this package):
 from __future__ import annotations
 
 from tinylm.layout import default_uri, mask_uri, resolve_uri
-from tinylm.tracking.readers import experiment_log, export_log, list_sweeps, load_curves, load_runs
+from tinylm.tracking.readers import experiment_log, export_log, foreign_artifacts, list_sweeps, load_curves, load_runs
 from tinylm.tracking.schema import INHERITED, PROVENANCE, STATUS, parent_run_name
-from tinylm.tracking.store import TrackingError, check_tracking, read_store, require_store, ui_url
+from tinylm.tracking.store import (
+    REACH_TIMEOUT_S,
+    TrackingError,
+    check_storage,
+    check_tracking,
+    read_store,
+    require_store,
+    ui_url,
+    within,
+)
 from tinylm.tracking.writer import Tracker
 
-__all__ = ["INHERITED", "PROVENANCE", "STATUS", "Tracker", "TrackingError", "check_tracking", "default_uri",
-           "experiment_log", "export_log", "list_sweeps", "load_curves", "load_runs", "mask_uri", "parent_run_name",
-           "read_store", "require_store", "resolve_uri", "ui_url"]
+__all__ = ["INHERITED", "PROVENANCE", "REACH_TIMEOUT_S", "STATUS", "Tracker", "TrackingError", "check_storage",
+           "check_tracking", "default_uri", "experiment_log", "export_log", "foreign_artifacts", "list_sweeps",
+           "load_curves", "load_runs", "mask_uri", "parent_run_name", "read_store", "require_store", "resolve_uri",
+           "ui_url", "within"]

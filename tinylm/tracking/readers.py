@@ -7,6 +7,8 @@
 from __future__ import annotations
 
 import json
+import os
+import urllib.parse
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -17,7 +19,7 @@ from tinylm import ranking
 from tinylm.config import FIELDS, ConfigError, coerce
 from tinylm.layout import jsonable, mask_uri
 from tinylm.tracking import schema
-from tinylm.tracking.store import Run, TrackingError, connect, search_experiments, search_runs
+from tinylm.tracking.store import Run, TrackingError, connect, search_experiments, search_runs, sqlite_path
 
 _FIELD_TYPES = {name: type(f.default) for name, f in FIELDS.items()}
 
@@ -172,6 +174,20 @@ def load_curves(uri: str, run_ids: Iterable[str], metric: str = "val_loss") -> p
         .reset_index(drop=True)
 
 
+def foreign_artifacts(uri: str, run_id: str) -> str | None:
+    """``run_id``'s artifact folder when it lies outside its sqlite store's own folder, else None. A copied
+    results folder still points at the original's ``mlartifacts``: a reader of the copy must not write there.
+    Any other store (a server, a database) owns wherever its runs point."""
+    db = sqlite_path(uri) if uri.startswith("sqlite:") else None
+    if db is None:
+        return None
+    location = urllib.parse.urlparse(connect(uri).get_run(run_id).info.artifact_uri)
+    if location.scheme not in ("", "file"):
+        return None
+    folder = Path(urllib.parse.unquote(location.path)).resolve()
+    return None if folder.is_relative_to(db.resolve().parent) else str(folder)
+
+
 def experiment_log(uri: str) -> dict[str, Any]:
     """The experiment log: every sweep with hypothesis, description, times, git commit, device, trial status
     counts and the best trial (``tinylm.ranking``: lowest final val loss, else latest val loss) with the Config
@@ -209,7 +225,13 @@ def experiment_log(uri: str) -> dict[str, Any]:
 
 
 def export_log(uri: str, path: str, log: dict[str, Any] | None = None) -> None:
-    """Write ``log`` (default: ``experiment_log(uri)``) as strict JSON to ``path``, creating its folder."""
+    """Write ``log`` (default: ``experiment_log(uri)``) as strict JSON to ``path``, creating its folder; atomically,
+    so a failed write (a full disk) leaves a file that was there intact."""
     log = experiment_log(uri) if log is None else log
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_text(json.dumps(jsonable(log), indent=2) + "\n")
+    tmp = Path(f"{path}.tmp-{os.getpid()}")
+    try:
+        tmp.write_text(json.dumps(jsonable(log), indent=2) + "\n")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)

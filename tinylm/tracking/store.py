@@ -1,8 +1,15 @@
 """Reaching a tracking store: the client, the fail-fast check, run searches and the UI link.
 
 ``check_tracking(uri)`` runs before any compute and raises ``TrackingError`` (URI masked, with a hint how to fix
-it); ``connect(uri)`` is the one way to get an ``MlflowClient`` (it names the psycopg2 driver for postgres URIs);
+it); ``check_storage(url)`` does the same for an Optuna storage; ``connect(uri)`` is the one way to get an
+``MlflowClient`` (it names the psycopg2 driver for postgres URIs and bounds MLflow's own HTTP retries);
 ``search_runs`` pages through every matching run; ``ui_url`` links the experiment in the model training view.
+
+One timeout policy: every check that reaches a server before compute (tracking server or database, Optuna storage,
+Ray cluster: ``tinylm.tune.resources.check_address``) gives up after ``REACH_TIMEOUT_S`` and says so, and MLflow's
+own HTTP requests time out after as long, with ``MLFLOW_HTTP_MAX_RETRIES`` retries (unless the environment sets
+``MLFLOW_HTTP_REQUEST_TIMEOUT`` / ``MLFLOW_HTTP_REQUEST_MAX_RETRIES``): its defaults (120 s, 7 retries with
+backoff) kept a dead server silent for minutes.
 """
 
 from __future__ import annotations
@@ -10,13 +17,19 @@ from __future__ import annotations
 import os
 import re
 import tempfile
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from mlflow import MlflowClient
 from mlflow.entities import Run, ViewType
 
-from tinylm.layout import mask_uri
+from tinylm.layout import mask_uri, unwritable_parent
+
+REACH_TIMEOUT_S = 10.0  # seconds any server (tracking, Optuna storage, Ray cluster) gets to answer a check
+MLFLOW_HTTP_MAX_RETRIES = 2
+DATABASES = ("postgresql", "postgres", "mysql", "mssql")  # URI schemes checked with a connection and `select 1`
 
 
 class TrackingError(RuntimeError):
@@ -35,8 +48,16 @@ def _driver_uri(uri: str) -> str:
     return uri
 
 
+def bound_mlflow_http() -> None:
+    """MLflow's REST calls time out after ``REACH_TIMEOUT_S`` with ``MLFLOW_HTTP_MAX_RETRIES`` retries, unless the
+    environment says otherwise (MLflow reads these variables at each request)."""
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(int(REACH_TIMEOUT_S)))
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", str(MLFLOW_HTTP_MAX_RETRIES))
+
+
 def connect(uri: str) -> MlflowClient:
     """An ``MlflowClient`` for ``uri``: explicit, so no process-wide tracking state is set."""
+    bound_mlflow_http()
     return MlflowClient(tracking_uri=_driver_uri(uri))
 
 
@@ -48,24 +69,22 @@ def sqlite_path(uri: str) -> Path | None:
     return Path(rest[1:] if rest.startswith("/") else rest)
 
 
-def check_tracking(uri: str, timeout_s: float = 10) -> None:
+def check_tracking(uri: str, timeout_s: float | None = None, create: bool = True) -> None:
     """Fail fast, before any compute, when the store cannot be written.
 
     http(s): ``GET /health`` then one experiments search (catches auth errors); sqlite: the directory exists
-    or can be made and is writable; postgresql/mysql/mssql: a connection with ``select 1``. Raises
-    ``TrackingError`` with the URI masked and a hint how to fix it.
+    or can be made (``create=False``, a dry run: is not made) and is writable; postgresql/mysql/mssql: a
+    connection with ``select 1``. A server gets ``timeout_s`` (default ``REACH_TIMEOUT_S``) in all. Raises
+    ``TrackingError`` with the URI masked, the timeout and a hint how to fix it.
     """
+    timeout_s = REACH_TIMEOUT_S if timeout_s is None else timeout_s
     scheme = uri.split(":", 1)[0].lower()
     where = mask_uri(uri)
     try:
-        if scheme in ("http", "https"):
-            _check_http(uri, timeout_s)
-        elif scheme == "sqlite":
-            _check_sqlite(uri)
-        elif scheme.split("+")[0] in ("postgresql", "postgres", "mysql", "mssql"):
-            _check_db(uri, timeout_s)
+        if scheme == "sqlite":
+            _check_sqlite(uri, create)
         else:
-            connect(uri).search_experiments(max_results=1)
+            within(timeout_s, _reach, uri, scheme, timeout_s)
     except TrackingError:
         raise
     except Exception as e:  # any failure means "not usable"; `from None` keeps secrets out of tracebacks
@@ -75,13 +94,72 @@ def check_tracking(uri: str, timeout_s: float = 10) -> None:
                     f"--port {port.group(1) if port else 5000}`, or unset MLFLOW_TRACKING_URI to use the local "
                     "sqlite store")
         elif scheme == "sqlite":
-            hint = "choose a writable --results-dir, or set MLFLOW_TRACKING_URI to a tracking server"
-        elif scheme.split("+")[0] in ("postgresql", "postgres", "mysql", "mssql"):
+            hint = "choose a writable --results folder, or set MLFLOW_TRACKING_URI to a tracking server"
+        elif scheme.split("+")[0] in DATABASES:
             hint = "start the database and check host, port and credentials, or unset MLFLOW_TRACKING_URI"
         else:
             hint = "check the URI (use sqlite:///<path> or http://host:port), or unset MLFLOW_TRACKING_URI"
-        raise TrackingError(f"MLflow tracking server at {where} is not reachable: "
-                            f"{type(e).__name__}: {mask_uri(e)[:500]}; {hint}") from None
+        within_s = "" if scheme == "sqlite" else f" within {timeout_s:g} s"
+        raise TrackingError(f"MLflow tracking server at {where} is not reachable{within_s}: {_why(e)}; {hint}") \
+            from None
+
+
+def check_storage(url: str, timeout_s: float | None = None) -> None:
+    """Fail fast, before any compute, when an Optuna storage cannot be used (the sweep records its grid there at the
+    end, so a bad one used to fail only after every trial had trained): an SQLAlchemy database URL; sqlite: its
+    folder is writable (checked, not made); another database answers ``select 1`` within ``timeout_s`` (default
+    ``REACH_TIMEOUT_S``)."""
+    from sqlalchemy.engine import make_url  # an mlflow dependency
+
+    timeout_s = REACH_TIMEOUT_S if timeout_s is None else timeout_s
+    where = mask_uri(url)
+    try:
+        make_url(url)
+        if url.split(":", 1)[0].lower() == "sqlite":
+            _check_sqlite(url, create=False)
+        else:
+            within(timeout_s, _check_db, url, timeout_s)
+    except Exception as e:  # noqa: BLE001 - any failure means "not usable"; the user needs the storage's name
+        raise TrackingError(f"Optuna storage {where} is not usable (checked within {timeout_s:g} s): {_why(e)}; use "
+                            "sqlite:///<path> or a reachable database URL (postgresql://user@host/db), or leave "
+                            "--optuna-storage and TINYLM_OPTUNA_STORAGE unset (sqlite under --results)") from None
+
+
+def within(timeout_s: float, fn: Callable, *args):
+    """``fn(*args)``, or ``TimeoutError`` once ``timeout_s`` has passed: a DNS lookup, a server that accepts TCP but
+    never answers or a driver without a connect timeout cannot hold a check longer (the call is left to end in a
+    daemon thread)."""
+    out: dict = {}
+
+    def call() -> None:
+        try:
+            out["value"] = fn(*args)
+        except BaseException as e:  # noqa: BLE001 - re-raised in the caller's thread
+            out["error"] = e
+
+    thread = threading.Thread(target=call, daemon=True, name="tinylm-reach-check")
+    thread.start()
+    thread.join(timeout_s)
+    if thread.is_alive():
+        raise TimeoutError(f"no answer within {timeout_s:g} s")
+    if "error" in out:
+        raise out["error"]
+    return out.get("value")
+
+
+def _why(e: BaseException) -> str:
+    """``Type: first line of the message`` with secrets masked (drivers append multi-line background)."""
+    text = mask_uri(e).strip()
+    return f"{type(e).__name__}: {text.splitlines()[0][:400] if text else ''}"
+
+
+def _reach(uri: str, scheme: str, timeout_s: float) -> None:
+    if scheme in ("http", "https"):
+        _check_http(uri, timeout_s)
+    elif scheme.split("+")[0] in DATABASES:
+        _check_db(uri, timeout_s)
+    else:
+        connect(uri).search_experiments(max_results=1)
 
 
 def _check_http(uri: str, timeout_s: float) -> None:
@@ -105,13 +183,27 @@ def _check_http(uri: str, timeout_s: float) -> None:
     r.raise_for_status()
 
 
-def _check_sqlite(uri: str) -> None:
+def refuse_percent(uri: str, path: Path) -> None:
+    """SQLAlchemy decodes a sqlite URL's path (``r%20x`` is ``r x``): a '%' there opens another file, and MLflow
+    retried that for minutes before a long traceback."""
+    if "%" in str(path):
+        raise TrackingError(f"{mask_uri(uri)}: the path holds '%', which SQLAlchemy reads as a URL escape (%20 is a "
+                            "space), so another file would be opened; use a path without '%'")
+
+
+def _check_sqlite(uri: str, create: bool = True) -> None:
     path = sqlite_path(uri)
     if path is None:
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=path.parent, prefix=".tinylm-write-check-"):
-        pass
+    refuse_percent(uri, path)
+    if not create:
+        blocked = unwritable_parent(str(path.parent))
+        if blocked:
+            raise PermissionError(f"{blocked} is not a writable folder")
+    else:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=".tinylm-write-check-"):
+            pass
     if path.exists() and not os.access(path, os.W_OK):
         raise PermissionError(f"{path} is read-only")
 
@@ -119,7 +211,8 @@ def _check_sqlite(uri: str) -> None:
 def _check_db(uri: str, timeout_s: float) -> None:
     import sqlalchemy  # an mlflow dependency
 
-    args = {"connect_timeout": max(1, int(timeout_s))} if uri.startswith("postgres") else {}
+    timeout = {"connect_timeout": max(1, int(timeout_s))}
+    args = timeout if uri.startswith(("postgres", "mysql")) else {}
     engine = sqlalchemy.create_engine(_driver_uri(uri), connect_args=args)
     try:
         with engine.connect() as conn:
@@ -140,10 +233,15 @@ def search_experiments(client: MlflowClient) -> dict[str, str]:
 
 def require_store(uri: str) -> None:
     """For commands that only read (log, analysis): a sqlite store must already exist and be a database. Opening
-    a missing one would create an empty ``mlflow.db`` in a mistyped folder and report "no sweeps"."""
-    path = sqlite_path(uri) if uri.startswith("sqlite:") else None
+    a missing one would create an empty ``mlflow.db`` in a mistyped folder and report "no sweeps". A server gets
+    ``check_tracking`` (answers within ``REACH_TIMEOUT_S``), as the sweeps and ``--track`` do."""
+    if not uri.startswith("sqlite:"):  # a server: the same bounded check as every other entry point
+        check_tracking(uri)
+        return
+    path = sqlite_path(uri)
     if path is None:
         return
+    refuse_percent(uri, path)
     if not path.is_file():
         raise TrackingError(f"no tracking store at {mask_uri(uri)} ({path} does not exist); point --results at the "
                             "folder a sweep wrote (it holds mlflow.db) or pass --uri")

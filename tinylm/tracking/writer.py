@@ -231,3 +231,16 @@ class Tracker:
         filt = f"tags.`{TAG_PARENT}` = '{quoted(parent_run_id, 'parent_run_id')}'"
         exp = self.client.get_run(parent_run_id).info.experiment_id
         return sorted(search_runs(self.client, [exp], filt), key=lambda r: r.info.start_time)
+
+    def trial_statuses(self, parent_run_id: str) -> dict[str, str]:
+        """trial id -> tinylm status of every child of a sweep's parent run ("running" until a trial ended)."""
+        return {r.data.tags.get(TAG_TRIAL_ID, ""): r.data.tags.get(TAG_STATUS, "running")
+                for r in self.child_runs(parent_run_id)}
+
+    def close_open_children(self, parent_run_id: str, status: str, stop_reason: str) -> int:
+        """End every child of the parent that is still running (a sweep that stopped before they ended), so no
+        run stays RUNNING after the driver is gone. Returns how many."""
+        open_runs = [r for r in self.child_runs(parent_run_id) if r.data.tags.get(TAG_STATUS, "running") == "running"]
+        for r in open_runs:
+            self.finish_run(r.info.run_id, status, stop_reason)
+        return len(open_runs)

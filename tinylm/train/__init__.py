@@ -7,12 +7,13 @@ library never imports) and, unchanged, inside a Ray Train worker (tinylm.tune pa
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -20,12 +21,29 @@ import torch
 
 from tinylm.budget import flops_per_token, param_counts
 from tinylm.config import ARCH_FIELDS, Config, ConfigError
-from tinylm.layout import jsonable, unwritable_parent
+from tinylm.layout import jsonable, unwritable_parent, write_failure
 from tinylm.model import GPT
+from tinylm.regime import EVAL_SEED, reference_losses, regime_metrics
 
 log = logging.getLogger("tinylm.train")
 # report(metrics, checkpoint_dir | None): Ray's report on a cluster, a logger or nothing locally
 Report = Callable[[dict, "str | None"], None]
+# what a run writes into its folder; a run that starts from scratch claims a folder holding nothing else
+OWN_ENTRIES = ("run_info.json", "metrics.json", "model", "ckpt", "probe", "startup.json", "lr_range.csv",
+               "lr_range.png")
+
+
+class SaveError(RuntimeError):
+    """A save that failed for lack of room (or permission): one line naming the path and what is kept."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C during the training loop, with how far it got: ``tokens`` trained, ``saved`` the tokens of the last
+    checkpoint kept on disk (None: none yet)."""
+
+    def __init__(self, tokens: int, saved: int | None):
+        super().__init__(tokens, saved)
+        self.tokens, self.saved = tokens, saved
 
 
 @dataclass
@@ -53,12 +71,14 @@ def pick_device(cfg: Config) -> torch.device:
     return torch.device("cpu")
 
 
-def preflight(cfg: Config, out_dir: str, resume_from: str | None = None, resume: bool = True) -> dict:
+def preflight(cfg: Config, out_dir: str, resume_from: str | None = None, resume: bool = True,
+              force: bool = False) -> dict:
     """Every check that needs no data, model or process group, so a mistake costs seconds, not a data build: the
     corpus exists, the vocabulary fits the tokenizer, the device and precision exist here, the output folder can
-    be written, and (``resume``) what is already in it: a checkpoint that is refused (another architecture, a
-    shorter run than it already trained, corrupt markers) fails here, and a trained model with nothing to resume
-    is never overwritten. Returns what ``train`` compares once the data exists (the resumed run's tokenizer hash).
+    be written, and what is already in it: (``resume``) a checkpoint that is refused (another architecture, a
+    shorter run than it already trained, corrupt markers) fails here, and a run that starts from scratch claims
+    only a folder that is new, empty or its own (``claim_folder``; ``force`` overrides). Returns what ``train``
+    compares once the data exists (the resumed run's tokenizer hash).
     """
     from tinylm.checkpoint import resume_point
     from tinylm.data import check_dataset
@@ -78,13 +98,10 @@ def preflight(cfg: Config, out_dir: str, resume_from: str | None = None, resume:
     existing = unwritable_parent(out_dir)
     if existing:
         raise ConfigError(f"output folder {out_dir} cannot be created: {existing} is not a writable folder")
-    if not resume:
-        return {}
-    point = resume_point(resume_from or os.path.join(out_dir, "ckpt"))
+    ckpt_dir = resume_from or os.path.join(out_dir, "ckpt")
+    point = resume_point(ckpt_dir) if resume else None
     if point is None:
-        if resume_from is None and os.path.isfile(os.path.join(out_dir, "model", "model.safetensors")):
-            raise ConfigError(f"{out_dir} already holds a trained model (model/) and no checkpoint to continue from; "
-                              "training would overwrite it: use a new output folder (--out), or move that one away")
+        claim_folder(cfg, out_dir, ckpt_dir, force)
         return {}
     saved = point.get("config") or {}
     check_resume(cfg, saved)
@@ -101,12 +118,73 @@ def preflight(cfg: Config, out_dir: str, resume_from: str | None = None, resume:
         return {}
 
 
+def claim_folder(cfg: Config, out_dir: str, ckpt_dir: str, force: bool = False) -> None:
+    """Refuse (ConfigError) to start a run from scratch in a folder holding anything it would overwrite or did not
+    write: checkpoints whose markers were removed, a trained model, files a run does not write, another run's
+    run_info.json, a metrics.json other than a diverged or stopped run of this same config. Allowed: a new or empty
+    folder, this same run's folder with nothing trained kept (killed before its first checkpoint, or ended without
+    a model: a Tune trial restarts there after a crash), or anything with ``force``."""
+    from tinylm.engine import unmarked_saves
+
+    entries = sorted(os.listdir(out_dir)) if os.path.isdir(out_dir) else []
+    if force or not entries:
+        return
+
+    def refuse(what: str) -> None:
+        raise ConfigError(f"{out_dir} {what}, which a run from scratch would overwrite: use a new output folder "
+                          "(--out), move that one away, or pass --force")
+
+    def read(name: str) -> dict:
+        try:
+            with open(os.path.join(out_dir, name)) as f:
+                data = json.load(f)
+        except (OSError, ValueError):
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    unmarked = unmarked_saves(ckpt_dir)
+    if unmarked:
+        refuse(f"holds checkpoints with no completion marker ({', '.join(unmarked)} in {ckpt_dir})")
+    if os.path.isfile(os.path.join(out_dir, "model", "model.safetensors")):
+        refuse("already holds a trained model (model/) and no checkpoint to continue from")
+    foreign = [e for e in entries if e not in OWN_ENTRIES and not e.startswith("restored-") and ".tmp-" not in e]
+    if foreign:
+        refuse(f"holds files a run does not write ({', '.join(foreign[:3])}{', ...' if len(foreign) > 3 else ''})")
+    own = read("run_info.json").get("config") == jsonable(cfg.to_dict())
+    if "run_info.json" in entries and not own:
+        refuse("holds the run_info.json of another run (another config, or not tinylm's)")
+    if "metrics.json" in entries and not (own and read("metrics.json").get("status") in ("diverged", "stopped")):
+        refuse("holds a run's metrics.json and no checkpoint to continue from")
+
+
+@contextlib.contextmanager
+def saving(path: str, kept: str) -> Iterator[None]:
+    """A save that fails for lack of room (a full disk, a quota) raises one SaveError naming ``path`` and what
+    ``kept`` says survives, instead of a long traceback from torch's writer; any other error passes through."""
+    try:
+        yield
+    except (OSError, RuntimeError) as e:
+        line = write_failure(path, e)
+        if line is None:
+            raise
+        raise SaveError(f"{line}; {kept}") from e
+
+
+def kept(saved: int | None) -> str:
+    """What a failed save leaves to continue from, for its one-line error."""
+    return "no checkpoint was saved yet" if saved is None else f"the checkpoint at {saved:,} tokens is kept"
+
+
 def write_json(path: str, obj: dict) -> None:
     """Strict JSON, written atomically: NaN / inf become null (``json.dump`` would write the non-JSON ``NaN``)."""
     tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(jsonable(obj), f, indent=2, allow_nan=False)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w") as f:
+            json.dump(jsonable(obj), f, indent=2, allow_nan=False)
+        os.replace(tmp, path)
+    finally:  # a failed write (a full disk) leaves neither a partial file nor a changed one
+        if os.path.exists(tmp):
+            os.remove(tmp)
 
 
 def write_run_info(run: Run) -> None:
@@ -152,6 +230,10 @@ def setup(cfg: Config, out_dir: str, write_info: bool = True) -> Run:
     sample = np.asarray(data.val[:200_000])  # bytes per val token, for bits-per-byte (tokenizer-independent)
     n_bytes = len(data.tokenizer.decode(sample[sample != data.tokenizer.eot_token].tolist()).encode("utf-8"))
     data.meta["val_bytes_per_token"] = n_bytes / max(1, len(sample))
+    # what count models of the train split score on the val windows evaluate() scores: a run above the bigram is
+    # still on its early plateau (tinylm.regime); every eval reports them beside val_loss
+    data.meta["refs"] = reference_losses(data.train, data.val, data.tokenizer.n_vocab, cfg.batch_size,
+                                         cfg.block_size, cfg.eval_tokens)
     info = {**provenance(device), "tokenizer_hash": data.tokenizer_hash, "data_fingerprint": data.fingerprint,
             "data_source": str(data.meta.get("source", "")), "world_size": str(world),
             "ds_config": json.dumps(conf, sort_keys=True)}
@@ -200,7 +282,7 @@ def evaluate(run: Run) -> float:
     from tinylm.data import get_batch
 
     run.engine.eval()
-    rng = np.random.default_rng(12345)
+    rng = np.random.default_rng(EVAL_SEED)  # tinylm.regime scores its references on these same windows
     n = max(1, run.cfg.eval_tokens // (run.cfg.batch_size * run.cfg.block_size))
     mine = eval_share(n, run.rank, run.world)
     losses = []
@@ -217,7 +299,7 @@ def evaluate(run: Run) -> float:
 
 
 def train(cfg: Config, out_dir: str, report: Report | None = None, resume_from: str | None = None,
-          should_stop: Callable[[], bool] | None = None) -> dict:
+          should_stop: Callable[[], bool] | None = None, force: bool = False) -> dict:
     """Train one model.
 
     Args:
@@ -227,17 +309,22 @@ def train(cfg: Config, out_dir: str, report: Report | None = None, resume_from: 
         resume_from: a checkpoint folder to continue from (defaults to ``out_dir/ckpt`` when it holds one).
         should_stop: checked before every step (one-rank runs): True ends the run as "stopped" — a scheduler
             (ASHA, the kill rule) stopped it, and the process should be free for the next trial now.
+        force: start from scratch in a folder that holds other files (``claim_folder`` refuses it otherwise).
 
     Returns:
         Final metrics (val loss/ppl, params, tokens, FLOPs, time, throughput, MFU, memory, latency, evals) plus
         ``status`` (completed | diverged) and ``stop_reason``; provenance strings under ``info``.
+
+    Raises:
+        Interrupted: Ctrl-C in the loop; the last checkpoint stays (a partial save is removed).
+        SaveError: a full disk while saving; what was saved before stays, and the message says what.
     """
     from tinylm import engine as eng
     from tinylm.checkpoint import save_pretrained
     from tinylm.optim import probe_length, set_lr
     from tinylm.perf import mark, peak_flops, peak_memory_mb, write_marks
 
-    resumed_from = preflight(cfg, out_dir, resume_from)
+    resumed_from = preflight(cfg, out_dir, resume_from, force=force)
     run = setup(cfg, out_dir, write_info=False)
     ckpt_dir = os.path.join(out_dir, "ckpt")
     tokens_per_step = cfg.tokens_per_step * run.world
@@ -258,7 +345,8 @@ def train(cfg: Config, out_dir: str, report: Report | None = None, resume_from: 
                           f"{run.data.tokenizer_hash[:12]} from dataset={cfg.dataset!r}); its token ids would mean "
                           "other strings. Use a new output folder")
     if run.rank == 0:
-        write_run_info(run)
+        with saving(os.path.join(out_dir, "run_info.json"), "nothing was trained yet"):
+            write_run_info(run)
     if state is not None:
         step, elapsed, history = state["step"], state["elapsed_s"], state.get("history", [])
         rng.bit_generator.state = state["rng"][run.rank] if run.rank < len(state["rng"]) else rng.bit_generator.state
@@ -275,66 +363,76 @@ def train(cfg: Config, out_dir: str, report: Report | None = None, resume_from: 
     window_loss, window_steps, window_t = 0.0, 0, time.perf_counter()
     metrics: dict = state.get("metrics", {}) if state else {}
     last_ckpt, started = None, False
+    saved = state.get("tokens_seen") if state else None  # the tokens of the newest checkpoint on disk
     probed = {k: metrics.get(k, 0) for k in ("probe_tokens", "probe_time_s")} if cfg.probe_tokens else {}
     pending = [p for p in cfg.probe_tokens if p > step * tokens_per_step]
     run.engine.train()
-    while step < total_steps:
-        if should_stop is not None and should_stop():
-            status, stop_reason = "stopped", f"stopped by the scheduler at step {step}"
-            break
-        lr = set_lr(run.optimizer, cfg, step * tokens_per_step)
-        loss = train_step(run, lambda: sample_batch(run, run.data.train, rng))
-        step += 1
-        if run.rank == 0 and not started:  # start-up phases, for bench/overhead.py
-            started = True
-            mark("first_step")
-            write_marks(out_dir)
-        if not math.isfinite(loss):  # NaN/inf guard: stop with a recorded reason instead of wasting compute
-            status, stop_reason = "diverged", f"non-finite train loss ({loss}) at step {step}"
-            log.error(stop_reason)
-            break
-        window_loss, window_steps = window_loss + loss, window_steps + 1
-        if step % eval_every == 0 or step == total_steps:
-            now = time.perf_counter()
-            dt = now - window_t
-            elapsed += dt
-            val = evaluate(run)
-            tps = window_steps * tokens_per_step / dt
-            probe = {}
-            if pending and step * tokens_per_step >= pending[0] and step < total_steps:
-                tokens = step * tokens_per_step
-                pending = [p for p in pending if p > tokens]
-                if tokens <= cfg.stable_tokens:  # an eval past the stable phase is already in the real decay
-                    t0 = time.perf_counter()
-                    probe["probe_loss"], spent = cooldown_probe(run, tokens, tokens_per_step)
-                    probed["probe_tokens"] += spent
-                    probed["probe_time_s"] += time.perf_counter() - t0
-            metrics = {"tokens": step * tokens_per_step, "step": step, "train_loss": window_loss / window_steps,
-                       "val_loss": val, "val_ppl": math.exp(min(val, 50)), "val_bpb": val / math.log(2) / bpt,
-                       "lr": lr, "tokens_per_s": tps,
-                       "mfu": fpt * tps / (peak * run.world), "peak_mem_mb": peak_memory_mb(run.device),
-                       "elapsed_s": elapsed, "train_flops": fpt * step * tokens_per_step, **sizes, **probed, **probe}
-            history.append({k: metrics[k] for k in ("tokens", "train_loss", "val_loss", "probe_loss") if k in metrics})
-            if run.rank == 0:
-                log.info("step %5d | tokens %s/%s | loss %.4f | val %.4f | ppl %.1f | %s tok/s | mfu %.1f%%",
-                         step, f"{metrics['tokens']:,}", f"{total_steps * tokens_per_step:,}",
-                         metrics["train_loss"], val, metrics["val_ppl"], f"{tps:,.0f}", 100 * metrics["mfu"])
-                if probe:
-                    log.info("probe at %s tokens: a cooldown of %s tokens reaches val %.4f", f"{metrics['tokens']:,}",
-                             f"{probe_length(cfg, metrics['tokens']):,}", probe["probe_loss"])
-            ckpt = None
-            if step % ckpt_every == 0 or step == total_steps:
-                ckpt = eng.save_checkpoint(run.engine, ckpt_dir, f"step{step:08d}", {
-                    "step": step, "tokens_seen": step * tokens_per_step, "elapsed_s": elapsed,
-                    "history": history, "config": cfg.to_dict(), "rng": gather_rng(rng, run.world),
-                    "metrics": metrics, "tokenizer_hash": run.data.tokenizer_hash})
-                last_ckpt = ckpt
-            if report is not None and step < total_steps:
-                report(metrics, ckpt)
-            if not math.isfinite(val):
-                status, stop_reason = "diverged", f"non-finite val loss at step {step}"
+    try:  # Ctrl-C: the last complete checkpoint stays (a partial save removes itself); the caller says how far
+        while step < total_steps:
+            if should_stop is not None and should_stop():
+                status, stop_reason = "stopped", f"stopped by the scheduler at step {step}"
                 break
-            window_loss, window_steps, window_t = 0.0, 0, time.perf_counter()
+            lr = set_lr(run.optimizer, cfg, step * tokens_per_step)
+            loss = train_step(run, lambda: sample_batch(run, run.data.train, rng))
+            step += 1
+            if run.rank == 0 and not started:  # start-up phases, for bench/overhead.py
+                started = True
+                mark("first_step")
+                write_marks(out_dir)
+            if not math.isfinite(loss):  # NaN/inf guard: stop with a recorded reason instead of wasting compute
+                status, stop_reason = "diverged", f"non-finite train loss ({loss}) at step {step}"
+                log.error(stop_reason)
+                break
+            window_loss, window_steps = window_loss + loss, window_steps + 1
+            if step % eval_every == 0 or step == total_steps:
+                now = time.perf_counter()
+                dt = now - window_t
+                elapsed += dt
+                val = evaluate(run)
+                tps = window_steps * tokens_per_step / dt
+                probe = {}
+                if pending and step * tokens_per_step >= pending[0] and step < total_steps:
+                    tokens = step * tokens_per_step
+                    pending = [p for p in pending if p > tokens]
+                    if tokens <= cfg.stable_tokens:  # an eval past the stable phase is already in the real decay
+                        t0 = time.perf_counter()
+                        probe["probe_loss"], spent = cooldown_probe(run, tokens, tokens_per_step)
+                        probed["probe_tokens"] += spent
+                        probed["probe_time_s"] += time.perf_counter() - t0
+                metrics = {"tokens": step * tokens_per_step, "step": step, "train_loss": window_loss / window_steps,
+                           "val_loss": val, "val_ppl": math.exp(min(val, 50)), "val_bpb": val / math.log(2) / bpt,
+                           "lr": lr, "tokens_per_s": tps,
+                           "mfu": fpt * tps / (peak * run.world), "peak_mem_mb": peak_memory_mb(run.device),
+                           "elapsed_s": elapsed, "train_flops": fpt * step * tokens_per_step, **sizes, **probed,
+                           **probe, **regime_metrics(val, run.data.meta["refs"])}
+                history.append({k: metrics[k] for k in ("tokens", "train_loss", "val_loss", "probe_loss")
+                                if k in metrics})
+                if run.rank == 0:
+                    log.info("step %5d | tokens %s/%s | loss %.4f | val %.4f | ppl %.1f | %s tok/s | mfu %.1f%%",
+                             step, f"{metrics['tokens']:,}", f"{total_steps * tokens_per_step:,}",
+                             metrics["train_loss"], val, metrics["val_ppl"], f"{tps:,.0f}", 100 * metrics["mfu"])
+                    if probe:
+                        log.info("probe at %s tokens: a cooldown of %s tokens reaches val %.4f",
+                                 f"{metrics['tokens']:,}", f"{probe_length(cfg, metrics['tokens']):,}",
+                                 probe["probe_loss"])
+                ckpt = None
+                if step % ckpt_every == 0 or step == total_steps:
+                    tag = f"step{step:08d}"
+                    with saving(os.path.join(ckpt_dir, tag), f"training stopped at {step * tokens_per_step:,} tokens "
+                                f"(val loss {val:.4f}); {kept(saved)}: free space and rerun the same command to go on"):
+                        ckpt = eng.save_checkpoint(run.engine, ckpt_dir, tag, {
+                            "step": step, "tokens_seen": step * tokens_per_step, "elapsed_s": elapsed,
+                            "history": history, "config": cfg.to_dict(), "rng": gather_rng(rng, run.world),
+                            "metrics": metrics, "tokenizer_hash": run.data.tokenizer_hash})
+                    last_ckpt, saved = ckpt, step * tokens_per_step
+                if report is not None and step < total_steps:
+                    report(metrics, ckpt)
+                if not math.isfinite(val):
+                    status, stop_reason = "diverged", f"non-finite val loss at step {step}"
+                    break
+                window_loss, window_steps, window_t = 0.0, 0, time.perf_counter()
+    except KeyboardInterrupt:
+        raise Interrupted(step * tokens_per_step, saved) from None
 
     final = dict(metrics)
     # every result carries the scheduler's keys (Tune rejects a result without its metric): a run that diverged
@@ -349,9 +447,13 @@ def train(cfg: Config, out_dir: str, report: Report | None = None, resume_from: 
                      final_val_bpb=metrics["val_bpb"])
     # the model and the metrics are on disk before the end-of-run evals: a failure there loses neither
     if run.rank == 0 and status == "completed":
-        save_pretrained(os.path.join(out_dir, "model"), run.model, cfg, run.data.tokenizer, extra=run.info)
+        with saving(os.path.join(out_dir, "model"), f"{kept(saved)}: free space and rerun the same command to "
+                    "write the model from it"):
+            save_pretrained(os.path.join(out_dir, "model"), run.model, cfg, run.data.tokenizer, extra=run.info)
     if run.rank == 0:  # one writer: ranks share out_dir on one node
-        write_json(os.path.join(out_dir, "metrics.json"), final)
+        with saving(os.path.join(out_dir, "metrics.json"), f"the run {status} at {final['tokens']:,} tokens "
+                    f"(val loss {final['val_loss']:.4f}); {kept(saved)}"):
+            write_json(os.path.join(out_dir, "metrics.json"), final)
     if status == "completed":
         try:
             final.update(end_of_run_evals(run))
@@ -360,7 +462,9 @@ def train(cfg: Config, out_dir: str, report: Report | None = None, resume_from: 
             log.error("end-of-run evals failed (%s); the model and metrics are kept in %s", final["evals_error"],
                       out_dir)
         if run.rank == 0:
-            write_json(os.path.join(out_dir, "metrics.json"), final)
+            with saving(os.path.join(out_dir, "metrics.json"), f"the model and the metrics without the evals are "
+                        f"kept in {out_dir}"):
+                write_json(os.path.join(out_dir, "metrics.json"), final)
     final["info"] = run.info
     if report is not None:
         # the last report carries a checkpoint: Ray Train V2 keeps no metrics for a run that reported none

@@ -15,7 +15,10 @@ Where things live (every public name is re-exported here; callers use ``tinylm.t
 - ``search``: Optuna: the refinement space and searcher, the grid's results told to the studies
 - ``resources``: start or attach to Ray (``connect``), how trials split the machine (``plan_resources``)
 - ``console``: the terminal view (``Console``, ``say``, ``bar``)
-- ``results``: the ranked results table, the printed summary, tokens spent, ``STOPPED_EARLY``
+- ``results``: the ranked results table, the printed summary, tokens spent, ``STOPPED_EARLY``, trials that did
+  not end as planned (``unplanned``)
+- ``state``: what keeps a sweep's stores honest: one sweep per results folder (``SweepLock``), corrupt sqlite
+  stores refused, a resumed sweep's grid checked against the one it was created with
 - ``Sweep`` (the settings of a sweep, and the sweep scripts' flags) lives in ``tinylm.sweep``: no ray there.
 
 Tests patch ``run_sweep``, ``print_results`` and ``shutdown`` on this package; ``tinylm.experiment`` calls them as
@@ -31,6 +34,7 @@ from tinylm.tune.console import Console, bar, say
 from tinylm.tune.grid import build_config, grid_order, grid_space, is_baseline
 from tinylm.tune.resources import connect, plan_resources
 from tinylm.tune.results import (
+    PLANNED,
     STATUS_DONE,
     STOPPED_EARLY,
     print_results,
@@ -39,16 +43,28 @@ from tinylm.tune.results import (
     stopped_early,
     tokens_footer,
     tokens_spent,
+    unplanned,
+    write_csv,
 )
 from tinylm.tune.runner import run_sweep, shutdown
 from tinylm.tune.search import PruningOptunaSearch, domain, optuna_space, record_grid_in_optuna, tell_grid_results
+from tinylm.tune.state import (
+    SweepLock,
+    SweepStateError,
+    check_grid,
+    check_ray_storage,
+    check_sqlite_stores,
+    grid_changes,
+    grid_spec,
+)
 
 # a sweep interrupted before tune.py became this package pickled its kill rule as tinylm.tune._shared_rule:
 # the same command resumes it (Tuner.restore unpickles the stopper and the callbacks)
 _shared_rule = shared_rule
 
-__all__ = ["STATUS_DONE", "STOPPED_EARLY", "VARIANT", "Console", "KillStopper", "PruningOptunaSearch",
-           "SharedKillRule", "Sweep", "TrackingCallback", "bar", "build_config", "connect", "domain", "grid_order",
-           "grid_space", "is_baseline", "optuna_space", "plan_resources", "print_results", "ranked",
+__all__ = ["PLANNED", "STATUS_DONE", "STOPPED_EARLY", "VARIANT", "Console", "KillStopper", "PruningOptunaSearch",
+           "SharedKillRule", "Sweep", "SweepLock", "SweepStateError", "TrackingCallback", "bar", "build_config",
+           "check_grid", "check_ray_storage", "check_sqlite_stores", "connect", "domain", "grid_changes", "grid_order",
+           "grid_space", "grid_spec", "is_baseline", "optuna_space", "plan_resources", "print_results", "ranked",
            "record_grid_in_optuna", "results_table", "run_sweep", "say", "shared_rule", "shutdown", "stopped_early",
-           "tell_grid_results", "tokens_footer", "tokens_spent", "trial_status"]
+           "tell_grid_results", "tokens_footer", "tokens_spent", "trial_status", "unplanned", "write_csv"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 
 import ray
 
@@ -15,6 +16,8 @@ from tinylm.sweep import Sweep
 def connect(sweep: Sweep) -> dict:
     """Start or attach to Ray and size trials from its resources. Returns the per-trial settings."""
     address = sweep.address or os.environ.get("RAY_ADDRESS")
+    if address and not ray.is_initialized():
+        check_address(sweep.address)
     env = {"env_vars": {k: v for k, v in os.environ.items() if k.startswith(("TINYLM_", "HF_", "DS_"))}
            | {"RAY_TRAIN_V2_ENABLED": "1",
               # trial processes write unbuffered, so Ray forwards their lines while the sweep's Console still sends
@@ -50,6 +53,33 @@ def connect(sweep: Sweep) -> dict:
         raise ConfigError("the Ray cluster has no 'tune_driver' resource for trial drivers; start the head with "
                           "ray start --head --resources='{\"tune_driver\": 8}' (cluster/aws.yaml does)")
     return plan
+
+
+def check_address(address: str | None) -> None:
+    """Fail fast, before any compute, when ``address`` (or ``$RAY_ADDRESS``) names no reachable Ray head:
+    ``ray.init`` retried a wrong one for minutes. ``host:port`` (the head's GCS) and ``ray://host:port`` (Ray
+    Client) must accept a TCP connection within ``REACH_TIMEOUT_S`` (the one timeout of every up-front check);
+    ``auto`` and ``local`` are Ray's own. Raises ConfigError in one line."""
+    from tinylm.tracking import REACH_TIMEOUT_S as timeout_s
+    from tinylm.tracking import within
+
+    name = "--address" if address else "RAY_ADDRESS"
+    address = (address or os.environ.get("RAY_ADDRESS") or "").strip()
+    if not address or address in ("auto", "local"):
+        return
+    host_port = address.removeprefix("ray://")
+    host, sep, port = host_port.rpartition(":")
+    host = host.strip("[]")  # [::1]:6379
+    if "://" in host_port or not (sep and host and port.isdigit() and 0 < int(port) < 65536):
+        raise ConfigError(f"{name}={address!r} is not a Ray address; use host:port (the head's GCS, e.g. "
+                          "10.0.0.5:6379), ray://host:10001 (Ray Client), auto, or leave it unset for a local Ray")
+    try:
+        within(timeout_s, lambda: socket.create_connection((host, int(port)), timeout=timeout_s).close())
+    except Exception as e:  # noqa: BLE001 - refused, unknown host, timeout: all mean "no cluster there"
+        raise ConfigError(f"{name}={address!r}: no Ray cluster answers at {host}:{port} within {timeout_s:g} s "
+                          f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); start its head with "
+                          f"`ray start --head --port {port}`, or leave --address and RAY_ADDRESS unset for a local "
+                          "Ray") from None
 
 
 def plan_resources(cpus: int, gpus: int, workers: int = 0, gpus_per_trial: int = 1, trials_per_gpu: int = 0,
@@ -91,11 +121,9 @@ def plan_resources(cpus: int, gpus: int, workers: int = 0, gpus_per_trial: int =
 
 
 def free_port() -> int:
-    import socket
-
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
 
 
-__all__ = ["connect", "free_port", "plan_resources"]
+__all__ = ["check_address", "connect", "free_port", "plan_resources"]

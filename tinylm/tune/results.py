@@ -13,6 +13,7 @@ from tinylm.sweep import Sweep
 
 STATUS_DONE = ("completed", "diverged")  # statuses of trials that ran to their end (their own report says so)
 STOPPED_EARLY = ("stopped_asha", "killed_rule")  # statuses of trials a scheduler ended before their last token
+PLANNED = ("completed", *STOPPED_EARLY)  # the endings a sweep plans for; anything else makes it exit non-zero
 
 
 SHOW = ("val_loss", "val_ppl", "tokens", "params_total", "latency_ms_b1_l128", "peak_mem_mb", "tokens_per_s")
@@ -39,9 +40,7 @@ def print_results(sweep: Sweep, table: pd.DataFrame, space: dict) -> str:
     if VARIANT in space:
         axes += sorted({k for v in space[VARIANT] for k in v} & set(table.columns))
     cols = ["trial_id", *dict.fromkeys(axes), *[c for c in SHOW if c in table.columns], "status"]
-    out_csv = os.path.join(sweep.root, sweep.name, "results.csv")
-    os.makedirs(os.path.dirname(out_csv), exist_ok=True)
-    table.to_csv(out_csv, index=False)
+    out_csv = write_csv(sweep, table)
     text = table[cols].to_string(index=False, float_format=lambda x: f"{x:,.4g}")
     msg = (f"\n{text}\n\n{tokens_footer(table)}\n"
            f"results CSV   : {out_csv}\n"
@@ -51,6 +50,32 @@ def print_results(sweep: Sweep, table: pd.DataFrame, space: dict) -> str:
            f"analysis      : python -m tinylm.analysis {sweep.name}")
     print(msg)
     return msg
+
+
+def results_csv(sweep: Sweep) -> str:
+    return os.path.join(sweep.root, sweep.name, "results.csv")
+
+
+def write_csv(sweep: Sweep, table: pd.DataFrame) -> str:
+    """``<results>/<sweep>/results.csv``: the table as the tracking store holds it (also after an interrupt, so
+    it never shows an older state than MLflow)."""
+    out_csv = results_csv(sweep)
+    os.makedirs(os.path.dirname(out_csv), exist_ok=True)
+    table.to_csv(out_csv, index=False)
+    return out_csv
+
+
+def unplanned(sweep: Sweep, table: pd.DataFrame) -> str | None:
+    """One line when some trials did not end as planned (diverged, failed, ...): how many, and where to look;
+    None when every trial completed or was stopped early by ASHA / the kill rule."""
+    if "status" not in table or not len(table):
+        return None
+    bad = table.loc[~table["status"].isin(PLANNED), "status"].fillna("unknown")
+    if not len(bad):
+        return None
+    counts = ", ".join(f"{n} {status}" for status, n in bad.value_counts().items())
+    return (f"{len(bad)} of {len(table)} trials of sweep {sweep.name} did not end as planned ({counts}); see the "
+            f"status and stop_reason columns of {results_csv(sweep)}")
 
 
 def tokens_spent(table: pd.DataFrame) -> tuple[int, int]:
@@ -75,5 +100,5 @@ def tokens_footer(table: pd.DataFrame) -> str:
     return f"tokens spent  : {spent:,}{share} ({early} of {len(table)} trials stopped early)"
 
 
-__all__ = ["STATUS_DONE", "STOPPED_EARLY", "print_results", "ranked", "results_table", "stopped_early",
-           "tokens_footer", "tokens_spent"]
+__all__ = ["PLANNED", "STATUS_DONE", "STOPPED_EARLY", "print_results", "ranked", "results_csv", "results_table",
+           "stopped_early", "tokens_footer", "tokens_spent", "unplanned", "write_csv"]

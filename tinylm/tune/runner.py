@@ -13,6 +13,8 @@ import json
 import logging
 import math
 import os
+import shlex
+import sys
 import time
 from dataclasses import replace
 
@@ -29,8 +31,9 @@ from tinylm.tune.callbacks import KillStopper, SharedKillRule, TrackingCallback
 from tinylm.tune.console import Console
 from tinylm.tune.grid import grid_space
 from tinylm.tune.resources import connect
-from tinylm.tune.results import results_table
+from tinylm.tune.results import PLANNED, STATUS_DONE, results_table, write_csv
 from tinylm.tune.search import PruningOptunaSearch, optuna_space, record_grid_in_optuna, tell_grid_results
+from tinylm.tune.state import SweepLock, check_grid, check_ray_storage, check_sqlite_stores, grid_spec
 from tinylm.tune.stopping import early_stop_warnings, make_scheduler, probes_for
 from tinylm.tune.worker import SWEEP_ENTRY, trial_driver
 
@@ -45,23 +48,49 @@ def run_sweep(sweep: Sweep, base: Config, space: dict, refine_space: dict | None
         base: the Config every trial starts from.
         space: Config field -> list of values (a grid), or ``VARIANT`` -> list of dicts of fields.
         refine_space: Config field -> Tune domain for Optuna (default: around the grid's numeric axes).
+
+    Refused before anything starts (``SweepStateError``, one line): another sweep holds the results folder, a
+    sqlite store is corrupt, Ray's storage cannot be used, or the grid differs from the one the sweep being
+    resumed was created with. Whatever stops it after its MLflow parent run started leaves no run RUNNING.
     """
     from tinylm.tracking import check_tracking
 
     uri = sweep.uri()
     check_tracking(uri)  # fail before any compute when the tracking server is down
-    os.makedirs(sweep.root, exist_ok=True)
     base = base.replace(probes=probes_for(sweep, base))  # a wsd sweep with ASHA probes its rungs
-    for line in early_stop_warnings(sweep, base, space):
-        log.warning(line)
     # raises on bad configs before anything is scheduled; baseline first and shuffled when trials can stop early
     param_space = grid_space(base, space, sweep.seeds, baseline=sweep.baseline,
                              shuffle=sweep.asha or math.isfinite(sweep.kill_margin))
-    sweep = replace(sweep, axes=tuple(k for k in space if k != VARIANT) + (("seed",) if sweep.seeds > 1 else ()))
-    console = Console(os.path.join(sweep.root, sweep.name, "output.log")) if sweep.console and Console.wanted() \
-        else contextlib.nullcontext()
-    with console:
-        return _run_sweep(sweep, base, space, refine_space, uri, param_space)
+    with SweepLock(sweep.root, command=shlex.join(sys.argv)):
+        check_sqlite_stores(uri, sweep.storage())
+        check_ray_storage(_storage_root(sweep))
+        _check_grid(sweep, param_space, refine=False)
+        if sweep.refine:  # its space is known after the grid; the number of its trials is known now
+            _check_grid(sweep, {}, refine=True, only=("samples",))
+        for line in early_stop_warnings(sweep, base, space):
+            log.warning(line)
+        sweep = replace(sweep, axes=tuple(k for k in space if k != VARIANT) + (("seed",) if sweep.seeds > 1 else ()))
+        console = Console(os.path.join(sweep.root, sweep.name, "output.log")) if sweep.console and Console.wanted() \
+            else contextlib.nullcontext()
+        with console:
+            return _run_sweep(sweep, base, space, refine_space, uri, param_space)
+
+
+def _storage_root(sweep: Sweep) -> str:
+    # on a multi-node cluster Ray's storage must be shared: TINYLM_STORAGE=s3://bucket/prefix (cluster/aws.yaml)
+    return os.environ.get("TINYLM_STORAGE") or os.path.join(sweep.root, "ray")
+
+
+def _check_grid(sweep: Sweep, param_space: dict, refine: bool, only: tuple[str, ...] = ()) -> None:
+    """The grid (or refinement) of a sweep being resumed must be the one it was created with
+    (``state.check_grid``); a new one is recorded in ``<results>/<sweep>/grid.json`` (``refine-grid.json``)."""
+    name = f"{sweep.name}-refine" if refine else sweep.name
+    path = os.path.join(_storage_root(sweep), name)
+    spec_file = os.path.join(sweep.root, sweep.name, "refine-grid.json" if refine else "grid.json")
+    if refine:  # its searched domains and trial count; its fixed values follow the best trial, which may move
+        param_space = {k: v for k, v in param_space.items() if isinstance(v, tune.search.sample.Domain)}
+    check_grid(name, spec_file, grid_spec(param_space, sweep.refine if refine else 1), path,
+               resuming=tune.Tuner.can_restore(path), only=only)
 
 
 def _run_sweep(sweep: Sweep, base: Config, space: dict, refine_space: dict | None, uri: str,
@@ -77,25 +106,84 @@ def _run_sweep(sweep: Sweep, base: Config, space: dict, refine_space: dict | Non
                                                         "base": base.name, "scale": base.scale},
         tags={"tinylm.sweep": sweep.name, **git_info()}, description=sweep.description, hypothesis=sweep.hypothesis)
     t0 = time.time()
+    grid_done = False
     try:
-        _fit(sweep, base, param_space, res, parent, refine=False)
+        _fit(sweep, base, param_space, res, parent, tracker, refine=False)
         table = results_table(sweep)  # read once: Optuna's record of the grid, the refinement's start, the result
         record_grid_in_optuna(sweep, table, param_space)
+        grid_done = True
         if sweep.refine:
-            _fit(sweep, base, optuna_space(base, space, table, refine_space), res, parent, refine=True, grid=table)
+            _fit(sweep, base, optuna_space(base, space, table, refine_space), res, parent, tracker, refine=True,
+                 grid=table)
             table = results_table(sweep)
-    except KeyboardInterrupt:
-        tracker.finish_run(parent, "interrupted", "interrupted by the user; run the same command to resume")
+    except BaseException as e:  # noqa: BLE001 - whatever ended the sweep, no run may stay RUNNING
+        _close_stopped_sweep(sweep, tracker, parent, e, None if grid_done else param_space)
         raise
     tracker.finish_run(parent, "completed", "", {"n_trials": len(table), "wall_s": time.time() - t0})
     return table
 
 
-def _fit(sweep: Sweep, base: Config, param_space: dict, res: dict, parent: str, refine: bool,
+def _close_stopped_sweep(sweep: Sweep, tracker, parent: str, error: BaseException, grid_params: dict | None) -> None:
+    """A sweep that stopped before its end (an interrupt, or an error after its parent run started): every store
+    says so. Trials still running in MLflow become "interrupted" (the same command resumes them), the parent
+    "interrupted" or "failed", results.csv shows the same, and the grid trials that did end are in Optuna."""
+    interrupted = isinstance(error, KeyboardInterrupt)
+    first = (str(error).strip().splitlines() or [""])[0][:300]
+    why = "interrupted by the user" if interrupted else f"the sweep stopped on {type(error).__name__}: {first}"
+    steps = [
+        lambda: tracker.close_open_children(parent, "interrupted",
+                                            f"{why} before this trial ended; run the same command to resume it"),
+        lambda: tracker.finish_run(parent, "interrupted" if interrupted else "failed",
+                                   f"{why}; run the same command to resume"),
+    ]
+    for step in steps:
+        try:
+            step()
+        except Exception as e:  # noqa: BLE001 - a broken store must not hide what stopped the sweep
+            log.warning("could not record the stopped sweep %s in MLflow: %s: %s", sweep.name, type(e).__name__, e)
+    try:
+        if sweep.refine:
+            _mark_refine_trials_interrupted(sweep)
+        table = results_table(sweep)
+        write_csv(sweep, table)
+        if grid_params is not None and "status" in table:
+            # final endings only: unfinished and errored trials resume (Optuna gets them when the grid is done)
+            record_grid_in_optuna(sweep, table[table["status"].isin(PLANNED + STATUS_DONE)], grid_params)
+    except Exception as e:  # noqa: BLE001
+        log.warning("could not write the results of the stopped sweep %s: %s: %s", sweep.name, type(e).__name__, e)
+
+
+def unfinished_trials(trials: list, statuses: dict[str, str], callback: TrackingCallback) -> list:
+    """The trials of a fit that did not end, by the tracking store's record (``statuses``: trial id -> status):
+    Tune marks the trials an interrupt stopped TERMINATED in memory, so its own status cannot tell. A trial that
+    reported its end (a final ``status``) but whose record the stopped driver never wrote is recorded now through
+    ``callback``: no rerun would ever run it again."""
+    unfinished = [t for t in trials if statuses.get(t.trial_id, "running") in ("running", "interrupted")]
+    for t in [t for t in unfinished if (t.last_result or {}).get("status") in STATUS_DONE]:
+        callback.on_trial_complete(0, trials, t)
+        unfinished.remove(t)
+    return unfinished
+
+
+def _mark_refine_trials_interrupted(sweep: Sweep) -> None:
+    """Optuna has no "interrupted" state: the refinement's trials left RUNNING (the resumed searcher tells them
+    later) say so in their ``tinylm_status``, as MLflow does."""
+    storage = optuna.storages.RDBStorage(url=sweep.storage())
+    try:
+        study_id = storage.get_study_id_from_name(f"{sweep.name}-refine")
+    except KeyError:
+        return
+    for t in storage.get_all_trials(study_id, deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, t.number)
+        storage.set_trial_user_attr(trial_id, "tinylm_status", "interrupted")
+
+
+def _fit(sweep: Sweep, base: Config, param_space: dict, res: dict, parent: str, tracker, refine: bool,
          grid: pd.DataFrame | None = None) -> None:
     name = f"{sweep.name}-refine" if refine else sweep.name
-    # on a multi-node cluster Ray's storage must be shared: TINYLM_STORAGE=s3://bucket/prefix (cluster/aws.yaml)
-    storage_root = os.environ.get("TINYLM_STORAGE") or os.path.join(sweep.root, "ray")
+    storage_root = _storage_root(sweep)
+    if refine:  # the grid's was checked before the sweep started
+        _check_grid(sweep, param_space, refine=True)
     # what every trial's driver reads (worker.trial_driver): the Sweep's trial fields (Sweep.for_trials) + resources
     param_space[SWEEP_ENTRY] = {**sweep.for_trials(), "storage_root": storage_root, **res}
     rule = SharedKillRule(f"{sweep.root}/{name}", margin=sweep.kill_margin, window=sweep.kill_window or (
@@ -133,9 +221,10 @@ def _fit(sweep: Sweep, base: Config, param_space: dict, res: dict, parent: str, 
                                       failure_config=tune.FailureConfig(
                                           max_failures=sweep.max_failures if res["local"] else 1)))
     grid = tuner.fit()
-    # Tune catches SIGINT, saves its state and returns normally: trials still PENDING/RUNNING mean "interrupted"
+    # Tune catches SIGINT, saves its state (live trials RUNNING) and returns normally after marking them TERMINATED
+    # in memory: only the callback's record says which trials really ended (on_trial_complete / on_trial_error)
     trials = grid._experiment_analysis.trials
-    unfinished = [t for t in trials if t.status not in ("TERMINATED", "ERROR")]
+    unfinished = unfinished_trials(trials, tracker.trial_statuses(parent), callbacks[0])
     # with max_concurrent_trials, trials are created only as slots free: an interrupt between two trials leaves
     # the rest not even PENDING, so count them too
     expected = (sweep.refine if refine else 1) * math.prod(
