@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from tinylm.data import get_batch
-from tinylm.regime import EVAL_SEED, Bigram, eval_windows, past_bigram, reference_losses
+from tinylm.regime import EVAL_SEED, Bigram, eval_windows, past_bigram, reference_losses, regime_metrics
 
 
 def markov_stream(n: int, v: int, seed: int) -> tuple[np.ndarray, float, float]:
@@ -66,3 +66,29 @@ def test_unseen_pairs_and_a_vocabulary_larger_than_the_stream():
 def test_past_bigram():
     assert past_bigram(4.0, 4.29) is True and past_bigram(5.07, 4.29) is False
     assert past_bigram(float("nan"), 4.29) is None
+
+
+def test_regime_metrics_are_numeric():
+    refs = {"ref_unigram_loss": 6.3, "ref_bigram_loss": 4.3}
+    assert regime_metrics(4.0, refs) == {"ref_unigram_loss": 6.3, "ref_bigram_loss": 4.3, "past_bigram": 1.0}
+    assert regime_metrics(5.1, refs)["past_bigram"] == 0.0
+    assert np.isnan(regime_metrics(float("nan"), refs)["past_bigram"])
+
+
+@pytest.mark.usefixtures("inprocess_dist", "one_thread")
+def test_every_eval_of_a_run_reports_the_references(tmp_path):
+    """train() scores the references once on its data and every eval carries them beside its own val loss."""
+    from tinylm.config import Config
+    from tinylm.data import load_data
+    from tinylm.train import train
+
+    cfg = Config.from_name("debug", train_tokens=2_048, eval_every_tokens=1_024, eval_tokens=1_024)
+    reports: list[dict] = []
+    final = train(cfg, str(tmp_path / "run"), report=lambda m, _ckpt: reports.append(dict(m)))
+    data = load_data(cfg)
+    want = reference_losses(data.train, data.val, data.tokenizer.n_vocab, cfg.batch_size, cfg.block_size,
+                            cfg.eval_tokens)
+    assert len(reports) >= 2 and all(r["ref_bigram_loss"] == want["ref_bigram_loss"] for r in reports)
+    assert final["ref_unigram_loss"] == want["ref_unigram_loss"] > final["ref_bigram_loss"]
+    # 2,048 tokens of training: far above a bigram of the whole train split
+    assert final["past_bigram"] == float(final["val_loss"] < final["ref_bigram_loss"]) == 0.0

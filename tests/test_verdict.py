@@ -137,3 +137,22 @@ def test_report_refuses_a_law_through_non_monotone_points(tmp_path):
     text = build_report(pd.DataFrame(rows), tmp_path, "arch", n_boot=0).read_text()
     top = text.split("## Setup")[0]
     assert "L(N) refused: non-monotone" in top
+
+
+def test_a_comparison_of_runs_above_the_bigram_says_it_measures_plateau_escape():
+    """Runs carry the count references (tinylm.regime): a comparison whose runs end above the bigram says so in
+    its reading and the verdict states the references; runs below it read as past the plateau."""
+    raw = glu_trials({4.0: 0.0, 2.66: 0.01}, seeds=3, noise=0.003)  # losses ~5.0
+    on_plateau = prepare(raw.assign(ref_unigram_loss=6.29, ref_bigram_loss=4.28))
+    v = verdict.build(on_plateau, on_plateau["glu_factor"] == 4.0, "rule", equivalence_pct=5.0)
+    assert v.effects[0].plateau == 6 and "measures plateau escape" in v.effects[0].reading(5.0)
+    assert "6 of 6 runs end above the bigram reference (unigram 6.290, bigram 4.280 nats" in v.headline()
+    past = prepare(raw.assign(ref_unigram_loss=6.29, ref_bigram_loss=5.5))
+    v = verdict.build(past, past["glu_factor"] == 4.0, "rule", equivalence_pct=5.0)
+    assert v.effects[0].plateau == 0 and "plateau" not in v.effects[0].reading(5.0)
+    assert "every run ends below the bigram reference" in v.headline()
+    mixed = prepare(raw.assign(ref_bigram_loss=[5.5] * 3 + [4.0] + [5.5] * 2))  # one 2.66 run above its bigram
+    v = verdict.build(mixed, mixed["glu_factor"] == 4.0, "rule", equivalence_pct=5.0)
+    assert v.effects[0].plateau == 1 and "1 of 6 runs" in v.headline()
+    old = prepare(raw)  # runs from before the references existed: no claim either way
+    assert verdict.build(old, old["glu_factor"] == 4.0, "rule").regime == ""

@@ -21,14 +21,14 @@ import math
 
 import numpy as np
 
-from tinylm.data import get_batch
-
 EVAL_SEED = 12345  # tinylm.train.evaluate draws its val windows from this seed: the references score the same ones
 K_GRID = (1e-4, 1e-3, 1e-2, 0.03, 0.1, 0.3, 1.0)
 
 
 def eval_windows(val: np.ndarray, batch_size: int, block_size: int, eval_tokens: int) -> tuple[np.ndarray, np.ndarray]:
     """(inputs, targets), each (n * batch_size, block_size): the val windows ``evaluate`` scores, in its order."""
+    from tinylm.data import get_batch
+
     rng = np.random.default_rng(EVAL_SEED)
     n = max(1, eval_tokens // (batch_size * block_size))
     xs, ys = zip(*(get_batch(val, batch_size, block_size, rng) for _ in range(n)), strict=True)
@@ -78,6 +78,15 @@ def reference_losses(train: np.ndarray, val: np.ndarray, n_vocab: int, batch_siz
             "ref_unigram_k": k_uni, "ref_bigram_k": k_bi}
 
 
+def regime_metrics(val_loss: float, refs: dict) -> dict[str, float]:
+    """What every eval reports beside its val loss: both references and ``past_bigram`` (1.0 when the val loss is
+    below the bigram reference, 0.0 when not, NaN when unknown; numeric, so trackers log it as a metric)."""
+    past = past_bigram(val_loss, refs.get("ref_bigram_loss", math.nan))
+    return {"ref_unigram_loss": refs.get("ref_unigram_loss", math.nan),
+            "ref_bigram_loss": refs.get("ref_bigram_loss", math.nan),
+            "past_bigram": math.nan if past is None else float(past)}
+
+
 def past_bigram(val_loss: float, ref_bigram_loss: float) -> bool | None:
     """True when a run's val loss beat the bigram reference; None when either is unknown."""
     if not (math.isfinite(val_loss) and math.isfinite(ref_bigram_loss)):
@@ -85,4 +94,4 @@ def past_bigram(val_loss: float, ref_bigram_loss: float) -> bool | None:
     return val_loss < ref_bigram_loss
 
 
-__all__ = ["Bigram", "EVAL_SEED", "choose_k", "eval_windows", "past_bigram", "reference_losses"]
+__all__ = ["Bigram", "EVAL_SEED", "choose_k", "eval_windows", "past_bigram", "reference_losses", "regime_metrics"]

@@ -56,6 +56,7 @@ class Effect:
     se: float = math.nan  # standard error of delta (nats)
     p_holm: float = math.nan  # Holm-adjusted over the sweep's comparisons (``effects``); the raw p when alone
     group: int | None = None  # the variant's configuration id
+    plateau: int = 0  # runs of either side that end above the bigram reference (tinylm.regime): still on the plateau
 
     @property
     def mde(self) -> float:
@@ -88,6 +89,13 @@ class Effect:
         return s + f": {self.reading(equivalence_pct)}"
 
     def reading(self, equivalence_pct: float = 5.0) -> str:
+        out = self._reading(equivalence_pct)
+        if self.plateau:
+            out += (f"; measures plateau escape, not the question: {self.plateau} of its runs end above the bigram "
+                    "reference")
+        return out
+
+    def _reading(self, equivalence_pct: float) -> str:
         if self.ci_pct is None:
             return "untested"
         lo, hi = self.ci_pct
@@ -141,7 +149,39 @@ def effects(df: pd.DataFrame, base_mask: pd.Series, level: float = 0.95) -> list
     if out:
         for e, q in zip(out, stats.holm(np.array([e.pvalue for e in out])), strict=True):
             e.p_holm = float(q)
+    above = above_bigram(df)
+    for e in out:
+        e.plateau = int((above & (base_mask | (df["group"] == e.group))).sum())
     return out
+
+
+def above_bigram(df: pd.DataFrame) -> pd.Series:
+    """Runs whose val loss ends at or above their bigram reference (False where either is unknown)."""
+    if "ref_bigram_loss" not in df:
+        return pd.Series(False, index=df.index)
+    ref = pd.to_numeric(df["ref_bigram_loss"], errors="coerce")
+    return (pd.to_numeric(df["loss"], errors="coerce") >= ref) & ref.notna()
+
+
+def regime(df: pd.DataFrame) -> str:
+    """One sentence: the unigram and bigram references (tinylm.regime) against the runs' final losses, and what it
+    means for the comparison when runs have not beaten the bigram. Empty when the runs carry no references."""
+    if "ref_bigram_loss" not in df or pd.to_numeric(df["ref_bigram_loss"], errors="coerce").isna().all():
+        return ""
+    bi = pd.to_numeric(df["ref_bigram_loss"], errors="coerce").dropna()
+    uni = pd.to_numeric(df.get("ref_unigram_loss"), errors="coerce").dropna() if "ref_unigram_loss" in df else bi[:0]
+    loss = pd.to_numeric(df["loss"], errors="coerce").dropna()
+    refs = (f"unigram {uni.median():.3f}, bigram {bi.median():.3f} nats" if len(uni) else
+            f"bigram {bi.median():.3f} nats")
+    ends = f"runs end at {loss.min():.3f}-{loss.max():.3f} nats" if len(loss) else "no run has a final loss"
+    n_above, n = int(above_bigram(df).sum()), int(df["ref_bigram_loss"].notna().sum())
+    if not n_above:
+        return (f"Regime: every run ends below the bigram reference ({refs} on the same val windows; {ends}): past "
+                "the n-gram plateau.")
+    return (f"Regime: {n_above} of {n} runs end above the bigram reference ({refs} on the same val windows; {ends}). "
+            "Those runs are still leaving their early plateau: differences between them measure when each run "
+            "escapes it (plateau escape), not the question asked. A longer run, a smaller batch (more optimizer "
+            "steps) or a larger model would move them past it.")
 
 
 def noise_floor(df: pd.DataFrame) -> tuple[float, int]:
@@ -200,6 +240,7 @@ class Verdict:
     test: str = "none"  # the test behind the MDE
     dof: float = math.nan  # its d.o.f.
     mde_holm: float = math.nan  # nats: the MDE at Holm's strictest step (α / comparisons)
+    regime: str = ""  # the runs against the unigram / bigram references (``regime``)
 
     def headline(self) -> str:
         """One paragraph: every effect, then the noise floor and the MDE, then the PRD rule."""
@@ -218,6 +259,8 @@ class Verdict:
                          f"{self.test} on {self.dof:.3g} d.o.f. over {self.n_pairs} seeds): {pct(self.mde):.2f} % "
                          f"PPL per comparison{holm}; smaller true effects would usually go unseen.")
         parts.append(f"PRD rule: {self.decision}")
+        if self.regime:
+            parts.append(self.regime)
         return " ".join(parts)
 
 
@@ -233,9 +276,10 @@ def build(df: pd.DataFrame, base_mask: pd.Series, decision_summary: str, equival
         worst = max(tested, key=lambda e: e.mde)
         k = len(tested)
         return Verdict(found, sd, dof, worst.sd_diff, worst.mde, worst.n_pairs, decision_summary, equivalence_pct,
-                       test=worst.test, dof=worst.dof, mde_holm=mde_se(worst.se, worst.dof, ALPHA / k))
+                       test=worst.test, dof=worst.dof, mde_holm=mde_se(worst.se, worst.dof, ALPHA / k),
+                       regime=regime(df))
     sd_diff = math.sqrt(2) * sd if sd == sd else math.nan
-    return Verdict(found, sd, dof, sd_diff, math.nan, 0, decision_summary, equivalence_pct)
+    return Verdict(found, sd, dof, sd_diff, math.nan, 0, decision_summary, equivalence_pct, regime=regime(df))
 
 
 def equivalence_margin(hypothesis: str, default: float = 5.0) -> float:
