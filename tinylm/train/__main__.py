@@ -69,8 +69,8 @@ def main(argv: list[str] | None = None) -> dict:
     except KeyboardInterrupt as e:  # one line, what is kept and the command that goes on; 130 as a shell reports it
         print(interrupted(e, out, argv if args.out else [*argv, "--out", out]), file=sys.stderr)
         raise SystemExit(130) from None
-    keys = ("status", "final_val_loss", "final_val_ppl", "tokens", "params_total", "tokens_per_s", "mfu",
-            "latency_ms_b1_l128", "peak_mem_mb")
+    keys = ("status", "final_val_loss", "final_val_ppl", "ref_unigram_loss", "ref_bigram_loss", "tokens",
+            "params_total", "tokens_per_s", "mfu", "latency_ms_b1_l128", "peak_mem_mb")  # refs: tinylm.regime
     print(json.dumps({k: final.get(k) for k in keys}, indent=1, default=str))
     wall = f"wall time {time.perf_counter() - t0:.1f} s"
     if final.get("status") != "completed":
