@@ -397,7 +397,9 @@ def test_report_end_to_end_from_sqlite_store(tmp_path, capsys):
     assert "**Devices:** NVIDIA A10G" in text
     assert "not enough points: L(N) needs at least 4 distinct N; got 3" in text
     assert "Baseline: **glu_factor=4** (selected by glu_factor=4)." in text
-    assert "Winner: **glu_factor=2.66**" in text  # −1.7 % PPL (a tie), faster, less memory: the tie goes to it
+    # block_size 64 (debug): no model can be timed alone at 128 tokens, and the rule says so instead of reading
+    # the in-sweep numbers (tinylm.footprint)
+    assert "latency and model memory not measured" in text and "footprints.csv" in text
     assert "paired t" in text or "two-way t" in text  # the verdict names its test
     assert "A10G" in text and "$" in text
     files = {p.name for p in (out / "glu").iterdir()}

@@ -169,14 +169,19 @@ def _decision(dec: decision.Decision | str) -> list[str]:
     lines = ["## Decision (PRD rule)", "",
              "A variant wins if it beats the baseline perplexity by ≥ 5 % at equal or lower latency and memory; "
              "perplexity ties go to the faster one. Perplexity is judged on the verdict's 95 % CI: a tie only when "
-             "the CI lies inside ±5 %, a CI that straddles the margin is inconclusive.", ""]
+             "the CI lies inside ±5 %, a CI that straddles the margin is inconclusive. Latency and memory here are "
+             "measured after the sweep, each model alone (footprints.csv): latency at batch 1 and 128 tokens, the "
+             "median of repeated forwards (on CPU the CPU time of one thread), memory the model's (weights, KV "
+             "cache, activations of that forward); a difference within the measured spread counts as equal. The "
+             "latency and peak-memory columns of the other tables were measured during the sweep, while other "
+             "trials ran.", ""]
     if isinstance(dec, str):
         return lines + [dec, ""]
     lines += [f"Baseline: **{dec.baseline}** ({dec.how}).", "", dec.summary, ""]
     if len(dec.table):
         lines += [md_table([[r["variant"], r["ppl"], f"{r['ppl_change_pct']:+.1f}%", r["latency_ms"],
                              r["peak_mem_mb"], r["verdict"], r["reason"]] for _, r in dec.table.iterrows()],
-                           ["variant", "PPL", "Δ PPL", "latency ms", "peak MB", "verdict", "reason"]), ""]
+                           ["variant", "PPL", "Δ PPL", "latency ms", "memory MB", "verdict", "reason"]), ""]
     return lines
 
 
@@ -334,7 +339,8 @@ def build_report(df: pd.DataFrame, out_dir: str | Path, sweep_name: str, curves:
     grouped.to_csv(out / "table_main.csv", index=False)
 
     try:
-        dec: decision.Decision | str = decision.decide(done, baseline)
+        fps = decision.footprints(done, cache=out / "footprints.csv")  # each model alone, measured once
+        dec: decision.Decision | str = decision.decide(done, baseline, footprints=fps)
         first = done.loc[columns.baseline_mask(done, baseline)[0], "group"].iloc[0]
         base_mask = done["group"] == first
     except (ValueError, KeyError, IndexError) as e:
