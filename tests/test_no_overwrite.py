@@ -442,8 +442,11 @@ def test_ctrl_c_prints_the_command_that_goes_on(case, tmp_path, monkeypatch, cap
 def test_ctrl_c_on_the_real_command(tmp_path, child_env):
     """A real SIGINT to ``python -m tinylm.train``: exit 130, the last stderr line says how to go on, no traceback."""
     out = tmp_path / "run"
-    proc = subprocess.Popen([sys.executable, "-m", "tinylm.train", "--preset", "debug", "--train_tokens", "400000",
-                             "--eval_every_tokens", "1024", "--eval_tokens", "1024", "--out", str(out)], cwd=ROOT,
+    # a run far longer than the test (20M tokens: minutes even on a fast CPU) with a checkpoint every 4 steps, so
+    # the SIGINT always lands mid-run after one (at 400k tokens a quiet machine finished before the signal)
+    args = ["--preset", "debug", "--train_tokens", "20000000", "--eval_every_tokens", "1024", "--eval_tokens", "1024",
+            "--ckpt_every_tokens", "2048"]
+    proc = subprocess.Popen([sys.executable, "-m", "tinylm.train", *args, "--out", str(out)], cwd=ROOT,
                             env=child_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 240
     while time.time() < deadline and not list((out / "ckpt").glob("*/tinylm_complete.json")):
@@ -453,5 +456,5 @@ def test_ctrl_c_on_the_real_command(tmp_path, child_env):
     assert proc.returncode == 130, err[-2000:]
     last = err.strip().splitlines()[-1]
     assert last.startswith("interrupted at ") and "tokens is kept); resume with: python -m tinylm.train " \
-        f"--preset debug --train_tokens 400000 --eval_every_tokens 1024 --eval_tokens 1024 --out {out}" in last, last
+        f"{' '.join(args)} --out {out}" in last, last
     assert "Traceback" not in err and "KeyboardInterrupt" not in err, err[-3000:]
