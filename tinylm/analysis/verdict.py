@@ -91,8 +91,8 @@ class Effect:
     def reading(self, equivalence_pct: float = 5.0) -> str:
         out = self._reading(equivalence_pct)
         if self.plateau:
-            out += (f"; measures plateau escape, not the question: {self.plateau} of its runs end above the bigram "
-                    "reference")
+            out += (f"; measures plateau escape, not the question: {self.plateau} of the runs compared end above the "
+                    "bigram reference")
         return out
 
     def _reading(self, equivalence_pct: float) -> str:
@@ -180,8 +180,8 @@ def regime(df: pd.DataFrame) -> str:
                 "the n-gram plateau.")
     return (f"Regime: {n_above} of {n} runs end above the bigram reference ({refs} on the same val windows; {ends}). "
             "Those runs are still leaving their early plateau: differences between them measure when each run "
-            "escapes it (plateau escape), not the question asked. A longer run, a smaller batch (more optimizer "
-            "steps) or a larger model would move them past it.")
+            "escapes it (plateau escape), not the question asked. More training tokens per parameter move them past "
+            "it (on the laptop GLU replica 20 tokens per parameter did; a smaller batch alone did not: RESULTS.md).")
 
 
 def noise_floor(df: pd.DataFrame) -> tuple[float, int]:
