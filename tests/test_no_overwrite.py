@@ -442,17 +442,25 @@ def test_ctrl_c_prints_the_command_that_goes_on(case, tmp_path, monkeypatch, cap
 def test_ctrl_c_on_the_real_command(tmp_path, child_env):
     """A real SIGINT to ``python -m tinylm.train``: exit 130, the last stderr line says how to go on, no traceback."""
     out = tmp_path / "run"
-    # a run far longer than the test (20M tokens: minutes even on a fast CPU) with a checkpoint every 4 steps, so
-    # the SIGINT always lands mid-run after one (at 400k tokens a quiet machine finished before the signal)
-    args = ["--preset", "debug", "--train_tokens", "20000000", "--eval_every_tokens", "1024", "--eval_tokens", "1024",
-            "--ckpt_every_tokens", "2048"]
-    proc = subprocess.Popen([sys.executable, "-m", "tinylm.train", *args, "--out", str(out)], cwd=ROOT,
-                            env=child_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 240
-    while time.time() < deadline and not list((out / "ckpt").glob("*/tinylm_complete.json")):
-        time.sleep(0.5)
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=120)
+    # a run far longer than the test (20M tokens: minutes even on a fast CPU), so the SIGINT always lands mid-run
+    # after a checkpoint (at 400k tokens a quiet machine finished before the signal). Output goes to files, not
+    # pipes: an undrained pipe fills with log lines and blocks the run, whatever the signal
+    args = ["--preset", "debug", "--train_tokens", "20000000", "--eval_every_tokens", "2048", "--eval_tokens", "1024"]
+    err_path = tmp_path / "stderr.txt"
+    with open(err_path, "w") as err_file:
+        proc = subprocess.Popen([sys.executable, "-m", "tinylm.train", *args, "--out", str(out)], cwd=ROOT,
+                                env=child_env, stdout=subprocess.DEVNULL, stderr=err_file, text=True)
+        deadline = time.time() + 240
+        while time.time() < deadline and proc.poll() is None and not list(
+                (out / "ckpt").glob("*/tinylm_complete.json")):
+            time.sleep(0.5)
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            raise AssertionError("no exit 120 s after SIGINT: " + err_path.read_text()[-3000:]) from None
+    err = err_path.read_text()
     assert proc.returncode == 130, err[-2000:]
     last = err.strip().splitlines()[-1]
     assert last.startswith("interrupted at ") and "tokens is kept); resume with: python -m tinylm.train " \
