@@ -77,7 +77,7 @@ def test_interrupt_then_resume_finishes_each_trial_once(tmp_path):
         if "completed" in line and "[tiny]" in line:
             break
         assert time.time() < deadline, "".join(seen[-50:])
-    os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C (STACK.md: SIGINT, not SIGTERM, stops Ray cleanly)
+    os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C (SIGINT, not SIGTERM: SIGTERM left gcs_server/raylet running)
     out, _ = proc.communicate(timeout=300)
     assert "interrupted" in out or proc.returncode != 0, out[-2000:]
     before = children(tmp_path)

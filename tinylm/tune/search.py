@@ -22,7 +22,7 @@ log = logging.getLogger("tinylm.tune")
 
 class PruningOptunaSearch(OptunaSearch):
     """OptunaSearch that stores trials stopped early (ASHA / kill rule) as PRUNED, so the dashboard shows them
-    (stock OptunaSearch stores them COMPLETE — STACK.md)."""
+    (stock OptunaSearch stores them COMPLETE, intermediate values kept)."""
 
     def on_trial_complete(self, trial_id, result=None, error=False):
         if result and result.get("status") not in STATUS_DONE and not error and trial_id in self._ot_trials:
