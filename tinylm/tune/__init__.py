@@ -1,7 +1,7 @@
 """The only package that imports ray: grid and Optuna sweeps, ASHA and the kill rule, MLflow logging, resume.
 
-Pattern (Ray Train V2 inside Tune, the supported way since Ray 2.51): each Tune trial runs a driver function that builds a
-``TorchTrainer`` calling ``tinylm.train.train`` unchanged, named after the trial id (no timestamp).
+Pattern (Ray Train V2 inside Tune, supported since Ray 2.51): each Tune trial runs a driver function that builds
+a ``TorchTrainer`` calling ``tinylm.train.train`` unchanged, named after the trial id (no timestamp).
 
     run_sweep(Sweep("glu"), BASE, {"glu_factor": [2.0, 2.66, 3.0, 4.0]})          # grid
     run_sweep(Sweep("glu", refine=20), BASE, SPACE)                                 # + Optuna around the best

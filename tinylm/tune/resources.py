@@ -35,7 +35,7 @@ def connect(sweep: Sweep) -> dict:
             cpus = os.cpu_count() or 1
             os.environ["RAY_GCS_SERVER_PORT"] = str(port)
             try:
-                # the dashboard serves that State API (without it, Ray without ray[default], ASHA-stopped trials leak their
+                # the dashboard serves that State API (without it ASHA-stopped trials leak their
                 # placement groups); it binds 127.0.0.1
                 ray.init(address="local", num_cpus=cpus, resources={"tune_driver": cpus * 2}, runtime_env=env,
                          dashboard_host="127.0.0.1", logging_level=logging.WARNING)
