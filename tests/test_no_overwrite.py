@@ -32,6 +32,7 @@ import time
 from pathlib import Path
 
 import pytest
+from test_bad_input import debug, one_line  # the debug preset at 2,048 tokens; one-line error check
 
 from tinylm.config import Config, ConfigError
 
@@ -39,16 +40,6 @@ ROOT = Path(__file__).resolve().parents[1]
 TRAIN = ["--preset", "debug", "--train_tokens", "2048", "--eval_every_tokens", "1024", "--eval_tokens", "1024"]
 
 
-def one_line(msg: str) -> str:
-    assert "\n" not in msg.strip(), f"not one line: {msg!r}"
-    assert "Traceback" not in msg, msg
-    return msg
-
-
-def debug(**kw) -> Config:
-    """What TRAIN asks for: the debug preset, 2,048 tokens (4 steps of 512), an eval + checkpoint every 1,024."""
-    return Config.from_name("debug", **{"train_tokens": 2_048, "eval_every_tokens": 1_024, "eval_tokens": 1_024,
-                                        **kw})
 
 
 def snapshot(folder: Path) -> dict[str, str]:

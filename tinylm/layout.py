@@ -19,6 +19,7 @@ Standard library only, so the driver, the CLIs and the tests read it for free.
 from __future__ import annotations
 
 import errno
+import json
 import math
 import os
 import re
@@ -141,6 +142,17 @@ def _run_folder(path: str) -> str | None:
             return folder
         folder = os.path.dirname(folder)
     return None
+
+
+def json_with_keys(path: str, keys: set[str], without: set[str] = frozenset()) -> bool:
+    """``path`` holds a JSON object with every key of ``keys`` and none of ``without`` (how a command recognises a
+    file it wrote before, for ``overwrite_refusal``'s ``ours``)."""
+    try:
+        with open(path) as f:
+            data = json.load(f)
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and keys <= data.keys() and not without & data.keys()
 
 
 def overwrite_refusal(path: str, flag: str, force: bool = False,

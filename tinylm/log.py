@@ -10,14 +10,13 @@ its best trial; then the established baselines: trials whose sweep marked them a
 from __future__ import annotations
 
 import argparse
-import json
 import os
 from typing import Any
 
 import pandas as pd
 
 from tinylm.config import FIELDS
-from tinylm.layout import overwrite_refusal, results_dir, unwritable_parent
+from tinylm.layout import json_with_keys, overwrite_refusal, results_dir, unwritable_parent
 from tinylm.ranking import best_trial, plain, trial_loss, varied
 
 RESULT_COLS = ("final_val_loss", "final_val_ppl", "params_total", "tokens", "train_time_s", "tokens_per_s",
@@ -172,12 +171,7 @@ def _check_writable(path: str, force: bool) -> None:
 
 def _is_json_log(path: str) -> bool:
     """A file this command wrote: a JSON object with the log's own keys."""
-    try:
-        with open(path) as f:
-            data = json.load(f)
-    except (OSError, ValueError):
-        return False
-    return isinstance(data, dict) and {"generated_at", "tracking_uri", "sweeps"} <= data.keys()
+    return json_with_keys(path, {"generated_at", "tracking_uri", "sweeps"})
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ import os
 
 from tinylm.evals.sources import EvalDataUnavailable
 from tinylm.evals.suite import TASKS, efficiency, resolve_tasks, run_suite
-from tinylm.layout import overwrite_refusal
+from tinylm.layout import json_with_keys, overwrite_refusal
 
 _SKIP = ("_stderr", "_random", "_n", "_time_s")
 
@@ -124,12 +124,7 @@ def _check_writable(path: str) -> None:
 
 def _is_evals_out(path: str) -> bool:
     """A file this command wrote: a JSON object of eval metrics (``eval_score``) and nothing of a training run."""
-    try:
-        with open(path) as f:
-            data = json.load(f)
-    except (OSError, ValueError):
-        return False
-    return isinstance(data, dict) and "eval_score" in data and "status" not in data
+    return json_with_keys(path, {"eval_score"}, without={"status"})
 
 
 if __name__ == "__main__":
