@@ -92,3 +92,19 @@ def test_every_eval_of_a_run_reports_the_references(tmp_path):
     assert final["ref_unigram_loss"] == want["ref_unigram_loss"] > final["ref_bigram_loss"]
     # 2,048 tokens of training: far above a bigram of the whole train split
     assert final["past_bigram"] == float(final["val_loss"] < final["ref_bigram_loss"]) == 0.0
+
+
+def test_references_are_counted_once_per_shards_and_window_shape(tmp_path, monkeypatch):
+    """The trials of a sweep share their token shards: the second asks the file beside them, not the counts."""
+    from types import SimpleNamespace
+
+    import tinylm.regime as regime
+
+    v = 20
+    stream, _, _ = markov_stream(20_000, v, seed=1)
+    data = SimpleNamespace(train=stream[:15_000], val=stream[15_000:], tokenizer=SimpleNamespace(n_vocab=v),
+                           meta={"cache_dir": str(tmp_path)})
+    first = regime.cached_reference_losses(data, 4, 32, 1024)
+    monkeypatch.setattr(regime, "reference_losses", lambda *a, **k: pytest.fail("counted again"))
+    assert regime.cached_reference_losses(data, 4, 32, 1024) == first
+    assert (tmp_path / "refs-4x32-1024.json").exists()

@@ -87,6 +87,32 @@ def regime_metrics(val_loss: float, refs: dict) -> dict[str, float]:
             "past_bigram": math.nan if past is None else float(past)}
 
 
+def cached_reference_losses(data, batch_size: int, block_size: int, eval_tokens: int) -> dict[str, float]:
+    """``reference_losses`` for a ``tinylm.data.TokenData``, stored beside its token shards (keyed by the window
+    shapes), so the trials of a sweep, which share the shards, count and score once. Written atomically; an
+    unreadable file is recomputed."""
+    import json
+    import os
+    from pathlib import Path
+
+    folder = data.meta.get("cache_dir")
+    path = Path(folder) / f"refs-{batch_size}x{block_size}-{eval_tokens}.json" if folder else None
+    if path is not None and path.exists():
+        try:
+            return json.loads(path.read_text())
+        except (OSError, ValueError):
+            pass
+    refs = reference_losses(data.train, data.val, data.tokenizer.n_vocab, batch_size, block_size, eval_tokens)
+    if path is not None:
+        try:
+            tmp = path.with_name(f".{path.name}.{os.getpid()}")
+            tmp.write_text(json.dumps(refs))
+            os.replace(tmp, path)
+        except OSError:  # a read-only cache: the numbers are still right, only not kept
+            pass
+    return refs
+
+
 def past_bigram(val_loss: float, ref_bigram_loss: float) -> bool | None:
     """True when a run's val loss beat the bigram reference; None when either is unknown."""
     if not (math.isfinite(val_loss) and math.isfinite(ref_bigram_loss)):
@@ -94,4 +120,5 @@ def past_bigram(val_loss: float, ref_bigram_loss: float) -> bool | None:
     return val_loss < ref_bigram_loss
 
 
-__all__ = ["Bigram", "EVAL_SEED", "choose_k", "eval_windows", "past_bigram", "reference_losses", "regime_metrics"]
+__all__ = ["Bigram", "EVAL_SEED", "cached_reference_losses", "choose_k", "eval_windows", "past_bigram",
+           "reference_losses", "regime_metrics"]

@@ -23,7 +23,7 @@ from tinylm.budget import flops_per_token, param_counts
 from tinylm.config import ARCH_FIELDS, Config, ConfigError
 from tinylm.layout import jsonable, unwritable_parent, write_failure
 from tinylm.model import GPT
-from tinylm.regime import EVAL_SEED, reference_losses, regime_metrics
+from tinylm.regime import EVAL_SEED, cached_reference_losses, regime_metrics
 
 log = logging.getLogger("tinylm.train")
 # report(metrics, checkpoint_dir | None): Ray's report on a cluster, a logger or nothing locally
@@ -232,8 +232,7 @@ def setup(cfg: Config, out_dir: str, write_info: bool = True) -> Run:
     data.meta["val_bytes_per_token"] = n_bytes / max(1, len(sample))
     # what count models of the train split score on the val windows evaluate() scores: a run above the bigram is
     # still on its early plateau (tinylm.regime); every eval reports them beside val_loss
-    data.meta["refs"] = reference_losses(data.train, data.val, data.tokenizer.n_vocab, cfg.batch_size,
-                                         cfg.block_size, cfg.eval_tokens)
+    data.meta["refs"] = cached_reference_losses(data, cfg.batch_size, cfg.block_size, cfg.eval_tokens)
     info = {**provenance(device), "tokenizer_hash": data.tokenizer_hash, "data_fingerprint": data.fingerprint,
             "data_source": str(data.meta.get("source", "")), "world_size": str(world),
             "ds_config": json.dumps(conf, sort_keys=True)}
