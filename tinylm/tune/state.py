@@ -176,30 +176,20 @@ def check_ray_storage(storage_root: str, timeout_s: float | None = None) -> None
             raise SweepStateError(f"Ray storage {path} (TINYLM_STORAGE) cannot be written: {bad} is not a writable "
                                   "folder")
         return
-    import threading
-
     import pyarrow.fs  # a ray dependency
 
-    from tinylm.tracking import REACH_TIMEOUT_S
-
-    timeout_s = REACH_TIMEOUT_S if timeout_s is None else timeout_s
-    outcome: list = []
+    from tinylm.tracking import REACH_TIMEOUT_S, within
 
     def probe() -> None:
-        try:
-            fs, path = pyarrow.fs.FileSystem.from_uri(storage_root)
-            fs.get_file_info(path)
-            outcome.append(None)
-        except Exception as e:  # noqa: BLE001 - any failure means "not usable"
-            outcome.append(e)
+        fs, path = pyarrow.fs.FileSystem.from_uri(storage_root)
+        fs.get_file_info(path)
 
-    worker = threading.Thread(target=probe, daemon=True)
-    worker.start()
-    worker.join(timeout_s)
-    if not outcome or outcome[0] is not None:
-        why = f"{type(outcome[0]).__name__}: {str(outcome[0]).splitlines()[0][:300]}" if outcome else \
-            f"no answer within {timeout_s:.0f} s"
-        raise SweepStateError(f"Ray storage {mask_uri(storage_root)} (TINYLM_STORAGE) is not reachable: {why}")
+    try:
+        within(REACH_TIMEOUT_S if timeout_s is None else timeout_s, probe)  # the pre-flight checks' one bound
+    except Exception as e:  # noqa: BLE001 - any failure (a timeout included) means "not usable"
+        why = str(e) if isinstance(e, TimeoutError) else f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"
+        raise SweepStateError(f"Ray storage {mask_uri(storage_root)} (TINYLM_STORAGE) is not reachable: {why}") \
+            from None
 
 
 # --- the grid a resumed sweep was created with ---------------------------------------------------------------
