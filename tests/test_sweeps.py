@@ -107,6 +107,8 @@ def test_laptop_config_is_a_replica(path):
             assert 19.5 <= tpp <= 20.5, f"{exp.name}: {tpp:.2f} tokens/param"
         elif exp.name == "data_scale":
             assert 2.4 <= tpp <= 20.5
+        elif exp.tokens_per_param:  # a floor that keeps the regime (glu: 20), above the full experiment's
+            assert exp.tokens_per_param > full_tpp and abs(tpp / exp.tokens_per_param - 1) < 0.03, (exp.name, tpp)
         elif exp.name not in ("seq", "speed", "vocab", "tokenizer"):  # their axis changes N at fixed tokens
             assert abs(tpp / full_tpp - 1) < 0.03, f"{exp.name}: {tpp:.2f} vs full {full_tpp:.2f} tokens/param"
         if c.target_params:
@@ -142,7 +144,11 @@ def test_dry_run_prints_the_trials_and_starts_nothing(capsys, monkeypatch):
     table = run(exp, dry_run=True)
     out = capsys.readouterr().out
     assert "DRY RUN" in out and "estimated wall time here" in out and "diagnostics" in out
-    assert len(table) == 4 * exp.options["seeds"] and (table["tokens_per_param"].round(1) == 5.0).all()
+    lr, seeds = table[table["phase"] == "lr"], table[table["phase"] == "seeds*"]
+    assert len(lr) == 4 * len(exp.lr_grid) and len(seeds) == 4 * exp.options["seeds"]
+    assert (seeds["tokens_per_param"].round(0) == 20).all() and (lr["tokens"] < seeds["tokens"].min() / 3).all()
+    assert sorted(set((lr["lr"] / seeds["lr"].iloc[0]).round(6))) == list(exp.lr_grid)
+    assert len(run(exp, dry_run=True, lr_grid=[])) == 4 * exp.options["seeds"]  # no tuning: the seed runs only
     run(exp, scale="smoke", dry_run=True)
     assert "SMOKE scale: mechanics only" in capsys.readouterr().out
 
@@ -183,7 +189,7 @@ def test_two_phase_trains_finalists_to_the_end(monkeypatch, tmp_path):
     monkeypatch.setattr(tune, "print_results", lambda *a, **k: "")
     monkeypatch.setattr(tune, "shutdown", lambda: None)
     exp = load(os.path.join(ROOT, "sweeps", "glu.py")).EXPERIMENT
-    run(exp, two_phase=True, kill_margin=0.02, results=str(tmp_path))
+    run(exp, two_phase=True, kill_margin=0.02, results=str(tmp_path), lr_grid=[])
     (rank, short, _), (final, full, space) = calls
     assert rank.kill_margin == 0.02 and short.train_tokens < full.train_tokens
     assert short.warmup_tokens <= short.train_tokens // 4
@@ -253,3 +259,77 @@ def test_a_sweep_without_early_stopping_has_neither_asha_nor_the_kill_rule(path)
         else:
             assert not sweep.asha and sweep.kill_margin == math.inf
             assert sweep_of(exp, defaults(exp) | {"kill_margin": 0.05}, "smoke").kill_margin == 0.05
+
+
+def _fake_lr_sweeps(monkeypatch, best: dict[float, float], fail: tuple = ()):
+    """tinylm.tune stand-ins: a run's final val loss is a parabola in log2(lr) with its minimum at ``best[glu]``
+    (an LR), so where the tuning must go is known; points in ``fail`` (glu, lr multiple of the rule) diverge."""
+    import math
+
+    import pandas as pd
+
+    tune = pytest.importorskip("tinylm.tune")
+    calls = []
+
+    def run_sweep_(sweep, base, space, refine_space=None):
+        calls.append((sweep, base, space))
+        rows = []
+        variants = space.get("__variant") or [{"glu_factor": g} for g in space["glu_factor"]]
+        for v in variants:
+            lr = v.get("lr", base.lr)
+            loss = 4.0 + 0.1 * math.log2(lr / best[v["glu_factor"]]) ** 2
+            status = "diverged" if (v["glu_factor"], round(lr / base.lr, 6)) in fail else "completed"
+            rows += [{**v, "lr": lr, "seed": s, "val_loss": loss, "status": status}
+                     for s in range(base.seed, base.seed + sweep.seeds)]
+        return pd.DataFrame(rows)
+
+    monkeypatch.setattr(tune, "run_sweep", run_sweep_)
+    monkeypatch.setattr(tune, "print_results", lambda *a, **k: "")
+    monkeypatch.setattr(tune, "shutdown", lambda: None)
+    return calls
+
+
+def test_lr_is_tuned_per_variant_before_the_seed_runs_and_extended_until_interior(monkeypatch, tmp_path, capsys):
+    """The PRD's LR phase: every variant x the grid on one tuning seed (not one of the seed runs), short, every run
+    to its end; a best at an edge gets the next multiplier in a new round until it is interior; the seed runs
+    then train each variant at its own best LR."""
+    from tinylm.experiment import run
+
+    exp = load(os.path.join(ROOT, "sweeps", "glu.py")).EXPERIMENT
+    rule = exp.base("laptop").lr
+    # glu 2: optimum x 4 (interior at once); 2.66: x 16 (two rounds up); 3: x 1 (one round down); 4: x 64 (never
+    # interior within MAX_LR_EXTENSIONS = 3 rounds up from x 8: x 16, x 32, x 64, still the best, stays an edge)
+    best = {2.0: 4 * rule, 2.66: 16 * rule, 3.0: 1 * rule, 4.0: 64 * rule}
+    calls = _fake_lr_sweeps(monkeypatch, best)
+    run(exp, results=str(tmp_path), seeds=2)
+    *tuning, (final, full, space) = calls
+    first = tuning[0]
+    assert first[0].name == "glu-lr" and not first[0].asha and first[0].kill_margin == float("inf")
+    assert first[0].seeds == 1 and first[1].seed == full.seed + 2  # a tuning seed no seed run uses
+    assert first[1].train_tokens == pytest.approx(full.train_tokens / 4, rel=0.01) and len(first[2]["__variant"]) == 12
+    assert [c[0].name for c in tuning] == ["glu-lr", "glu-lr-x1", "glu-lr-x2", "glu-lr-x3"]
+    assert final.name == "glu" and final.seeds == 2 and full.train_tokens == exp.base("laptop").train_tokens
+    chosen = {v["glu_factor"]: v["lr"] / rule for v in space["__variant"]}
+    assert chosen == pytest.approx({2.0: 4, 2.66: 16, 3.0: 1, 4.0: 64})
+    out = capsys.readouterr().out
+    assert "glu_factor=4.0: lr" in out and "best at the grid edge after the extensions" in out
+    assert out.count("best at the grid edge") == 1, "only glu 4 stays at an edge"
+
+
+def test_lr_tuning_skips_a_diverged_lr_and_can_be_turned_off(monkeypatch, tmp_path):
+    from tinylm.experiment import run
+
+    exp = load(os.path.join(ROOT, "sweeps", "glu.py")).EXPERIMENT
+    rule = exp.base("laptop").lr
+    best = {g: 4 * rule for g in (2.0, 2.66, 3.0, 4.0)}
+    calls = _fake_lr_sweeps(monkeypatch, best, fail={(2.0, 4.0)})  # glu 2's best LR diverged: x 2 or x 8 wins
+    run(exp, results=str(tmp_path), seeds=2)
+    space = calls[-1][2]
+    assert {v["glu_factor"]: round(v["lr"] / rule) for v in space["__variant"]}[2.0] in (2, 8)
+    calls.clear()
+    run(exp, results=str(tmp_path / "b"), seeds=2, lr_grid=[])
+    assert len(calls) == 1 and calls[0][2] == {"glu_factor": [2.0, 2.66, 3.0, 4.0]}  # the rule's LR, no phase
+    with pytest.raises(ConfigError, match=r"--lr-grid=\[1.0, 2.0\] must be no values, or >= 3 positive"):
+        run(exp, results=str(tmp_path / "c"), lr_grid=[1.0, 2.0])
+    with pytest.raises(ConfigError, match="--lr-fraction=0 must be a fraction"):
+        run(exp, results=str(tmp_path / "c"), lr_fraction=0)

@@ -43,6 +43,8 @@ class Experiment:
     # only: the tokens per parameter and the size-dependent hparams are re-derived after them)
     tokens_per_param: float = 0.0  # laptop: train on this many tokens per parameter (0 = the full experiment's)
     refine_space: dict | None = None  # Tune domains for --refine (default: around the grid axes)
+    lr_grid: tuple[float, ...] = ()  # laptop / full: multipliers of the rule's LR tried per variant on one tuning
+    # seed before the seed runs (``tune_lr``; extended while the best is at an edge); () = every variant at the rule
     early_stopping: bool = True  # False: every trial runs to its end, no ASHA and no kill rule (scaling fits,
     # seeded verdicts, LR or schedule axes, losses in different units, timings); the CLI's flags still win
     options: dict = field(default_factory=dict)  # defaults for the sweep flags (CLI / run() kwargs still win),
@@ -92,6 +94,16 @@ RUN_FLAGS: list[Flag] = [
     Flag("--set", [], action="extend", nargs="*", metavar="FIELD=VALUE",
          help="override Config fields (repeatable: --set a=1 --set b=2 sets both)"),
     Flag("--analyze", False, action="store_true", help="run the post-hoc analysis at the end"),
+    Flag("--lr-grid", None, type=float, nargs="*", metavar="MULT",
+         help="per-variant LR tuning before the seed runs: multipliers of the rule's LR, tried on one tuning seed "
+              "and extended while the best is at an edge (default: the experiment's own at laptop and full scale, "
+              "none at smoke; no values: every variant at the rule's LR)",
+         check=(lambda v: v is None or (isinstance(v, list | tuple) and len(v) != 1 and len(v) != 2
+                                        and all(is_number(m) and 0 < m < math.inf for m in v)),
+                "no values, or >= 3 positive multipliers (an optimum is interior only between two others)")),
+    Flag("--lr-fraction", 0.25, type=float,
+         help="length of the LR-tuning runs, a fraction of train_tokens (1 = the seed runs' own length)",
+         check=(lambda v: is_number(v) and 0 < v <= 1, "a fraction of train_tokens in (0, 1]")),
 ]
 
 
@@ -202,10 +214,11 @@ def check_services(args: argparse.Namespace) -> None:
         check_address(sweep.address)
 
 
-def check_space(base: Config, space: dict, args: argparse.Namespace | None = None) -> None:
+def check_space(base: Config, space: dict, args: argparse.Namespace | None = None, lr_runs: int = 0) -> None:
     """Every grid point builds a valid Config before Ray starts, none sets a dim that the budget solver would
     silently replace (``Config.replace`` refuses that), every dataset named exists, no axis is inert (all its
-    values build the same run) and, given the run's ``args``, the sweep has at most ``MAX_TRIALS`` trials."""
+    values build the same run) and, given the run's ``args``, the sweep has at most ``MAX_TRIALS`` trials
+    (``lr_runs``: LR-tuning runs per grid point before the seed runs)."""
     from tinylm.data import check_dataset
 
     points = [dict(v) for v in space.get(VARIANT, [])] if isinstance(space.get(VARIANT), list) else []
@@ -227,7 +240,8 @@ def check_space(base: Config, space: dict, args: argparse.Namespace | None = Non
         if args.two_phase:
             trials, how = n + (args.finalists + 1) * max(3, args.seeds), f"{n} ranking runs + finalists x seeds"
         else:
-            trials, how = n * args.seeds + args.refine, f"{n} grid points x {args.seeds} seeds + {args.refine} refined"
+            trials = n * (args.seeds + lr_runs) + args.refine
+            how = f"{n} grid points x ({lr_runs} LR-tuning runs + {args.seeds} seeds) + {args.refine} refined"
         if trials > MAX_TRIALS:
             raise ConfigError(f"{trials:,} trials ({how}) is more than {MAX_TRIALS:,} (tinylm.sweep.MAX_TRIALS): lower "
                               "--seeds or --refine, or split the sweep")
@@ -261,7 +275,7 @@ def run(exp: Experiment, scale: str | None = None, **options):
     check_options(args)
     sets = args.set if isinstance(args.set, dict) else parse_sets(args.set)
     base = exp.base(args.scale, **sets)
-    check_space(base, exp.space_at(args.scale), args)
+    check_space(base, exp.space_at(args.scale), args, lr_runs=len(lr_grid_of(exp, args)))
     if args.dry_run:  # no Ray, no stores: what would run, and what it could claim
         from tinylm.analysis.plan import print_plan
 
@@ -276,6 +290,10 @@ def run(exp: Experiment, scale: str | None = None, **options):
             table, sweep, space, problems = two_phase(exp, base, args, sweep)
         else:
             space = exp.space_at(args.scale)
+            grid = lr_grid_of(exp, args)
+            if grid:
+                tuned, problems = tune_lr(exp, base, space, grid, args, sweep)
+                space = {VARIANT: tuned}
             table = tune.run_sweep(sweep, base, space, exp.refine_space)
     finally:
         tune.shutdown()
@@ -299,6 +317,81 @@ def run(exp: Experiment, scale: str | None = None, **options):
     return table
 
 
+MAX_LR_EXTENSIONS = 3  # rounds that extend an LR grid whose best is at an edge; then it is reported as an edge
+
+
+def lr_grid_of(exp: Experiment, args: argparse.Namespace) -> tuple[float, ...]:
+    """The LR multipliers this run tunes over: ``--lr-grid`` when given, else the experiment's own at laptop and
+    full scale (a smoke run claims nothing, so it tunes nothing unless asked); sorted, duplicates dropped."""
+    grid = args.lr_grid if args.lr_grid is not None else (exp.lr_grid if args.scale != "smoke" else ())
+    return tuple(sorted(set(float(m) for m in grid)))
+
+
+def variants_of(space: dict) -> list[dict]:
+    """The grid points of ``space`` as field dicts (its axes' product; a VARIANT list as it is), in Tune's order."""
+    from tinylm.analysis.plan import expand
+
+    return [{k: v for k, v in p.items() if k != "seed"} for p in expand(space, 1, Config())]
+
+
+def tune_lr(exp: Experiment, base: Config, space: dict, grid: tuple[float, ...], args: argparse.Namespace,
+            sweep: Sweep) -> tuple[list[dict], list[str]]:
+    """The PRD's per-variant LR phase: every variant of ``space`` at ``base.lr`` x each multiplier of ``grid``,
+    one tuning seed (``base.seed + seeds``: none of the seed runs, so the LR picked on it does not bias them),
+    ``--lr-fraction`` of the run, every run to its end (no ASHA, no kill rule: early stopping across an LR axis
+    loses winners, RESULTS.md 2026-11-30). A variant whose best LR is at an edge of its grid gets the next
+    multiplier beyond that edge (the grid's own ratio) in another round, up to ``MAX_LR_EXTENSIONS`` rounds.
+    Returns the variants with their chosen ``lr`` and the rounds' trials that did not end as planned."""
+    from tinylm import tune
+    from tinylm.analysis.plan import short_base
+
+    short = short_base(base, args.lr_fraction).replace(seed=base.seed + args.seeds)
+    variants = variants_of(space)
+    tried: list[dict[float, float]] = [{} for _ in variants]  # per variant: multiplier -> final val loss
+    todo = [list(grid) for _ in variants]
+    problems: list[str] = []
+    for round_ in range(MAX_LR_EXTENSIONS + 1):
+        points = [(i, m) for i, ms in enumerate(todo) for m in ms]
+        if not points:
+            break
+        name = f"{exp.name}-lr" + (f"-x{round_}" if round_ else "")
+        phase = replace(sweep, name=name, seeds=1, refine=0, asha=False, kill_margin=math.inf)
+        space_r = {VARIANT: [variants[i] | {"lr": short.lr * m} for i, m in points]}
+        table = tune.run_sweep(phase, short, space_r)
+        problems += [p for p in [tune.unplanned(phase, table)] if p]
+        rows = table.to_dict("records")
+        for (i, m), point in zip(points, space_r[VARIANT], strict=True):
+            # a run that did not complete (diverged, failed) has no loss to compare: its LR counts as the worst
+            match = [trial_loss(r) for r in rows if r.get("status") == "completed"
+                     and math.isclose(float(r.get("lr", math.nan)), point["lr"], rel_tol=1e-9)
+                     and all(plain(r.get(k)) == v for k, v in variants[i].items())]
+            tried[i][m] = match[0] if match and match[0] == match[0] else math.inf
+        todo = [[] for _ in variants]
+        for i, results in enumerate(tried):
+            ms = sorted(results)
+            best = min(ms, key=lambda m: results[m])
+            if results[best] == math.inf:
+                continue  # every LR diverged or failed: nothing to extend from (reported as unplanned)
+            if best == ms[-1] and round_ < MAX_LR_EXTENSIONS:
+                todo[i] = [ms[-1] * ms[-1] / ms[-2]]
+            elif best == ms[0] and round_ < MAX_LR_EXTENSIONS:
+                todo[i] = [ms[0] * ms[0] / ms[1]]
+    chosen, lines = [], []
+    for v, results in zip(variants, tried, strict=True):
+        ms = sorted(results)
+        best = min(ms, key=lambda m: results[m])
+        edge = best in (ms[0], ms[-1])
+        chosen.append(v | {"lr": short.lr * best})
+        lines.append(f"  {', '.join(f'{k}={plain(x)}' for k, x in v.items())}: lr {short.lr * best:.3g} (x{best:g})"
+                     + "; " + ", ".join(f"x{m:g} {results[m]:.4f}" for m in ms)
+                     + ("  <- best at the grid edge after the extensions: not an interior optimum" if edge else ""))
+        if edge:
+            problems.append(f"LR of {v} at the edge of {[f'x{m:g}' for m in ms]}")
+    print(f"LR tuning ({args.lr_fraction:g} of the run, seed {short.seed}, final val loss per multiplier of "
+          f"the rule's {short.lr:.3g}):\n" + "\n".join(lines))
+    return chosen, problems
+
+
 def two_phase(exp: Experiment, base: Config, args, sweep: Sweep):
     """PRD pipeline: phase 1 ranks every variant on a short run; phase 2 trains the finalists at the full
     budget with 3 seeds (or --seeds if larger). ``sweep``: the settings both phases start from. Returns phase 2's
@@ -319,6 +412,10 @@ def two_phase(exp: Experiment, base: Config, args, sweep: Sweep):
     if baseline and not any(all(f.get(k) == v for k, v in baseline.items()) for f in finalists):
         finalists.append(dict(baseline))  # the decision rule needs the baseline at the full budget too
     print(f"phase 1 ranked {len(done)} variants; finalists: {finalists}")
+    grid = lr_grid_of(exp, args)
+    if grid:
+        finalists, more = tune_lr(exp, base, {VARIANT: finalists}, grid, args, sweep)
+        problems += more
     space = {VARIANT: finalists}
     # phase 2 is the PRD's decision: every finalist trains to the end (no ASHA, no kill rule), else the 3-seed
     # comparison it exists for may never happen

@@ -121,12 +121,19 @@ def short_base(base: Config, rank_fraction: float) -> Config:
 
 
 def plan(exp, base: Config, seeds: int = 1, two_phase: bool = False, rank_fraction: float = 0.25,
-         finalists: int = 2) -> pd.DataFrame:
-    """One row per trial the sweep would start (two-phase: the ranking runs, then finalists x seeds)."""
+         finalists: int = 2, lr_grid: tuple[float, ...] = (), lr_fraction: float = 0.25) -> pd.DataFrame:
+    """One row per trial the sweep would start (two-phase: the ranking runs, then finalists x seeds; with an
+    ``lr_grid``: first the LR-tuning runs, phase ``lr``, whose extensions past a grid edge are not known yet)."""
     from tinylm.config import FIELDS
 
     space = exp.space_at(base.scale)
     rows = []
+    if lr_grid:  # tinylm.experiment.tune_lr: every variant x multiplier, one tuning seed, a fraction of the run
+        short = short_base(base, lr_fraction).replace(seed=base.seed + seeds)
+        for p in expand(space, 1, short):
+            for m in lr_grid:
+                cfg = Config(**(short.to_dict() | {k: v for k, v in p.items() if k in FIELDS} | {"lr": short.lr * m}))
+                rows.append(describe(cfg, p | {"lr_mult": m}) | {"phase": "lr"})
     if two_phase:
         short = short_base(base, rank_fraction)
         for p in expand(space, 1, short):
@@ -137,6 +144,8 @@ def plan(exp, base: Config, seeds: int = 1, two_phase: bool = False, rank_fracti
             rows.append(describe(Config(**(base.to_dict() | {k: v for k, v in p.items() if k in FIELDS})), p)
                         | {"phase": "final*"})
         return pd.DataFrame(rows)
+    tuned = rows
+    rows = []
     described: dict[Config, dict] = {}  # seeds share everything else: each grid point is described once
     for p in expand(space, seeds, base):
         cfg = Config(**(base.to_dict() | {k: v for k, v in p.items() if k in FIELDS}))
@@ -144,6 +153,8 @@ def plan(exp, base: Config, seeds: int = 1, two_phase: bool = False, rank_fracti
         if key not in described:
             described[key] = describe(key, p)
         rows.append(described[key] | {"seed": p.get("seed")})
+    if tuned:
+        return pd.DataFrame(tuned + [r | {"phase": "seeds*"} for r in rows])
     return pd.DataFrame(rows)
 
 
@@ -191,13 +202,18 @@ def _fmt_s(s: float) -> str:
 
 def print_plan(exp, base: Config, args) -> pd.DataFrame:
     """Print the plan, the wall-time estimates, the scale's rules and the diagnostics; returns the plan."""
+    from tinylm.experiment import lr_grid_of
+
+    grid = lr_grid_of(exp, args)
     table = plan(exp, base, seeds=args.seeds, two_phase=args.two_phase, rank_fraction=args.rank_fraction,
-                 finalists=args.finalists)
+                 finalists=args.finalists, lr_grid=() if args.two_phase else grid, lr_fraction=args.lr_fraction)
     cols = ["point", "seed", "d", "L", "heads", "head_size", "d_ff", "V", "params", "share_embed", "glu_real",
             "tokens", "tokens_per_param", "epochs", "lr", "est_s_here"]
     if "phase" in table.columns:
         cols.insert(0, "phase")
-        print("(final*: the finalists are not known before phase 1; the first grid points stand in for them)")
+        print("(final*: the finalists are not known before phase 1; the first grid points stand in for them)"
+              if args.two_phase else f"(lr: each variant at the rule's LR x {', '.join(f'{m:g}' for m in grid)}, "
+              "extended while the best is at an edge; seeds*: at each variant's tuned LR, not known yet)")
     show = table[cols].copy()
     for c, f in (("share_embed", "{:.3f}"), ("glu_real", "{:.2f}"), ("tokens_per_param", "{:.1f}"),
                  ("epochs", "{:.2f}"), ("lr", "{:.2e}"), ("est_s_here", "{:.0f}")):

@@ -24,9 +24,11 @@ UNDERTRAINED_NATS = 0.05  # loss drop per doubling of tokens at the end of the r
 SCALE_CLAIMS = {
     "smoke": ("SMOKE scale: mechanics only. Head size 8 and < 1 token per parameter: the numbers below test the "
               "pipeline, they say nothing about the hypothesis."),
-    "laptop": ("LAPTOP scale: a scaled-down replica (tinylm.config.LAPTOP_RULES): embedding share, GLU factor, "
-               "tying and tokens per parameter of the full experiment are kept, the hyperparameters follow size "
-               "rules. It can claim: the effect at this size (~0.1-1M params) with the stated intervals. It cannot "
+    "laptop": ("LAPTOP scale: a scaled-down replica (tinylm.config.LAPTOP_RULES): embedding share, GLU factor "
+               "and tying of the full experiment are kept, and its tokens per parameter unless the experiment sets "
+               "a floor that keeps the regime (the table below gives the ratio trained; the verdict's regime line "
+               "says whether the runs left the n-gram plateau); the hyperparameters follow size rules or the "
+               "per-variant LR tuning. It can claim: the effect at this size (~0.1-1M params) with the stated intervals. It cannot "
                "claim: that the effect holds at the full size (10M+) — that is a prediction to test at full scale."),
     "full": ("FULL scale: the experiment as specified. Claims hold for this size, data and token budget."),
 }
