@@ -173,13 +173,17 @@ def test_seeds_and_trials_are_capped_and_the_dry_run_is_fast(tmp_path, monkeypat
         assert time.perf_counter() - t0 < 5
         refused(GLU, f"--seeds={MAX_SEEDS + 1} is more than", seeds=MAX_SEEDS + 1, results=str(tmp_path))
         refused(GLU, rf"^2,001 trials \(4 grid points x 1 seeds \+ {MAX_TRIALS - 3} refined\) is more than 2,000 "
-                     r"\(tinylm.sweep.MAX_TRIALS\)", seeds=1, refine=MAX_TRIALS - 3, results=str(tmp_path))
+                     r"\(tinylm.sweep.MAX_TRIALS\)", seeds=1, refine=MAX_TRIALS - 3, results=str(tmp_path),
+                lr_grid=[])
+        refused(GLU, rf"^2,005 trials \(4 grid points x \(3 LR-tuning runs \+ 1 seeds\) \+ {MAX_TRIALS - 11} refined\)",
+                seeds=1, refine=MAX_TRIALS - 11, results=str(tmp_path))  # the LR phase's runs count too
         refused(GLU, r"trials \(4 ranking runs \+ finalists x seeds\) is more than", two_phase=True, seeds=MAX_SEEDS,
                 finalists=19, results=str(tmp_path))
     calls = []
     real = plan.describe
     monkeypatch.setattr(plan, "describe", lambda cfg, point: calls.append(point) or real(cfg, point))
-    table = run(GLU, dry_run=True, seeds=MAX_SEEDS, refine=MAX_TRIALS - 4 * MAX_SEEDS, results=str(tmp_path))
+    table = run(GLU, dry_run=True, seeds=MAX_SEEDS, refine=MAX_TRIALS - 4 * MAX_SEEDS, results=str(tmp_path),
+                lr_grid=[])
     assert len(table) == 4 * MAX_SEEDS and table["seed"].nunique() == MAX_SEEDS
     assert len(calls) == 4, "each grid point is described once, not once per seed"
     assert "DRY RUN" in capsys.readouterr().out

@@ -108,7 +108,8 @@ LAYERS: list[tuple[str, set[str]]] = [
                 "tune.callbacks", "tune.search", "tune.stopping", "tune.runner", "tune.state", "ablation"}),
     ("analysis", {"analysis", "analysis.columns", "analysis.cost", "analysis.decision", "analysis.fits",
                   "analysis.ladder", "analysis.pareto", "analysis.plan", "analysis.plots", "analysis.report",
-                  "analysis.scaling", "analysis.stats", "analysis.validity", "analysis.verdict"}),
+                  "analysis.scaling", "analysis.sequential", "analysis.stats", "analysis.validity",
+                  "analysis.verdict"}),
     # "" is tinylm/__init__.py (lazy re-exports of the API); experiment runs a sweep end to end: the dry-run plan,
     # the sweep (tune), the report (analysis); api.run_sweep and the sweep scripts call it
     ("api", {"", "api", "experiment", "log", "export"}),

@@ -305,7 +305,7 @@ def test_lr_is_tuned_per_variant_before_the_seed_runs_and_extended_until_interio
     *tuning, (final, full, space) = calls
     first = tuning[0]
     assert first[0].name == "glu-lr" and not first[0].asha and first[0].kill_margin == float("inf")
-    assert first[0].seeds == 1 and first[1].seed == full.seed + 2  # a tuning seed no seed run uses
+    assert first[0].seeds == 1 and first[1].seed == full.seed + 100  # a tuning seed no seed run uses (MAX_SEEDS)
     assert first[1].train_tokens == pytest.approx(full.train_tokens / 4, rel=0.01) and len(first[2]["__variant"]) == 12
     assert [c[0].name for c in tuning] == ["glu-lr", "glu-lr-x1", "glu-lr-x2", "glu-lr-x3"]
     assert final.name == "glu" and final.seeds == 2 and full.train_tokens == exp.base("laptop").train_tokens
@@ -333,3 +333,71 @@ def test_lr_tuning_skips_a_diverged_lr_and_can_be_turned_off(monkeypatch, tmp_pa
         run(exp, results=str(tmp_path / "c"), lr_grid=[1.0, 2.0])
     with pytest.raises(ConfigError, match="--lr-fraction=0 must be a fraction"):
         run(exp, results=str(tmp_path / "c"), lr_fraction=0)
+
+
+def _fake_seed_sweeps(monkeypatch, effect: dict[float, float], sd: float):
+    """tinylm.tune stand-ins for --until-conclusive: the final val loss of (glu, seed) is 4 + log(1 + effect %)
+    + a seed effect + noise of s.d. ``sd``, drawn from (glu, seed) so every rerun of a trial reads the same."""
+    import math
+
+    import numpy as np
+    import pandas as pd
+
+    tune = pytest.importorskip("tinylm.tune")
+    calls = []
+
+    def run_sweep_(sweep, base, space, refine_space=None):
+        calls.append((sweep, base, space))
+        rows = []
+        for g in space["glu_factor"]:
+            for s in range(base.seed, base.seed + sweep.seeds):
+                rng = np.random.default_rng([s, int(100 * g)])
+                loss = 4.0 + math.log1p(effect[g] / 100) + 0.05 * np.random.default_rng(s).normal() \
+                    + sd * rng.normal()
+                rows.append({"glu_factor": g, "seed": s, "val_loss": loss, "status": "completed"})
+        return pd.DataFrame(rows)
+
+    monkeypatch.setattr(tune, "run_sweep", run_sweep_)
+    monkeypatch.setattr(tune, "print_results", lambda *a, **k: "")
+    monkeypatch.setattr(tune, "shutdown", lambda: None)
+    return calls
+
+
+def test_until_conclusive_adds_seed_rounds_until_every_comparison_is_decided(monkeypatch, tmp_path, capsys):
+    import json
+
+    from tinylm.experiment import run
+
+    exp = load(os.path.join(ROOT, "sweeps", "glu.py")).EXPERIMENT
+    calls = _fake_seed_sweeps(monkeypatch, {2.0: 8.0, 2.66: 0.0, 3.0: 0.5, 4.0: 0.0}, sd=0.02)
+    table = run(exp, results=str(tmp_path), seeds=3, lr_grid=[], until_conclusive=True, max_seeds=12)
+    names = [c[0].name for c in calls]
+    assert names[0] == "glu" and len(names) > 1, "3 seeds at s.d. 0.02 cannot decide +0.5 % within ±5 %"
+    assert names[1:] == [f"glu-seed{k}" for k in range(3, 3 + len(names) - 1)]
+    assert all(c[0].seeds == 1 and c[1].seed == int(c[0].name[8:]) for c in calls[1:])  # one new seed per round
+    assert sorted(table["seed"].unique()) == list(range(len(names) + 2))
+    state = json.loads((tmp_path / "glu" / "sequential.json").read_text())
+    assert state["conclusive"] and state["rounds"] == names[1:] and state["margin_pct"] == 5.0
+    last = {c["group"]: c["reading"] for c in state["looks"][-1]["comparisons"]}
+    assert last == {"glu_factor=2.0": "different", "glu_factor=2.66": "equivalent", "glu_factor=3.0": "equivalent"}
+    assert sum(look["alpha"] for look in state["looks"]) < 0.05  # stopped before spending it all
+    assert "every comparison is conclusive" in capsys.readouterr().out
+
+
+def test_until_conclusive_stops_at_its_seed_budget_and_refuses_what_it_cannot_do(monkeypatch, tmp_path):
+    import json
+
+    from tinylm.experiment import run
+
+    exp = load(os.path.join(ROOT, "sweeps", "glu.py")).EXPERIMENT
+    calls = _fake_seed_sweeps(monkeypatch, {2.0: 5.0, 2.66: 0.0, 3.0: 0.0, 4.0: 0.0}, sd=0.05)  # at the margin
+    run(exp, results=str(tmp_path), seeds=2, lr_grid=[], until_conclusive=True, max_seeds=4)
+    assert [c[0].name for c in calls] == ["glu", "glu-seed2", "glu-seed3"]
+    state = json.loads((tmp_path / "glu" / "sequential.json").read_text())
+    assert not state["conclusive"] and sum(look["alpha"] for look in state["looks"]) == pytest.approx(0.05)
+    with pytest.raises(ConfigError, match="--max-seeds=2 is below --seeds=3"):
+        run(exp, results=str(tmp_path / "b"), seeds=3, until_conclusive=True, max_seeds=2)
+    with pytest.raises(ConfigError, match="--until-conclusive and --two-phase: pick one"):
+        run(exp, results=str(tmp_path / "b"), two_phase=True, until_conclusive=True)
+    with pytest.raises(ConfigError, match="--budget-min=-1 must be a number of minutes"):
+        run(exp, results=str(tmp_path / "b"), until_conclusive=True, budget_min=-1)

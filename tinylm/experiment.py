@@ -101,6 +101,16 @@ RUN_FLAGS: list[Flag] = [
          check=(lambda v: v is None or (isinstance(v, list | tuple) and len(v) != 1 and len(v) != 2
                                         and all(is_number(m) and 0 < m < math.inf for m in v)),
                 "no values, or >= 3 positive multipliers (an optimum is interior only between two others)")),
+    Flag("--until-conclusive", False, action="store_true",
+         help="after the seed runs, add one seed per variant at a time until every comparison with the baseline is "
+              "conclusive (different, or equivalent within the hypothesis's margin) or --max-seeds / --budget-min "
+              "is spent; decisions spend alpha across the looks (tinylm.analysis.sequential), so they stay valid"),
+    Flag("--max-seeds", 10, type=int, help="--until-conclusive: at most this many seeds per variant",
+         check=(lambda v: isinstance(v, int) and not isinstance(v, bool) and 2 <= v <= MAX_SEEDS,
+                f"an int from 2 to {MAX_SEEDS}")),
+    Flag("--budget-min", 0.0, type=float, help="--until-conclusive: add no seed round after this many minutes "
+                                               "of the run (0 = no time budget)",
+         check=(lambda v: is_number(v) and 0 <= v < math.inf, "a number of minutes >= 0 (0 = none)")),
     Flag("--lr-fraction", 0.25, type=float,
          help="length of the LR-tuning runs, a fraction of train_tokens (1 = the seed runs' own length)",
          check=(lambda v: is_number(v) and 0 < v <= 1, "a fraction of train_tokens in (0, 1]")),
@@ -192,6 +202,12 @@ def check_options(args: argparse.Namespace) -> None:
                           "without '%'")
     # before Experiment.base, which takes the scale as an argument (--set scale=full was a TypeError there)
     check_sets(args.set if isinstance(args.set, dict) else dict(p.split("=", 1) for p in args.set if "=" in p), {})
+    if args.until_conclusive and args.max_seeds < args.seeds:
+        raise ConfigError(f"--max-seeds={args.max_seeds} is below --seeds={args.seeds}: --until-conclusive adds seeds "
+                          f"after the first {args.seeds}; raise --max-seeds")
+    if args.until_conclusive and args.two_phase:
+        raise ConfigError("--until-conclusive and --two-phase: pick one (two-phase fixes its finalists' seeds); "
+                          "run --until-conclusive on the finalists' own sweep")
     check_services(args)
 
 
@@ -241,7 +257,8 @@ def check_space(base: Config, space: dict, args: argparse.Namespace | None = Non
             trials, how = n + (args.finalists + 1) * max(3, args.seeds), f"{n} ranking runs + finalists x seeds"
         else:
             trials = n * (args.seeds + lr_runs) + args.refine
-            how = f"{n} grid points x ({lr_runs} LR-tuning runs + {args.seeds} seeds) + {args.refine} refined"
+            how = (f"{n} grid points x ({lr_runs} LR-tuning runs + {args.seeds} seeds)" if lr_runs else
+                   f"{n} grid points x {args.seeds} seeds") + f" + {args.refine} refined"
         if trials > MAX_TRIALS:
             raise ConfigError(f"{trials:,} trials ({how}) is more than {MAX_TRIALS:,} (tinylm.sweep.MAX_TRIALS): lower "
                               "--seeds or --refine, or split the sweep")
@@ -279,12 +296,13 @@ def run(exp: Experiment, scale: str | None = None, **options):
     if args.dry_run:  # no Ray, no stores: what would run, and what it could claim
         from tinylm.analysis.plan import print_plan
 
-        return print_plan(exp, base, args)
+        return print_plan(exp, base, args, lr_grid_of(exp, args))
     from tinylm import tune
 
     sweep = sweep_of(exp, vars(args), args.scale)
     t0 = time.time()
     problems = []  # trials that did not end as planned, per phase: the table is returned, the CLI exits 1
+    rounds, decision = {}, ""  # --until-conclusive: the added seed rounds' sweeps, the last look
     try:
         if args.two_phase:
             table, sweep, space, problems = two_phase(exp, base, args, sweep)
@@ -295,6 +313,9 @@ def run(exp: Experiment, scale: str | None = None, **options):
                 tuned, problems = tune_lr(exp, base, space, grid, args, sweep)
                 space = {VARIANT: tuned}
             table = tune.run_sweep(sweep, base, space, exp.refine_space)
+            if args.until_conclusive:
+                table, rounds, decision = until_conclusive(exp, base, space, args, sweep, table, t0)
+                problems += [p for p in rounds.pop("unplanned", []) if p]
     finally:
         tune.shutdown()
     tune.print_results(sweep, table, space)
@@ -310,11 +331,71 @@ def run(exp: Experiment, scale: str | None = None, **options):
         from tinylm.analysis.report import report_sweep
 
         path = report_sweep(sweep.uri(), sweep.name, Path(args.results) / "analysis",
-                            exp.baseline_at(args.scale) or None, load_prices(None), n_boot=200)
+                            exp.baseline_at(args.scale) or None, load_prices(None), n_boot=200,
+                            also=list(rounds.get("sweeps", [])), decision=decision)
         print(path)
     if exp.after is not None:
         exp.after(table, sweep=sweep, base=base, space=space)
     return table
+
+
+def until_conclusive(exp: Experiment, base: Config, space: dict, args: argparse.Namespace, sweep: Sweep,
+                     table, t0: float):
+    """``--until-conclusive``: look at every comparison with the baseline after the first ``--seeds`` seeds, then
+    run one more seed of every variant (a sweep ``<name>-seed<k>`` of its own: Tune cannot add trials to a finished
+    experiment) and look again, until each comparison is different or equivalent within the hypothesis's margin,
+    ``--max-seeds`` is reached or ``--budget-min`` minutes have passed. Each look tests at its share of alpha
+    (``tinylm.analysis.sequential``), so stopping on what it saw keeps the error rates. Returns the table of every
+    seed, {"sweeps": the rounds' sweep names, "unplanned": their unplanned lines}, and the last look as text
+    (also written to ``<results>/<name>/sequential.json``)."""
+    import json
+
+    import pandas as pd
+
+    from tinylm import tune
+    from tinylm.analysis import sequential as seq
+    from tinylm.analysis.verdict import equivalence_margin
+
+    baseline = exp.baseline_at(args.scale)
+    margin = equivalence_margin(exp.hypothesis)
+    axes = [k for k in swept(space) if k != "lr"]  # a tuned LR belongs to its variant, it is not the variant
+    label = lambda row: ", ".join(f"{k}={plain(row[k])}" for k in axes)  # noqa: E731
+    base_label = ", ".join(f"{k}={baseline[k]}" for k in axes) if baseline else ""
+    tables, names, unplanned, looks = [table], [], [], []
+    n, first = args.seeds, args.seeds
+    while True:
+        rows = pd.concat(tables, ignore_index=True)
+        done = rows[rows["status"] == "completed"].copy()
+        done["_loss"] = [trial_loss(r) for r in done.to_dict("records")]
+        groups = done.apply(label, axis=1).to_numpy()
+        alpha_k = seq.look_alpha(n, first, args.max_seeds)
+        look = seq.decide(done["_loss"].to_numpy(float), groups, done["seed"].to_numpy(), base_label, alpha_k, margin)
+        text = seq.describe(look, n, first, args.max_seeds, alpha_k, margin)
+        print(text)
+        looks.append({"seeds": n, "alpha": alpha_k, "comparisons": look.to_dict("records")})
+        minutes = (time.time() - t0) / 60
+        if seq.conclusive(look):
+            text += "\nevery comparison is conclusive"
+            break
+        if n >= args.max_seeds:
+            text += f"\n--max-seeds={args.max_seeds} reached: the open comparisons stay open"
+            break
+        if args.budget_min and minutes >= args.budget_min:
+            text += f"\n--budget-min={args.budget_min:g} spent ({minutes:.1f} min): the open comparisons stay open"
+            break
+        name = f"{exp.name}-seed{base.seed + n}"
+        round_ = replace(sweep, name=name, seeds=1, refine=0)
+        more = tune.run_sweep(round_, base.replace(seed=base.seed + n), space)
+        unplanned.append(tune.unplanned(round_, more))
+        tables.append(more)
+        names.append(name)
+        n += 1
+    print(text.splitlines()[-1])
+    os.makedirs(os.path.join(sweep.root, sweep.name), exist_ok=True)
+    with open(os.path.join(sweep.root, sweep.name, "sequential.json"), "w") as f:
+        json.dump({"margin_pct": margin, "max_seeds": args.max_seeds, "rounds": names, "looks": looks,
+                   "conclusive": seq.conclusive(look)}, f, indent=1, default=str)
+    return pd.concat(tables, ignore_index=True), {"sweeps": names, "unplanned": unplanned}, text
 
 
 MAX_LR_EXTENSIONS = 3  # rounds that extend an LR grid whose best is at an edge; then it is reported as an edge
@@ -337,7 +418,7 @@ def variants_of(space: dict) -> list[dict]:
 def tune_lr(exp: Experiment, base: Config, space: dict, grid: tuple[float, ...], args: argparse.Namespace,
             sweep: Sweep) -> tuple[list[dict], list[str]]:
     """The PRD's per-variant LR phase: every variant of ``space`` at ``base.lr`` x each multiplier of ``grid``,
-    one tuning seed (``base.seed + seeds``: none of the seed runs, so the LR picked on it does not bias them),
+    one tuning seed (``base.seed + MAX_SEEDS``: no seed run, so the LR picked on it does not bias them),
     ``--lr-fraction`` of the run, every run to its end (no ASHA, no kill rule: early stopping across an LR axis
     loses winners, RESULTS.md 2026-11-30). A variant whose best LR is at an edge of its grid gets the next
     multiplier beyond that edge (the grid's own ratio) in another round, up to ``MAX_LR_EXTENSIONS`` rounds.
@@ -345,7 +426,7 @@ def tune_lr(exp: Experiment, base: Config, space: dict, grid: tuple[float, ...],
     from tinylm import tune
     from tinylm.analysis.plan import short_base
 
-    short = short_base(base, args.lr_fraction).replace(seed=base.seed + args.seeds)
+    short = short_base(base, args.lr_fraction).replace(seed=base.seed + MAX_SEEDS)  # no seed run reaches it
     variants = variants_of(space)
     tried: list[dict[float, float]] = [{} for _ in variants]  # per variant: multiplier -> final val loss
     todo = [list(grid) for _ in variants]

@@ -125,11 +125,12 @@ def plan(exp, base: Config, seeds: int = 1, two_phase: bool = False, rank_fracti
     """One row per trial the sweep would start (two-phase: the ranking runs, then finalists x seeds; with an
     ``lr_grid``: first the LR-tuning runs, phase ``lr``, whose extensions past a grid edge are not known yet)."""
     from tinylm.config import FIELDS
+    from tinylm.sweep import MAX_SEEDS
 
     space = exp.space_at(base.scale)
     rows = []
     if lr_grid:  # tinylm.experiment.tune_lr: every variant x multiplier, one tuning seed, a fraction of the run
-        short = short_base(base, lr_fraction).replace(seed=base.seed + seeds)
+        short = short_base(base, lr_fraction).replace(seed=base.seed + MAX_SEEDS)  # as tune_lr: no seed run's
         for p in expand(space, 1, short):
             for m in lr_grid:
                 cfg = Config(**(short.to_dict() | {k: v for k, v in p.items() if k in FIELDS} | {"lr": short.lr * m}))
@@ -200,11 +201,9 @@ def _fmt_s(s: float) -> str:
     return f"{s:.0f} s" if s < 120 else (f"{s / 60:.1f} min" if s < 7200 else f"{s / 3600:.1f} h")
 
 
-def print_plan(exp, base: Config, args) -> pd.DataFrame:
-    """Print the plan, the wall-time estimates, the scale's rules and the diagnostics; returns the plan."""
-    from tinylm.experiment import lr_grid_of
-
-    grid = lr_grid_of(exp, args)
+def print_plan(exp, base: Config, args, grid: tuple[float, ...] = ()) -> pd.DataFrame:
+    """Print the plan, the wall-time estimates, the scale's rules and the diagnostics; returns the plan. ``grid``:
+    the LR multipliers the run tunes each variant over first (``tinylm.experiment.lr_grid_of``)."""
     table = plan(exp, base, seeds=args.seeds, two_phase=args.two_phase, rank_fraction=args.rank_fraction,
                  finalists=args.finalists, lr_grid=() if args.two_phase else grid, lr_fraction=args.lr_fraction)
     cols = ["point", "seed", "d", "L", "heads", "head_size", "d_ff", "V", "params", "share_embed", "glu_real",

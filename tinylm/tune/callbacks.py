@@ -100,7 +100,8 @@ class TrackingCallback(tune.Callback):
         cfg = trial.config
         keys = [k for k in self.sweep.axes if k in cfg] + [k for k in (cfg.get(VARIANT) or {})]
         vals = {**cfg, **(cfg.get(VARIANT) or {})}
-        return " ".join(f"{k}={vals[k]}" for k in dict.fromkeys(keys))
+        return " ".join(f"{k}={vals[k]:.4g}" if isinstance(vals[k], float) else f"{k}={vals[k]}"
+                        for k in dict.fromkeys(keys))  # a tuned lr reads 0.01314, not 17 digits
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         numeric = {k: v for k, v in result.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
