@@ -16,8 +16,8 @@ baseline (the two-way variant × seed fit of ``tinylm.analysis.stats``, pooled o
 - **open**: neither; more seeds may decide it.
 
 By the union bound over looks, the chance of any false "different" (no true effect) is at most Σ α_k = α, and of
-any false "equivalent" (a true effect at or beyond the margin) at most α too, whatever the dependence between looks: valid,
-conservative. ``tests/test_sequential.py`` measures both rates on synthetic sweeps.
+any false "equivalent" (a true effect at or beyond the margin) at most α too, whatever the dependence between
+looks: valid, conservative. ``tests/test_sequential.py`` measures both rates on synthetic sweeps.
 """
 
 from __future__ import annotations

@@ -28,8 +28,9 @@ SCALE_CLAIMS = {
                "and tying of the full experiment are kept, and its tokens per parameter unless the experiment sets "
                "a floor that keeps the regime (the table below gives the ratio trained; the verdict's regime line "
                "says whether the runs left the n-gram plateau); the hyperparameters follow size rules or the "
-               "per-variant LR tuning. It can claim: the effect at this size (~0.1-1M params) with the stated intervals. It cannot "
-               "claim: that the effect holds at the full size (10M+) — that is a prediction to test at full scale."),
+               "per-variant LR tuning. It can claim: the effect at this size (~0.1-1M params) with the stated "
+               "intervals. It cannot claim: that the effect holds at the full size (10M+) — that is a prediction "
+               "to test at full scale."),
     "full": ("FULL scale: the experiment as specified. Claims hold for this size, data and token budget."),
 }
 
