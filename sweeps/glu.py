@@ -14,7 +14,7 @@ Every variant has the same total parameter count: the budget solver re-derives w
 Laptop scale (tinylm.config.LAPTOP_RULES): embedding share 35 %, tied, the four GLU factors (real 2.00 / 2.50 /
 3.00 / 3.75 at 9 / 8 / 7 / 6 layers of width 32, head size 16) are kept. The regime is kept instead of the PRD's 5
 tokens per parameter: 20, so every run ends below the count bigram model (at 5 none did: its seeds measured
-plateau escape). LR: the rule's x 2 / 4 / 8 tried per variant on a tuning seed at 1/4 of the run, the best one
+plateau escape). LR: the rule's x 2 / 4 / 8 tried per variant on a tuning seed, each a full run, the best one
 used for the seeds; warmup and beta2 follow the size rules. No ASHA, no kill rule: a verdict needs every seed of
 every variant.
 Results: results/glu/results.csv, MLflow experiment "glu", REPORT.md under results/analysis/glu (with --analyze).
@@ -36,8 +36,9 @@ EXPERIMENT = Experiment(
     # the laptop replica keeps the regime, not only the ratio: at the PRD's 5 tokens per parameter no batch or LR
     # took this 143k model below the count bigram model (RESULTS.md, 2026-12-03 probe); at 20 every run does
     tokens_per_param=20.0,
-    # per-variant LR before the seed runs (the PRD's phases): the rule's LR x 2 / 4 / 8, extended past an edge;
-    # the probe's best at batch 16 was x 4 of the rule
+    # per-variant LR before the seed runs (the PRD's phases): the rule's LR x 2 / 4 / 8 on a tuning seed, full
+    # length (a quarter-length run is back on the plateau, where LRs rank by noise: RESULTS.md), extended past an
+    # edge; the probe's best at batch 16 was x 4 of the rule
     lr_grid=(2.0, 4.0, 8.0),
     smoke=dict(train_tokens=240_000, eval_every_tokens=40_000),
 )

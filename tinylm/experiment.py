@@ -111,8 +111,9 @@ RUN_FLAGS: list[Flag] = [
     Flag("--budget-min", 0.0, type=float, help="--until-conclusive: add no seed round after this many minutes "
                                                "of the run (0 = no time budget)",
          check=(lambda v: is_number(v) and 0 <= v < math.inf, "a number of minutes >= 0 (0 = none)")),
-    Flag("--lr-fraction", 0.25, type=float,
-         help="length of the LR-tuning runs, a fraction of train_tokens (1 = the seed runs' own length)",
+    Flag("--lr-fraction", 1.0, type=float,
+         help="length of the LR-tuning runs, a fraction of train_tokens (default 1: the seed runs' own length; a "
+              "shorter run can sit in another regime, where its best LR is not the full run's)",
          check=(lambda v: is_number(v) and 0 < v <= 1, "a fraction of train_tokens in (0, 1]")),
 ]
 
@@ -428,6 +429,18 @@ def tune_lr(exp: Experiment, base: Config, space: dict, grid: tuple[float, ...],
 
     short = short_base(base, args.lr_fraction).replace(seed=base.seed + MAX_SEEDS)  # no seed run reaches it
     variants = variants_of(space)
+    run_length = ("train_tokens", "warmup_tokens", "eval_every_tokens")
+    # each variant's own rule: its lr when it sets one (a ladder's sizes), else the base's
+    rules = [float(v.get("lr", base.lr)) for v in variants]
+
+    def point(i: int, m: float) -> dict:
+        """Variant i at its rule x m, on the short run (its own run length shortened when it sets one)."""
+        v = variants[i]
+        if any(k in v for k in run_length):
+            own = short_base(base.replace(**v), args.lr_fraction)
+            v = v | {k: getattr(own, k) for k in run_length}
+        return v | {"lr": rules[i] * m}
+
     tried: list[dict[float, float]] = [{} for _ in variants]  # per variant: multiplier -> final val loss
     todo = [list(grid) for _ in variants]
     problems: list[str] = []
@@ -437,15 +450,15 @@ def tune_lr(exp: Experiment, base: Config, space: dict, grid: tuple[float, ...],
             break
         name = f"{exp.name}-lr" + (f"-x{round_}" if round_ else "")
         phase = replace(sweep, name=name, seeds=1, refine=0, asha=False, kill_margin=math.inf)
-        space_r = {VARIANT: [variants[i] | {"lr": short.lr * m} for i, m in points]}
+        space_r = {VARIANT: [point(i, m) for i, m in points]}
         table = tune.run_sweep(phase, short, space_r)
         problems += [p for p in [tune.unplanned(phase, table)] if p]
         rows = table.to_dict("records")
-        for (i, m), point in zip(points, space_r[VARIANT], strict=True):
+        for (i, m), tried_point in zip(points, space_r[VARIANT], strict=True):
             # a run that did not complete (diverged, failed) has no loss to compare: its LR counts as the worst
             match = [trial_loss(r) for r in rows if r.get("status") == "completed"
-                     and math.isclose(float(r.get("lr", math.nan)), point["lr"], rel_tol=1e-9)
-                     and all(plain(r.get(k)) == v for k, v in variants[i].items())]
+                     and math.isclose(float(r.get("lr", math.nan)), tried_point["lr"], rel_tol=1e-9)
+                     and all(plain(r.get(k)) == v for k, v in tried_point.items() if k != "lr")]
             tried[i][m] = match[0] if match and match[0] == match[0] else math.inf
         todo = [[] for _ in variants]
         for i, results in enumerate(tried):
@@ -462,14 +475,16 @@ def tune_lr(exp: Experiment, base: Config, space: dict, grid: tuple[float, ...],
         ms = sorted(results)
         best = min(ms, key=lambda m: results[m])
         edge = best in (ms[0], ms[-1])
-        chosen.append(v | {"lr": short.lr * best})
-        lines.append(f"  {', '.join(f'{k}={plain(x)}' for k, x in v.items())}: lr {short.lr * best:.3g} (x{best:g})"
+        rule = float(v.get("lr", base.lr))
+        chosen.append(v | {"lr": rule * best})
+        shown = ", ".join(f"{k}={plain(x)}" for k, x in v.items() if k not in ("lr", *run_length))
+        lines.append(f"  {shown}: lr {rule * best:.3g} (x{best:g})"
                      + "; " + ", ".join(f"x{m:g} {results[m]:.4f}" for m in ms)
                      + ("  <- best at the grid edge after the extensions: not an interior optimum" if edge else ""))
         if edge:
             problems.append(f"LR of {v} at the edge of {[f'x{m:g}' for m in ms]}")
     print(f"LR tuning ({args.lr_fraction:g} of the run, seed {short.seed}, final val loss per multiplier of "
-          f"the rule's {short.lr:.3g}):\n" + "\n".join(lines))
+          "the rule's LR):\n" + "\n".join(lines))
     return chosen, problems
 
 

@@ -121,7 +121,7 @@ def short_base(base: Config, rank_fraction: float) -> Config:
 
 
 def plan(exp, base: Config, seeds: int = 1, two_phase: bool = False, rank_fraction: float = 0.25,
-         finalists: int = 2, lr_grid: tuple[float, ...] = (), lr_fraction: float = 0.25) -> pd.DataFrame:
+         finalists: int = 2, lr_grid: tuple[float, ...] = (), lr_fraction: float = 1.0) -> pd.DataFrame:
     """One row per trial the sweep would start (two-phase: the ranking runs, then finalists x seeds; with an
     ``lr_grid``: first the LR-tuning runs, phase ``lr``, whose extensions past a grid edge are not known yet)."""
     from tinylm.config import FIELDS
