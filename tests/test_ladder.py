@@ -80,3 +80,53 @@ def test_local_exponents_only_for_one_point_per_size():
     # isoFLOP points: several budgets per size, so neighbouring rows are not a ladder: no slope diagnostic
     iso = pd.concat([bent, bent.assign(loss=bent["loss"] - 0.5)], ignore_index=True)
     assert not any("local exponents" in f for f in ladder.ladder_flags(iso, None))
+
+
+def _protocol_tables(alpha=0.12, lr_exp=-0.3, seeds=2, noise=0.002, seed=0):
+    """A ladder run on one protocol: tuning runs (one seed, LR grid x {1/2, 1, 2} around each size's optimum
+    lr* = 3e-3 (N / 1e5)^lr_exp, so every optimum is interior) and seed runs at the tuned LR."""
+    rng = np.random.default_rng(seed)
+    tuning, seed_runs = [], []
+    for n in np.geomspace(3e4, 3.5e5, 5):
+        best = 3e-3 * (n / 1e5) ** lr_exp
+        base = dict(N=n, N_nonembed=0.7 * n, D=20 * n, C=120 * n * n, status="completed", n_embd=32, n_layer=2)
+        for m in (0.5, 1.0, 2.0):
+            tuning.append(base | {"lr": best * m, "seed": 100,
+                                  "loss": 12 * n ** -alpha * (1 + 0.02 * np.log(m) ** 2)})
+        for s in range(seeds):
+            seed_runs.append(base | {"lr": best, "seed": s, "loss": 12 * n ** -alpha * np.exp(rng.normal(0, noise))})
+    return pd.DataFrame(seed_runs), pd.DataFrame(tuning)
+
+
+def test_ladder_points_join_the_seed_means_with_the_tuning_grid():
+    seeds, tuning = _protocol_tables(seeds=3)
+    pts = ladder.ladder_points(seeds, tuning)
+    assert len(pts) == 5 and (pts["n_seeds"] == 3).all() and (pts["edge"] == "").all()
+    assert all(len(g) == 3 for g in pts["lr_grid"]) and (pts["loss_sd"] > 0).all()
+    assert np.allclose(pts["N_nonembed"], 0.7 * pts["N"])
+    first = seeds[seeds["N"] == seeds["N"].min()]["loss"].mean()
+    assert pts.loc[0, "loss"] == pytest.approx(first)  # the seed mean, not the tuning run
+    untuned = ladder.ladder_points(seeds, tuning[tuning["N"] > tuning["N"].min()])
+    assert untuned.loc[0, "edge"] == "untuned"
+
+
+def test_the_lr_exponent_is_recovered_and_edges_are_left_out():
+    seeds, tuning = _protocol_tables(lr_exp=-0.3)
+    fit = ladder.lr_exponent(ladder.ladder_points(seeds, tuning))
+    assert fit["b"] == pytest.approx(-0.3, abs=1e-6) and fit["n"] == 5 and fit["rule"] == pytest.approx(-1 / 3)
+    edged = ladder.ladder_points(seeds, tuning).assign(edge=["high", "high", "high", "", ""])
+    assert ladder.lr_exponent(edged) is None  # 2 interior optima are not a fit
+
+
+def test_a_degenerate_irreducible_loss_is_flagged():
+    seeds, tuning = _protocol_tables()
+    pts = ladder.ladder_points(seeds, tuning)
+    held = {"with_E": {"params": {"E": -0.2}}}
+    assert "not positive" in ladder.degenerate_e(held, pts)
+    held["with_E"]["params"]["E"] = 0.99 * pts["loss"].min()
+    assert "within 2 %" in ladder.degenerate_e(held, pts)
+    held["with_E"]["params"]["E"] = 0.5 * pts["loss"].min()
+    assert ladder.degenerate_e(held, pts) is None and ladder.degenerate_e(None, pts) is None
+    text = ladder.ladder_markdown(pts, ladder.heldout(pts), "laptop", [], held_nonembed=ladder.heldout(
+        pts.assign(N=pts["N_nonembed"]), with_e=False), lr_exp=ladder.lr_exponent(pts))
+    assert "On non-embedding parameters: α = 0.1" in text and "lr* ∝ N^-0.300" in text and "s.d. over seeds" in text

@@ -3,6 +3,7 @@
 import glob
 import importlib.util
 import os
+import sys
 
 import pytest
 
@@ -109,7 +110,7 @@ def test_laptop_config_is_a_replica(path):
             assert 2.4 <= tpp <= 20.5
         elif exp.tokens_per_param:  # a floor that keeps the regime (glu: 20), above the full experiment's
             assert exp.tokens_per_param > full_tpp and abs(tpp / exp.tokens_per_param - 1) < 0.03, (exp.name, tpp)
-        elif exp.name not in ("seq", "speed", "vocab", "tokenizer"):  # their axis changes N at fixed tokens
+        elif exp.name not in ("seq", "speed", "vocab", "tokenizer", "isoflop"):  # their axes change N or D
             assert abs(tpp / full_tpp - 1) < 0.03, f"{exp.name}: {tpp:.2f} vs full {full_tpp:.2f} tokens/param"
         if c.target_params:
             assert abs(embed_share(c) - c.embed_share) <= 0.011
@@ -117,7 +118,7 @@ def test_laptop_config_is_a_replica(path):
             ok = c.lr == pytest.approx(laptop_lr(n), rel=0.01) or c.lr == pytest.approx(laptop_lr(num_params(base)))
             assert ok or exp.name == "ladder", "LR by the size rule (of the trial, or of the base for ablations)"
         assert c.beta2 == 0.99 and c.batch_size * c.block_size <= 4096
-    if not full.target_params and exp.name not in ("vocab", "tokenizer", "width", "ladder", "arch", "depth"):
+    if not full.target_params and exp.name not in ("vocab", "tokenizer", "width", "ladder", "isoflop", "arch", "depth"):
         assert abs(embed_share(base) - embed_share(full)) <= 0.025, "the preset's embedding share is kept"
 
 
@@ -161,15 +162,12 @@ def test_ladder_spans_a_decade_at_twenty_tokens_per_param():
     mod = load(os.path.join(ROOT, "sweeps", "ladder.py"))
     base, cfgs = laptop_configs(mod.EXPERIMENT)
     sizes = sorted({num_params(c) for c in cfgs})
-    assert len(sizes) >= 5 and sizes[-1] / sizes[0] >= 10
-    lrs = {}
-    for c in cfgs:
-        lrs.setdefault(num_params(c), set()).add(c.lr)
-    assert all(len(v) >= 3 for v in lrs.values()), "an LR grid per size"
-    iso = mod.iso_points("laptop")
-    budgets = {round(6 * (base.replace(**{k: v for k, v in p.items()}).train_tokens)
-                     * num_params(base.replace(**p)), -10) for p in iso}
-    assert len(iso) >= 12 and len(budgets) >= 3
+    assert len(sizes) == len(cfgs) >= 5 and sizes[-1] / sizes[0] >= 10  # one variant per size
+    assert len(mod.EXPERIMENT.lr_grid) >= 3 and mod.EXPERIMENT.options["seeds"] >= 2, "one protocol: LR grid, seeds"
+    iso = load(os.path.join(ROOT, "sweeps", "isoflop.py"))
+    points = iso.iso_points("laptop")
+    budgets = {round(6 * (base.replace(**p).train_tokens) * num_params(base.replace(**p)), -10) for p in points}
+    assert len(points) >= 12 and len(budgets) >= 3
 
 
 def test_two_phase_trains_finalists_to_the_end(monkeypatch, tmp_path):
@@ -200,38 +198,44 @@ def test_two_phase_trains_finalists_to_the_end(monkeypatch, tmp_path):
     assert [v["glu_factor"] for v in space["__variant"]] == [2.66, 3.0, 4.0]  # 2 finalists + the baseline
 
 
-def test_ladder_extra_points_keep_the_kill_margin_and_count_epochs_of_the_largest_size(monkeypatch, tmp_path):
-    """``--points`` runs only the extra (size, LR) points: no ASHA, the user's --kill-margin, no refinement, and the
-    epochs flag still reads the ladder's largest size (not the last extra point)."""
+def test_the_ladder_tunes_every_size_by_one_rule_then_runs_its_seeds(monkeypatch, tmp_path):
+    """Each size at its own rule LR x {1/2, 1, 2} on the tuning seed, at its own full run length; a size whose best
+    is at an edge gets the next multiple (the same rule for the held-out largest size); then 2 seeds per size at
+    its tuned LR; then the ladder report."""
     import pandas as pd
 
     tune = pytest.importorskip("tinylm.tune")
-    from tinylm import tracking
-    from tinylm.analysis import plan, stats
+    from tinylm.experiment import run
 
     mod = load(os.path.join(ROOT, "sweeps", "ladder.py"))
-    sweeps, read = [], []
+    sizes = mod.EXPERIMENT.space_at("laptop")["__variant"]
+    rule = {v["n_embd"]: v["lr"] for v in sizes}
+    best = {32: 0.5, 40: 1.0, 56: 1.0, 64: 2.0, 80: 4.0}  # multiples of each size's rule: 80 needs an extension
+    calls, reports = [], []
 
-    class Stop(Exception):
-        pass
+    def run_sweep_(sweep, base, space, refine_space=None):
+        calls.append((sweep, base, space))
+        return pd.DataFrame([{**v, "seed": s, "status": "completed",
+                              "val_loss": 4 + 0.1 * __import__("math").log2(v["lr"] / rule[v["n_embd"]]
+                                                                             / best[v["n_embd"]]) ** 2}
+                             for v in space["__variant"] for s in range(base.seed, base.seed + sweep.seeds)])
 
-    def corpus_tokens(cfg):
-        read.append(cfg)
-        raise Stop
-
-    monkeypatch.setattr(tune, "run_sweep", lambda sweep, base, space: sweeps.append(sweep) or pd.DataFrame())
+    monkeypatch.setattr(tune, "run_sweep", run_sweep_)
+    monkeypatch.setattr(tune, "print_results", lambda *a, **k: "")
     monkeypatch.setattr(tune, "shutdown", lambda: None)
-    monkeypatch.setattr(tracking, "list_sweeps", lambda uri: pd.DataFrame({"sweep": []}))
-    monkeypatch.setattr(stats, "prepare", lambda df: df)
-    monkeypatch.setattr(plan, "corpus_tokens", corpus_tokens)
-    with pytest.raises(Stop):
-        mod.main(["--points", "0:0.25", "--kill-margin", "0.05", "--results", str(tmp_path)])
-    (sweep,) = sweeps
-    assert not sweep.asha and sweep.kill_margin == 0.05 and sweep.refine == 0
-    largest = mod.EXPERIMENT.space_at("laptop")[mod.VARIANT][-1]
-    assert (read[0].n_embd, read[0].n_layer, read[0].train_tokens) == \
-        (largest["n_embd"], largest["n_layer"], largest["train_tokens"])
-    assert read[0].n_embd != mod.SHAPES["laptop"][0][0]  # the extra point is the smallest size
+    exp = __import__("dataclasses").replace(mod.EXPERIMENT, after=lambda table, **kw: reports.append(kw))
+    run(exp, results=str(tmp_path))
+    (lr0, short, space0), (lr1, _, space1), (lr2, _, space2), (final, full, space) = calls
+    assert [c[0].name for c in calls] == ["ladder-lr", "ladder-lr-x1", "ladder-lr-x2", "ladder"] and final.seeds == 2
+    for v in space0["__variant"]:  # full length and the size's own rule
+        size = next(s for s in sizes if s["n_embd"] == v["n_embd"])
+        assert v["train_tokens"] == size["train_tokens"] and v["lr"] / size["lr"] in (0.5, 1.0, 2.0)
+    assert [(v["n_embd"], round(v["lr"] / rule[v["n_embd"]], 6)) for v in space1["__variant"]] == [(32, 0.25), (64, 4.0),
+                                                                                             (80, 4.0)]
+    assert [(v["n_embd"], round(v["lr"] / rule[v["n_embd"]], 6)) for v in space2["__variant"]] == [(80, 8.0)]
+    assert {v["n_embd"]: round(v["lr"] / rule[v["n_embd"]], 6) for v in space["__variant"]} == best
+    assert all(v["train_tokens"] == s["train_tokens"] for v, s in zip(space["__variant"], sizes, strict=True))
+    assert len(reports) == 1 and reports[0]["space"] == space
 
 
 def test_repeated_set_flags_all_apply():

@@ -425,21 +425,10 @@ def tune_lr(exp: Experiment, base: Config, space: dict, grid: tuple[float, ...],
     multiplier beyond that edge (the grid's own ratio) in another round, up to ``MAX_LR_EXTENSIONS`` rounds.
     Returns the variants with their chosen ``lr`` and the rounds' trials that did not end as planned."""
     from tinylm import tune
-    from tinylm.analysis.plan import short_base
+    from tinylm.analysis.plan import RUN_LENGTH, lr_point, short_base
 
     short = short_base(base, args.lr_fraction).replace(seed=base.seed + MAX_SEEDS)  # no seed run reaches it
     variants = variants_of(space)
-    run_length = ("train_tokens", "warmup_tokens", "eval_every_tokens")
-    # each variant's own rule: its lr when it sets one (a ladder's sizes), else the base's
-    rules = [float(v.get("lr", base.lr)) for v in variants]
-
-    def point(i: int, m: float) -> dict:
-        """Variant i at its rule x m, on the short run (its own run length shortened when it sets one)."""
-        v = variants[i]
-        if any(k in v for k in run_length):
-            own = short_base(base.replace(**v), args.lr_fraction)
-            v = v | {k: getattr(own, k) for k in run_length}
-        return v | {"lr": rules[i] * m}
 
     tried: list[dict[float, float]] = [{} for _ in variants]  # per variant: multiplier -> final val loss
     todo = [list(grid) for _ in variants]
@@ -450,7 +439,8 @@ def tune_lr(exp: Experiment, base: Config, space: dict, grid: tuple[float, ...],
             break
         name = f"{exp.name}-lr" + (f"-x{round_}" if round_ else "")
         phase = replace(sweep, name=name, seeds=1, refine=0, asha=False, kill_margin=math.inf)
-        space_r = {VARIANT: [point(i, m) for i, m in points]}
+        # each variant at its own rule LR x m (a ladder's sizes carry theirs), on the short run
+        space_r = {VARIANT: [lr_point(base, variants[i], m, args.lr_fraction) for i, m in points]}
         table = tune.run_sweep(phase, short, space_r)
         problems += [p for p in [tune.unplanned(phase, table)] if p]
         rows = table.to_dict("records")
@@ -477,7 +467,7 @@ def tune_lr(exp: Experiment, base: Config, space: dict, grid: tuple[float, ...],
         edge = best in (ms[0], ms[-1])
         rule = float(v.get("lr", base.lr))
         chosen.append(v | {"lr": rule * best})
-        shown = ", ".join(f"{k}={plain(x)}" for k, x in v.items() if k not in ("lr", *run_length))
+        shown = ", ".join(f"{k}={plain(x)}" for k, x in v.items() if k not in ("lr", *RUN_LENGTH))
         lines.append(f"  {shown}: lr {rule * best:.3g} (x{best:g})"
                      + "; " + ", ".join(f"x{m:g} {results[m]:.4f}" for m in ms)
                      + ("  <- best at the grid edge after the extensions: not an interior optimum" if edge else ""))

@@ -10,6 +10,11 @@ Pure functions over a trials table (``stats.prepare``-d):
   about the line is the noise a new point also has);
 - ``heldout``: fit on every size but the largest, predict the largest, report the error and whether the 95 %
   prediction interval covers the measured loss;
+- ``lr_exponent``: log lr* = a + b log N over the sizes' tuned LRs, b with its t interval (the rule assumes −1/3);
+- ``ladder_points``: the sizes of a ladder run on one protocol (``tinylm.experiment.tune_lr`` then seeds): per
+  size the seed-mean loss at its tuned LR, joined with the LR grid and edge of its tuning runs;
+- ``report`` / ``isoflop_report``: read the stored sweeps and write REPORT.md + points.csv (sweeps/ladder.py and
+  sweeps/isoflop.py call them once their runs end);
 - ``isoflop_table``: per FLOP budget a parabola of loss in log N, its argmin N_opt and tokens per parameter, with
   a delta-method interval, only where the minimum is bracketed by the sampled sizes (else n/a and why); then
   N_opt ∝ C^a across the bracketed budgets.
@@ -25,6 +30,8 @@ from scipy import stats as sps
 
 from tinylm.analysis import fits, validity
 from tinylm.analysis.scaling import rounded
+
+RULE_LR_EXPONENT = -1 / 3  # tinylm.config.laptop_lr: Porian et al.'s lr ~ N^(-1/3)
 
 
 def best_per_size(df: pd.DataFrame) -> pd.DataFrame:
@@ -48,6 +55,63 @@ def best_per_size(df: pd.DataFrame) -> pd.DataFrame:
                      "n_embd": gb["n_embd"].iloc[0] if "n_embd" in gb else np.nan,
                      "n_layer": gb["n_layer"].iloc[0] if "n_layer" in gb else np.nan})
     return pd.DataFrame(rows).sort_values("N", kind="stable").reset_index(drop=True)
+
+
+def ladder_points(seeds: pd.DataFrame, tuning: pd.DataFrame) -> pd.DataFrame:
+    """Per size: the seed runs' mean loss at the size's tuned LR (``best_per_size`` of ``seeds``, where each size
+    has one LR), its s.d. over seeds (``loss_sd``) and seed count (``n_seeds``), non-embedding N, and the LR grid
+    its tuning runs tried with the edge flag (``best_per_size`` of ``tuning``; the grid of the seed runs when there
+    are no tuning runs). Both tables ``stats.prepare``-d."""
+    pts = best_per_size(seeds)
+    if not len(pts):
+        return pts
+    done = seeds[np.isfinite(seeds["loss"].to_numpy(float)) & (seeds.get("status", "completed") == "completed")]
+    size = rounded(done["N"])
+    per = done.groupby(size.to_numpy())
+    key = rounded(pts["N"]).to_numpy()
+    pts["loss_sd"] = [float(per.get_group(k)["loss"].std(ddof=1)) if per.get_group(k)["loss"].size > 1 else np.nan
+                      for k in key]
+    pts["n_seeds"] = [int(per.get_group(k)["loss"].size) for k in key]
+    pts["N_nonembed"] = [float(per.get_group(k)["N_nonembed"].mean()) for k in key]
+    tuned = best_per_size(tuning) if len(tuning) else pd.DataFrame()
+    if len(tuned):
+        by = dict(zip(rounded(tuned["N"]).to_numpy(), tuned.to_dict("records"), strict=True))
+        pts["lr_grid"] = [by[k]["lr_grid"] if k in by else g for k, g in zip(key, pts["lr_grid"], strict=True)]
+        pts["edge"] = [by[k]["edge"] if k in by else "untuned" for k in key]
+        pts["tuned_lr"] = [by[k]["lr"] if k in by else np.nan for k in key]
+    return pts
+
+
+def lr_exponent(points: pd.DataFrame, level: float = 0.95) -> dict | None:
+    """log lr* = a + b log N over the sizes (>= 3) whose tuned LR is interior: b, its t interval and n; None when
+    fewer than 3 sizes qualify (an LR at its grid's edge is a bound, not an optimum)."""
+    p = points[points["edge"].astype(str) == ""] if "edge" in points else points
+    if len(p) < 3:
+        return None
+    x, y = np.log(p["N"].to_numpy(float)), np.log(p["lr"].to_numpy(float))
+    b, a = np.polyfit(x, y, 1)
+    resid = y - (a + b * x)
+    k = len(x)
+    se = math.sqrt(float(resid @ resid) / (k - 2) / float(((x - x.mean()) ** 2).sum())) if k > 2 else math.nan
+    t = float(sps.t.ppf(0.5 + level / 2, k - 2))
+    return {"b": float(b), "ci": (float(b - t * se), float(b + t * se)), "n": k, "rule": RULE_LR_EXPONENT}
+
+
+def degenerate_e(held: dict | None, points: pd.DataFrame) -> str | None:
+    """Why the E + A·N^−α fit's irreducible loss E cannot be read as one (``None`` when it can): E <= 0 (a
+    loss below zero nats at infinite N), or E within 2 % of the smallest measured loss (the curve is flat at
+    once: A and α then fit noise)."""
+    w = (held or {}).get("with_E")
+    if not w:
+        return None
+    e = float(w["params"]["E"])
+    lowest = float(points["loss"].min())
+    if e <= 0:
+        return f"the fitted irreducible loss E = {e:.3g} is not positive: the E term is degenerate here"
+    if e >= 0.98 * lowest:
+        return (f"the fitted irreducible loss E = {e:.3g} is within 2 % of the lowest measured loss {lowest:.3g}: "
+                "the E term is degenerate here (the sizes do not reach the curve's bend)")
+    return None
 
 
 def loglog_fit(n: np.ndarray, loss: np.ndarray, level: float = 0.95) -> dict:
@@ -125,8 +189,10 @@ def isoflop_table(points: pd.DataFrame, rel_tol: float = 0.1, level: float = 0.9
 
 
 def ladder_markdown(points: pd.DataFrame, held: dict | None, scale: str, flags: list[str],
-                    iso: tuple[list[dict], dict | None] | None = None) -> str:
-    """The ladder's REPORT.md: claim, diagnostics, then the numbers."""
+                    iso: tuple[list[dict], dict | None] | None = None, held_nonembed: dict | None = None,
+                    lr_exp: dict | None = None) -> str:
+    """The ladder's REPORT.md: claim, diagnostics, then the numbers (``held_nonembed``: the held-out fit on
+    non-embedding N; ``lr_exp``: ``lr_exponent``)."""
     from tinylm.analysis.report import md_table
     from tinylm.analysis.validity import SCALE_CLAIMS
 
@@ -149,6 +215,16 @@ def ladder_markdown(points: pd.DataFrame, held: dict | None, scale: str, flags: 
                       f"({w['dof']} d.o.f. left: not trusted): "
                       f"E = {w['params']['E']:.3g}, α = {w['params']['alpha']:.3g}, "
                       f"predicted {w['predicted']:.4f}.", ""]
+    if held_nonembed is not None:
+        f = held_nonembed["fit"]
+        lines += [f"On non-embedding parameters: α = {f['alpha']:.3f} (95 % CI {f['alpha_ci'][0]:.3f}-"
+                  f"{f['alpha_ci'][1]:.3f}); held-out error {held_nonembed['error_pct']:+.2f} %, the prediction "
+                  f"interval {'covers' if held_nonembed['covered'] else 'does NOT cover'} the measurement.", ""]
+    if lr_exp is not None:
+        lines += [f"Tuned LR vs N: lr* ∝ N^{lr_exp['b']:.3f} (95 % CI {lr_exp['ci'][0]:.3f} to {lr_exp['ci'][1]:.3f}, "
+                  f"{lr_exp['n']} sizes with an interior optimum); the size rule assumes N^{lr_exp['rule']:.3f}.", ""]
+    elif len(points):
+        lines += ["Tuned LR vs N: not fitted (fewer than 3 sizes with an interior LR optimum).", ""]
     claim = SCALE_CLAIMS.get(scale, scale)
     if len(points):
         claim = (f"{scale.upper()} scale, sizes {points['N'].min():,.0f}-{points['N'].max():,.0f} params at "
@@ -158,12 +234,14 @@ def ladder_markdown(points: pd.DataFrame, held: dict | None, scale: str, flags: 
     lines += ["## What this run can claim", "", claim, "", "## Validity diagnostics", ""]
     lines += [f"- ⚠ {x}" for x in flags] or ["- nothing flagged"]
     if len(points):
+        sd = points["loss_sd"] if "loss_sd" in points else pd.Series(np.nan, index=points.index)
+        ne = points["N_nonembed"] if "N_nonembed" in points else pd.Series(np.nan, index=points.index)
         lines += ["", "## Best LR per size", "",
-                  md_table([[r["N"], r["n_embd"], r["n_layer"], r["D"], r["tokens_per_param"], r["lr"],
-                             ", ".join(f"{v:.2g}" for v in r["lr_grid"]), r["edge"] or "inside", r["n_done"], r["loss"]]
-                            for _, r in points.iterrows()],
-                           ["N", "d", "L", "tokens", "tokens/param", "best LR", "LR grid", "best at edge?",
-                            "completed trials", "val loss"]), ""]
+                  md_table([[r["N"], ne[i], r["n_embd"], r["n_layer"], r["D"], r["tokens_per_param"], r["lr"],
+                             ", ".join(f"{v:.2g}" for v in r["lr_grid"]), r["edge"] or "inside", r["n_done"],
+                             r["loss"], sd[i]] for i, r in points.iterrows()],
+                           ["N", "N non-embedding", "d", "L", "tokens", "tokens/param", "best LR", "LR grid tried",
+                            "best at edge?", "runs at that LR", "val loss (mean)", "s.d. over seeds"]), ""]
     if iso is not None:
         rows, exps = iso
         lines += ["## isoFLOP minima", "",
@@ -206,3 +284,69 @@ def ladder_flags(points: pd.DataFrame, held: dict | None, epochs: float = math.n
     if epochs == epochs and epochs > 1:
         out.append(f"data repeats: the largest size reads {epochs:.2f} epochs of the corpus (a data-constrained law)")
     return out
+
+
+def _stored(uri: str, names: list[str]) -> pd.DataFrame:
+    from tinylm import tracking
+    from tinylm.analysis import stats
+
+    frames = [tracking.load_runs(uri, sweep=n) for n in names]
+    frames = [f for f in frames if len(f)]
+    return stats.prepare(pd.concat(frames, ignore_index=True)) if frames else pd.DataFrame()
+
+
+def report(uri: str, name: str, out_dir: str, scale: str, epochs: float = math.nan) -> str:
+    """The ladder run on one protocol (``tinylm.experiment.tune_lr`` per size, then seeds at the tuned LRs): reads
+    the seed sweep ``name`` and its tuning sweeps (``name``-lr, -lr-x1, ...) from the store at ``uri``, writes
+    ``out_dir``/REPORT.md and points.csv, prints the report and returns its path. ``epochs``: of the largest size."""
+    import os
+
+    from tinylm import tracking
+
+    stored = [str(n) for n in dict.fromkeys(tracking.list_sweeps(uri)["sweep"])]
+    tuning_names = [n for n in stored if n == f"{name}-lr" or n.startswith(f"{name}-lr-x")]
+    seeds, tuning = _stored(uri, [name]), _stored(uri, tuning_names)
+    pts = ladder_points(seeds, tuning) if len(seeds) else pd.DataFrame()
+    held = held_ne = None
+    if len(pts):
+        try:
+            held = heldout(pts)
+            held_ne = heldout(pts.assign(N=pts["N_nonembed"]), with_e=False)
+        except fits.NotEnoughPoints as e:
+            print(f"no held-out check: {e}")
+    flags = ladder_flags(pts, held, epochs) if len(pts) else ["no completed runs"]
+    if len(pts) and (pts["n_seeds"] < 2).any():
+        flags.append("fewer than 2 seeds at some sizes: the seed noise of a size is not measured there")
+    if len(pts) and (pts["edge"] == "untuned").any():
+        flags.append("some sizes have no LR tuning runs: their LR is the rule's, not an optimum")
+    e_flag = degenerate_e(held, pts)
+    if e_flag:
+        flags.append(e_flag)
+    text = ladder_markdown(pts, held, scale, flags, held_nonembed=held_ne,
+                           lr_exp=lr_exponent(pts) if len(pts) else None)
+    os.makedirs(out_dir, exist_ok=True)
+    pts.to_csv(os.path.join(out_dir, "points.csv"), index=False)
+    path = os.path.join(out_dir, "REPORT.md")
+    with open(path, "w") as f:
+        f.write(text)
+    print(text)
+    return path
+
+
+def isoflop_report(uri: str, name: str, out_dir: str, scale: str, epochs: float = math.nan) -> str:
+    """isoFLOP minima of the sweep ``name`` (budgets x sizes, one seed, LR by the size rule) to
+    ``out_dir``/REPORT.md and points.csv; prints the report and returns its path."""
+    import os
+
+    df = _stored(uri, [name])
+    pts = (df[df["status"].astype(str) == "completed"][["N", "D", "C", "loss", "lr"]].copy() if len(df)
+           else pd.DataFrame(columns=["N", "D", "C", "loss", "lr"]))
+    flags = ladder_flags(pts.assign(edge="", tokens_per_param=25.0), None, epochs)
+    text = ladder_markdown(pd.DataFrame(), None, scale, flags, iso=isoflop_table(pts))
+    os.makedirs(out_dir, exist_ok=True)
+    pts.to_csv(os.path.join(out_dir, "points.csv"), index=False)
+    path = os.path.join(out_dir, "REPORT.md")
+    with open(path, "w") as f:
+        f.write(text)
+    print(text)
+    return path

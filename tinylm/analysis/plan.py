@@ -120,6 +120,19 @@ def short_base(base: Config, rank_fraction: float) -> Config:
                         warmup_tokens=min(base.warmup_tokens, short_tokens // 4) if base.warmup_tokens else 0)
 
 
+RUN_LENGTH = ("train_tokens", "warmup_tokens", "eval_every_tokens")
+
+
+def lr_point(base: Config, variant: dict, mult: float, fraction: float) -> dict:
+    """A variant's LR-tuning run (``tinylm.experiment.tune_lr``): its own rule LR (its ``lr``, else the base's)
+    x ``mult``; a variant that sets its own run length gets it shortened to ``fraction`` as ``short_base`` does."""
+    v = dict(variant)
+    if fraction < 1 and any(k in v for k in RUN_LENGTH):
+        own = short_base(base.replace(**v), fraction)
+        v |= {k: getattr(own, k) for k in RUN_LENGTH}
+    return v | {"lr": float(variant.get("lr", base.lr)) * mult}
+
+
 def plan(exp, base: Config, seeds: int = 1, two_phase: bool = False, rank_fraction: float = 0.25,
          finalists: int = 2, lr_grid: tuple[float, ...] = (), lr_fraction: float = 1.0) -> pd.DataFrame:
     """One row per trial the sweep would start (two-phase: the ranking runs, then finalists x seeds; with an
@@ -133,8 +146,10 @@ def plan(exp, base: Config, seeds: int = 1, two_phase: bool = False, rank_fracti
         short = short_base(base, lr_fraction).replace(seed=base.seed + MAX_SEEDS)  # as tune_lr: no seed run's
         for p in expand(space, 1, short):
             for m in lr_grid:
-                cfg = Config(**(short.to_dict() | {k: v for k, v in p.items() if k in FIELDS} | {"lr": short.lr * m}))
-                rows.append(describe(cfg, p | {"lr_mult": m}) | {"phase": "lr"})
+                q = lr_point(base, {k: v for k, v in p.items() if k in FIELDS and k != "seed"}, m, lr_fraction)
+                cfg = Config(**(short.to_dict() | q))
+                rows.append(describe(cfg, {k: v for k, v in p.items() if k != "lr"} | {"lr_mult": m}
+                                     ) | {"phase": "lr"})
     if two_phase:
         short = short_base(base, rank_fraction)
         for p in expand(space, 1, short):
