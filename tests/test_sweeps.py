@@ -136,7 +136,6 @@ def test_glu_laptop_keeps_every_glu_factor_distinct_and_close():
 
 
 def test_dry_run_prints_the_trials_and_starts_nothing(capsys, monkeypatch):
-    import sys
 
     from tinylm.experiment import run
 
