@@ -74,7 +74,7 @@ def test_analyze_reports_through_the_analysis_library(fake_tune, tmp_path, monke
     exp = Experiment(name="toy", preset="debug", space={"lr": [1e-3, 2e-3]}, baseline={"lr": 1e-3})
     run_sweep(exp, analyze=True, results=str(tmp_path))
     (_uri, sweep, out, baseline, prices), kw = seen[0]
-    assert sweep == "toy" and out == tmp_path / "analysis" and baseline == {"lr": 1e-3} and kw == {"n_boot": 200, "also": [], "decision": ""}
+    assert sweep == "toy" and out == tmp_path / "analysis" and baseline == {"lr": 1e-3} and kw == {"n_boot": 200, "also": [], "sections": []}
     assert prices and len(seen) == 1
 
 

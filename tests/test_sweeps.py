@@ -404,5 +404,8 @@ def test_until_conclusive_stops_at_its_seed_budget_and_refuses_what_it_cannot_do
         run(exp, results=str(tmp_path / "b"), seeds=3, until_conclusive=True, max_seeds=2)
     with pytest.raises(ConfigError, match="--until-conclusive and --two-phase: pick one"):
         run(exp, results=str(tmp_path / "b"), two_phase=True, until_conclusive=True)
+    with pytest.raises(ConfigError, match=r"2,004 trials \(4 grid points x 100 seeds \+ 1604 refined\)"):
+        run(exp, results=str(tmp_path / "b"), until_conclusive=True, max_seeds=100, lr_grid=[], refine=1604,
+            dry_run=True)  # the seed ceiling counts, not the first round
     with pytest.raises(ConfigError, match="--budget-min=-1 must be a number of minutes"):
         run(exp, results=str(tmp_path / "b"), until_conclusive=True, budget_min=-1)

@@ -257,9 +257,10 @@ def check_space(base: Config, space: dict, args: argparse.Namespace | None = Non
         if args.two_phase:
             trials, how = n + (args.finalists + 1) * max(3, args.seeds), f"{n} ranking runs + finalists x seeds"
         else:
-            trials = n * (args.seeds + lr_runs) + args.refine
-            how = (f"{n} grid points x ({lr_runs} LR-tuning runs + {args.seeds} seeds)" if lr_runs else
-                   f"{n} grid points x {args.seeds} seeds") + f" + {args.refine} refined"
+            seeds = max(args.seeds, args.max_seeds) if args.until_conclusive else args.seeds  # its ceiling
+            trials = n * (seeds + lr_runs) + args.refine
+            how = (f"{n} grid points x ({lr_runs} LR-tuning runs + {seeds} seeds)" if lr_runs else
+                   f"{n} grid points x {seeds} seeds") + f" + {args.refine} refined"
         if trials > MAX_TRIALS:
             raise ConfigError(f"{trials:,} trials ({how}) is more than {MAX_TRIALS:,} (tinylm.sweep.MAX_TRIALS): lower "
                               "--seeds or --refine, or split the sweep")
@@ -303,7 +304,8 @@ def run(exp: Experiment, scale: str | None = None, **options):
     sweep = sweep_of(exp, vars(args), args.scale)
     t0 = time.time()
     problems = []  # trials that did not end as planned, per phase: the table is returned, the CLI exits 1
-    rounds, decision = {}, ""  # --until-conclusive: the added seed rounds' sweeps, the last look
+    rounds: dict = {}  # --until-conclusive: the added seed rounds' sweeps
+    sections: list[tuple[str, str]] = []  # for the report: the LR phase, the sequential decision
     try:
         if args.two_phase:
             table, sweep, space, problems = two_phase(exp, base, args, sweep)
@@ -311,12 +313,17 @@ def run(exp: Experiment, scale: str | None = None, **options):
             space = exp.space_at(args.scale)
             grid = lr_grid_of(exp, args)
             if grid:
-                tuned, problems = tune_lr(exp, base, space, grid, args, sweep)
+                tuned, problems, text = tune_lr(exp, base, space, grid, args, sweep)
                 space = {VARIANT: tuned}
+                sections.append(("LR tuned per variant", "```\n" + text + "\n```"))
             table = tune.run_sweep(sweep, base, space, exp.refine_space)
             if args.until_conclusive:
                 table, rounds, decision = until_conclusive(exp, base, space, args, sweep, table, t0)
                 problems += [p for p in rounds.pop("unplanned", []) if p]
+                sections.append(("Sequential decision (--until-conclusive)", (
+                    "Seeds were added after looking at the data, so the verdict's fixed-n p-values and intervals "
+                    "above over-state certainty; this decision spends alpha across the looks and is the one to "
+                    "read.\n\n```\n" + decision + "\n```")))
     finally:
         tune.shutdown()
     tune.print_results(sweep, table, space)
@@ -333,7 +340,7 @@ def run(exp: Experiment, scale: str | None = None, **options):
 
         path = report_sweep(sweep.uri(), sweep.name, Path(args.results) / "analysis",
                             exp.baseline_at(args.scale) or None, load_prices(None), n_boot=200,
-                            also=list(rounds.get("sweeps", [])), decision=decision)
+                            also=list(rounds.get("sweeps", [])), sections=sections)
         print(path)
     if exp.after is not None:
         exp.after(table, sweep=sweep, base=base, space=space)
@@ -423,7 +430,8 @@ def tune_lr(exp: Experiment, base: Config, space: dict, grid: tuple[float, ...],
     ``--lr-fraction`` of the run, every run to its end (no ASHA, no kill rule: early stopping across an LR axis
     loses winners, RESULTS.md 2026-11-30). A variant whose best LR is at an edge of its grid gets the next
     multiplier beyond that edge (the grid's own ratio) in another round, up to ``MAX_LR_EXTENSIONS`` rounds.
-    Returns the variants with their chosen ``lr`` and the rounds' trials that did not end as planned."""
+    Returns the variants with their chosen ``lr``, the rounds' trials that did not end as planned, and the
+    choice as text (printed, and a section of the report)."""
     from tinylm import tune
     from tinylm.analysis.plan import RUN_LENGTH, lr_point, short_base
 
@@ -473,9 +481,10 @@ def tune_lr(exp: Experiment, base: Config, space: dict, grid: tuple[float, ...],
                      + ("  <- best at the grid edge after the extensions: not an interior optimum" if edge else ""))
         if edge:
             problems.append(f"LR of {v} at the edge of {[f'x{m:g}' for m in ms]}")
-    print(f"LR tuning ({args.lr_fraction:g} of the run, seed {short.seed}, final val loss per multiplier of "
-          "the rule's LR):\n" + "\n".join(lines))
-    return chosen, problems
+    text = (f"LR tuning ({args.lr_fraction:g} of the run, seed {short.seed}, final val loss per multiplier of the "
+            "rule's LR):\n" + "\n".join(lines))
+    print(text)
+    return chosen, problems, text
 
 
 def two_phase(exp: Experiment, base: Config, args, sweep: Sweep):
@@ -500,7 +509,7 @@ def two_phase(exp: Experiment, base: Config, args, sweep: Sweep):
     print(f"phase 1 ranked {len(done)} variants; finalists: {finalists}")
     grid = lr_grid_of(exp, args)
     if grid:
-        finalists, more = tune_lr(exp, base, {VARIANT: finalists}, grid, args, sweep)
+        finalists, more, _ = tune_lr(exp, base, {VARIANT: finalists}, grid, args, sweep)
         problems += more
     space = {VARIANT: finalists}
     # phase 2 is the PRD's decision: every finalist trains to the end (no ASHA, no kill rule), else the 3-seed

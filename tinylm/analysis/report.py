@@ -386,12 +386,14 @@ def build_report(df: pd.DataFrame, out_dir: str | Path, sweep_name: str, curves:
 
 
 def report_sweep(uri: str, sweep: str, out: Path, baseline: dict | None, prices: dict, n_boot: int,
-                 log: bool = True, also: list[str] | None = None, decision: str = "") -> Path:
+                 log: bool = True, also: list[str] | None = None,
+                 sections: list[tuple[str, str]] | None = None) -> Path:
     """Build one sweep's report under ``out`` and log its files to the sweep's parent run; returns REPORT.md's path.
 
     ``also``: more sweeps whose trials belong to this one (the seed rounds of ``--until-conclusive``);
-    ``decision``: its sequential decision, placed under the verdict (whose fixed-n p-values and intervals do not
-    allow for seeds added after looking; the decision does).
+    ``sections``: (title, text) placed under the verdict: how the run got its LRs (the LR phase) and the
+    sequential decision of ``--until-conclusive`` (the verdict's fixed-n p-values and intervals do not allow for
+    seeds added after looking; that decision does).
 
     The report is logged only where the store owns the artifacts: a copy of a results folder (its runs point at
     the original's ``mlartifacts``) or one that cannot be written gets the report in ``out`` and one warning."""
@@ -406,13 +408,11 @@ def report_sweep(uri: str, sweep: str, out: Path, baseline: dict | None, prices:
     curves = tracking.load_curves(uri, df["run_id"].tolist(), metric="val_loss") if len(df) else None
     path = build_report(df, out / sweep, sweep, curves=curves, baseline=baseline, prices=prices, meta=meta,
                         n_boot=n_boot)
-    if decision:
+    if sections:
         text = path.read_text()
-        section = ("## Sequential decision (--until-conclusive)\n\nSeeds were added after looking at the data, so the "
-                   "verdict's fixed-n p-values and intervals above over-state certainty; this decision spends alpha "
-                   "across the looks and is the one to read.\n\n```\n" + decision + "\n```\n\n")
+        added = "".join(f"## {title}\n\n{body.strip()}\n\n" for title, body in sections)
         at = text.find("## What this run can claim")
-        path.write_text(text[:at] + section + text[at:] if at >= 0 else text + "\n" + section)
+        path.write_text(text[:at] + added + text[at:] if at >= 0 else text + "\n" + added)
     if log and meta:
         elsewhere = tracking.foreign_artifacts(uri, meta["run_id"])
         if elsewhere:
