@@ -407,5 +407,22 @@ def test_until_conclusive_stops_at_its_seed_budget_and_refuses_what_it_cannot_do
     with pytest.raises(ConfigError, match=r"2,004 trials \(4 grid points x 100 seeds \+ 1604 refined\)"):
         run(exp, results=str(tmp_path / "b"), until_conclusive=True, max_seeds=100, lr_grid=[], refine=1604,
             dry_run=True)  # the seed ceiling counts, not the first round
+    nobase = __import__("dataclasses").replace(exp, baseline={})
+    with pytest.raises(ConfigError, match="--until-conclusive needs a baseline to compare with; sweep 'glu'"):
+        run(nobase, results=str(tmp_path / "b"), until_conclusive=True, dry_run=True)
     with pytest.raises(ConfigError, match="--budget-min=-1 must be a number of minutes"):
         run(exp, results=str(tmp_path / "b"), until_conclusive=True, budget_min=-1)
+
+
+def test_an_lr_must_beat_the_grid_centre_by_more_than_a_seed_s_noise():
+    """One tuning seed cannot rank LRs closer than the seed noise: the centre (the prior) stays unless beaten by
+    more than LR_TIE_NATS; a centre that did not complete is no prior."""
+    import math
+
+    from tinylm.experiment import LR_TIE_NATS, pick_lr
+
+    measured = {2.0: 4.1433, 4.0: 4.1500, 8.0: 4.5693}  # glu 2.0's tuning runs (RESULTS.md 2026-12-03)
+    assert pick_lr(measured, 4.0) == 4.0 and LR_TIE_NATS >= 0.018
+    assert pick_lr({2.0: 4.10, 4.0: 4.15, 8.0: 4.5}, 4.0) == 2.0
+    assert pick_lr({2.0: 4.14, 4.0: math.inf, 8.0: 4.2}, 4.0) == 2.0
+    assert pick_lr({1.0: 4.30, 2.0: 4.25, 4.0: 4.30}, 2.0) == 2.0
