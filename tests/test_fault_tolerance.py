@@ -90,8 +90,15 @@ def test_worker_killed_mid_trial_restarts_from_checkpoint(tmp_path, path):
                             stderr=subprocess.STDOUT, text=True, cwd=ROOT, env=env, start_new_session=True)
     wait_for(proc, lambda line: "[tiny]" in line and "tokens" in line and "8,192" in line)
     marks = ("RayTrainWorker",) if path == "trainer" else ("ImplicitFunc", "trial_driver")
-    workers = [p for p in psutil.process_iter(["cmdline", "name"])
-               if any(m in " ".join(p.info["cmdline"] or []) + (p.info["name"] or "") for m in marks)]
+    # this sweep's own processes only (Ray's are descendants of its driver): another sweep running on the same
+    # machine, a user's, must survive the test (matching every process by name once killed one)
+    def marked(p: psutil.Process) -> bool:
+        try:
+            return any(m in " ".join(p.cmdline()) + p.name() for m in marks)
+        except psutil.Error:  # gone between the listing and the look
+            return False
+
+    workers = [p for p in psutil.Process(proc.pid).children(recursive=True) if marked(p)]
     assert workers, "found the training process"
     for w in workers:
         w.kill()
