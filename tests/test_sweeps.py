@@ -169,12 +169,19 @@ def test_ladder_spans_a_decade_at_twenty_tokens_per_param():
     assert len(points) >= 12 and len(budgets) >= 3
 
 
+def stub_tune(monkeypatch, run_sweep_) -> None:
+    """tinylm.tune without Ray: ``run_sweep_`` stands in for run_sweep; nothing printed, nothing to shut down."""
+    tune = pytest.importorskip("tinylm.tune")
+    monkeypatch.setattr(tune, "run_sweep", run_sweep_)
+    monkeypatch.setattr(tune, "print_results", lambda *a, **k: "")
+    monkeypatch.setattr(tune, "shutdown", lambda: None)
+
+
 def test_two_phase_trains_finalists_to_the_end(monkeypatch, tmp_path):
     """Phase 2 is the PRD's decision: no ASHA and no kill rule may stop a finalist (issue 11: the rule killed all
     three 2.66 seeds once); phase 1 ranks on a short run with a warmup that fits in it."""
     import pandas as pd
 
-    tune = pytest.importorskip("tinylm.tune")
     from tinylm.experiment import run
 
     calls = []
@@ -184,9 +191,7 @@ def test_two_phase_trains_finalists_to_the_end(monkeypatch, tmp_path):
         return pd.DataFrame([{"glu_factor": g, "val_loss": 5.0 + i / 10, "status": "completed"}
                              for i, g in enumerate((2.66, 3.0, 2.0, 4.0))])
 
-    monkeypatch.setattr(tune, "run_sweep", run_sweep_)
-    monkeypatch.setattr(tune, "print_results", lambda *a, **k: "")
-    monkeypatch.setattr(tune, "shutdown", lambda: None)
+    stub_tune(monkeypatch, run_sweep_)
     exp = load(os.path.join(ROOT, "sweeps", "glu.py")).EXPERIMENT
     run(exp, two_phase=True, kill_margin=0.02, results=str(tmp_path), lr_grid=[])
     (rank, short, _), (final, full, space) = calls
@@ -203,7 +208,6 @@ def test_the_ladder_tunes_every_size_by_one_rule_then_runs_its_seeds(monkeypatch
     its tuned LR; then the ladder report."""
     import pandas as pd
 
-    tune = pytest.importorskip("tinylm.tune")
     from tinylm.experiment import run
 
     mod = load(os.path.join(ROOT, "sweeps", "ladder.py"))
@@ -219,9 +223,7 @@ def test_the_ladder_tunes_every_size_by_one_rule_then_runs_its_seeds(monkeypatch
                                                                              / best[v["n_embd"]]) ** 2}
                              for v in space["__variant"] for s in range(base.seed, base.seed + sweep.seeds)])
 
-    monkeypatch.setattr(tune, "run_sweep", run_sweep_)
-    monkeypatch.setattr(tune, "print_results", lambda *a, **k: "")
-    monkeypatch.setattr(tune, "shutdown", lambda: None)
+    stub_tune(monkeypatch, run_sweep_)
     exp = __import__("dataclasses").replace(mod.EXPERIMENT, after=lambda table, **kw: reports.append(kw))
     run(exp, results=str(tmp_path))
     (lr0, short, space0), (lr1, _, space1), (lr2, _, space2), (final, full, space) = calls
@@ -273,7 +275,6 @@ def _fake_lr_sweeps(monkeypatch, best: dict[float, float], fail: tuple = ()):
 
     import pandas as pd
 
-    tune = pytest.importorskip("tinylm.tune")
     calls = []
 
     def run_sweep_(sweep, base, space, refine_space=None):
@@ -288,9 +289,7 @@ def _fake_lr_sweeps(monkeypatch, best: dict[float, float], fail: tuple = ()):
                      for s in range(base.seed, base.seed + sweep.seeds)]
         return pd.DataFrame(rows)
 
-    monkeypatch.setattr(tune, "run_sweep", run_sweep_)
-    monkeypatch.setattr(tune, "print_results", lambda *a, **k: "")
-    monkeypatch.setattr(tune, "shutdown", lambda: None)
+    stub_tune(monkeypatch, run_sweep_)
     return calls
 
 
@@ -348,7 +347,6 @@ def _fake_seed_sweeps(monkeypatch, effect: dict[float, float], sd: float):
     import numpy as np
     import pandas as pd
 
-    tune = pytest.importorskip("tinylm.tune")
     calls = []
 
     def run_sweep_(sweep, base, space, refine_space=None):
@@ -362,9 +360,7 @@ def _fake_seed_sweeps(monkeypatch, effect: dict[float, float], sd: float):
                 rows.append({"glu_factor": g, "seed": s, "val_loss": loss, "status": "completed"})
         return pd.DataFrame(rows)
 
-    monkeypatch.setattr(tune, "run_sweep", run_sweep_)
-    monkeypatch.setattr(tune, "print_results", lambda *a, **k: "")
-    monkeypatch.setattr(tune, "shutdown", lambda: None)
+    stub_tune(monkeypatch, run_sweep_)
     return calls
 
 

@@ -294,14 +294,15 @@ def run(exp: Experiment, scale: str | None = None, **options):
     check_options(args)
     sets = args.set if isinstance(args.set, dict) else parse_sets(args.set)
     base = exp.base(args.scale, **sets)
-    check_space(base, exp.space_at(args.scale), args, lr_runs=len(lr_grid_of(exp, args)))
+    grid = lr_grid_of(exp, args)
+    check_space(base, exp.space_at(args.scale), args, lr_runs=len(grid))
     if args.until_conclusive and not exp.baseline_at(args.scale):
         raise ConfigError(f"--until-conclusive needs a baseline to compare with; sweep {exp.name!r} declares none "
                           "(Experiment(baseline=...))")
     if args.dry_run:  # no Ray, no stores: what would run, and what it could claim
         from tinylm.analysis.plan import print_plan
 
-        return print_plan(exp, base, args, lr_grid_of(exp, args))
+        return print_plan(exp, base, args, grid)
     from tinylm import tune
 
     sweep = sweep_of(exp, vars(args), args.scale)
@@ -314,7 +315,6 @@ def run(exp: Experiment, scale: str | None = None, **options):
             table, sweep, space, problems = two_phase(exp, base, args, sweep)
         else:
             space = exp.space_at(args.scale)
-            grid = lr_grid_of(exp, args)
             if grid:
                 tuned, problems, text = tune_lr(exp, base, space, grid, args, sweep)
                 space = {VARIANT: tuned}
@@ -440,7 +440,7 @@ def variants_of(space: dict) -> list[dict]:
 
 
 def tune_lr(exp: Experiment, base: Config, space: dict, grid: tuple[float, ...], args: argparse.Namespace,
-            sweep: Sweep) -> tuple[list[dict], list[str]]:
+            sweep: Sweep) -> tuple[list[dict], list[str], str]:
     """The PRD's per-variant LR phase: every variant of ``space`` at ``base.lr`` x each multiplier of ``grid``,
     one tuning seed (``base.seed + MAX_SEEDS``: no seed run, so the LR picked on it does not bias them),
     ``--lr-fraction`` of the run, every run to its end (no ASHA, no kill rule: early stopping across an LR axis

@@ -295,12 +295,23 @@ def _stored(uri: str, names: list[str]) -> pd.DataFrame:
     return stats.prepare(pd.concat(frames, ignore_index=True)) if frames else pd.DataFrame()
 
 
+def _write(out_dir: str, points: pd.DataFrame, text: str) -> str:
+    """``out_dir``/points.csv and REPORT.md; prints the report and returns its path."""
+    import os
+
+    os.makedirs(out_dir, exist_ok=True)
+    points.to_csv(os.path.join(out_dir, "points.csv"), index=False)
+    path = os.path.join(out_dir, "REPORT.md")
+    with open(path, "w") as f:
+        f.write(text)
+    print(text)
+    return path
+
+
 def report(uri: str, name: str, out_dir: str, scale: str, epochs: float = math.nan) -> str:
     """The ladder run on one protocol (``tinylm.experiment.tune_lr`` per size, then seeds at the tuned LRs): reads
     the seed sweep ``name`` and its tuning sweeps (``name``-lr, -lr-x1, ...) from the store at ``uri``, writes
     ``out_dir``/REPORT.md and points.csv, prints the report and returns its path. ``epochs``: of the largest size."""
-    import os
-
     from tinylm import tracking
 
     stored = [str(n) for n in dict.fromkeys(tracking.list_sweeps(uri)["sweep"])]
@@ -324,29 +335,15 @@ def report(uri: str, name: str, out_dir: str, scale: str, epochs: float = math.n
         flags.append(e_flag)
     text = ladder_markdown(pts, held, scale, flags, held_nonembed=held_ne,
                            lr_exp=lr_exponent(pts) if len(pts) else None)
-    os.makedirs(out_dir, exist_ok=True)
-    pts.to_csv(os.path.join(out_dir, "points.csv"), index=False)
-    path = os.path.join(out_dir, "REPORT.md")
-    with open(path, "w") as f:
-        f.write(text)
-    print(text)
-    return path
+    return _write(out_dir, pts, text)
 
 
 def isoflop_report(uri: str, name: str, out_dir: str, scale: str, epochs: float = math.nan) -> str:
     """isoFLOP minima of the sweep ``name`` (budgets x sizes, one seed, LR by the size rule) to
     ``out_dir``/REPORT.md and points.csv; prints the report and returns its path."""
-    import os
-
     df = _stored(uri, [name])
     pts = (df[df["status"].astype(str) == "completed"][["N", "D", "C", "loss", "lr"]].copy() if len(df)
            else pd.DataFrame(columns=["N", "D", "C", "loss", "lr"]))
     flags = ladder_flags(pts.assign(edge="", tokens_per_param=25.0), None, epochs)
     text = ladder_markdown(pd.DataFrame(), None, scale, flags, iso=isoflop_table(pts))
-    os.makedirs(out_dir, exist_ok=True)
-    pts.to_csv(os.path.join(out_dir, "points.csv"), index=False)
-    path = os.path.join(out_dir, "REPORT.md")
-    with open(path, "w") as f:
-        f.write(text)
-    print(text)
-    return path
+    return _write(out_dir, pts, text)
