@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -45,3 +52,50 @@ def child_env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in DIST_ENV}
     env.update(OMP_NUM_THREADS="1", DS_ACCELERATOR="cpu", PYTHONUNBUFFERED="1")
     return env
+
+
+# --- moto: AWS APIs (EC2/IAM for `ray up`, S3 for cluster storage) on 127.0.0.1 ----------------------------------
+def _moto_server_cmd() -> list[str] | None:
+    if importlib.util.find_spec("moto") and importlib.util.find_spec("flask"):
+        return [sys.executable, "-m", "moto.server"]
+    exe = shutil.which("moto_server")
+    return [exe] if exe else None
+
+
+@pytest.fixture
+def moto_endpoint(tmp_path):
+    cmd = _moto_server_cmd()
+    if cmd is None:
+        pytest.skip("no moto server: pip install 'moto[server]' (in the dev extra)")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    log = open(tmp_path / "moto.log", "wb")
+    env = {**os.environ, "MOTO_IAM_LOAD_MANAGED_POLICIES": "true"}
+    proc = subprocess.Popen(
+        [*cmd, "-H", "127.0.0.1", "-p", str(port)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=env,
+        start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 60
+        while True:
+            try:
+                urllib.request.urlopen(f"{url}/moto-api/", timeout=2)
+                break
+            except OSError:
+                if proc.poll() is not None or time.time() > deadline:
+                    raise RuntimeError((tmp_path / "moto.log").read_text()) from None
+                time.sleep(0.5)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()

@@ -33,7 +33,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -280,50 +279,6 @@ def test_cluster_shell_commands_parse(cluster):
 # ---------------------------------------------------------------------------------------------------------------
 # `ray up` / `ray down` against moto
 # ---------------------------------------------------------------------------------------------------------------
-
-
-def _moto_server_cmd() -> list[str] | None:
-    if importlib.util.find_spec("moto") and importlib.util.find_spec("flask"):
-        return [sys.executable, "-m", "moto.server"]
-    exe = shutil.which("moto_server")
-    return [exe] if exe else None
-
-
-@pytest.fixture
-def moto_endpoint(tmp_path):
-    cmd = _moto_server_cmd()
-    if cmd is None:
-        pytest.skip("no moto server: pip install 'moto[server]' (in the dev extra)")
-    port = _free_port()
-    log = open(tmp_path / "moto.log", "wb")
-    env = {**os.environ, "MOTO_IAM_LOAD_MANAGED_POLICIES": "true"}
-    proc = subprocess.Popen(
-        [*cmd, "-H", "127.0.0.1", "-p", str(port)],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env=env,
-        start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.time() + 60
-        while True:
-            try:
-                urllib.request.urlopen(f"{url}/moto-api/", timeout=2)
-                break
-            except OSError:
-                if proc.poll() is not None or time.time() > deadline:
-                    raise RuntimeError((tmp_path / "moto.log").read_text()) from None
-                time.sleep(0.5)
-        yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
 
 
 def _aws_env(tmp_path: Path, endpoint: str) -> dict:

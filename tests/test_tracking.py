@@ -401,6 +401,13 @@ def test_real_mlflow_server(tmp_path, template_db):
         assert df.n_layer.iloc[0] == 2 and df.val_loss.iloc[0] == 3.0 and df.hypothesis.iloc[0] == "served"
         assert load_curves(uri, [child]).value.tolist() == [4.0, 3.0]
         assert list((tmp_path / "art").rglob("final_metrics.json"))  # proxied to --artifacts-destination
+        # a sweep passes its results folder as artifact_root: with a server it must not pin the experiment's
+        # artifacts to this machine's disk (on a cluster the server sends them to S3, for every client)
+        tr2 = Tracker(uri, "served-2", artifact_root=str(tmp_path / "client-side"))
+        run2 = tr2.trial_run(tr2.start_sweep("srv-2", {}, {"tinylm.sweep": "srv2"}), "t_00000", {})
+        tr2.log_dict(run2, {"b": 2}, "config.json")
+        assert not (tmp_path / "client-side").exists() and list((tmp_path / "art").rglob("config.json"))
+        assert tr2.client.get_experiment(tr2.experiment_id).artifact_location.startswith("mlflow-artifacts:")
     finally:
         proc.terminate()  # SIGTERM to the server's PID; it stops its workers
         try:

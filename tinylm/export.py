@@ -1,7 +1,8 @@
 """Export a trained model: ``python -m tinylm.export SOURCE [--out DIR] [--hf]``.
 
 SOURCE is a trial / run folder (holding ``model/``), a model folder (``config.json`` + ``model.safetensors``) or an
-MLflow run id (a sweep trial, or a ``python -m tinylm.train --track`` run) whose folder is on this machine.
+MLflow run id (a sweep trial, or a ``python -m tinylm.train --track`` run) whose folder is on this machine, or, for
+a trial that ran on another node of a cluster, whose model is on the sweep's shared storage (``$TINYLM_STORAGE``).
 
     python -m tinylm.export results/glu/trials/<trial_id>               # -> results/exports/<trial_id>
     python -m tinylm.export 3f2a...c9 --out exported/best --hf          # + exported/best/hf for transformers
@@ -57,15 +58,23 @@ def resolve(source: str, uri: str | None = None, results_dir: str | None = None)
     run_dir = layout.run_dir(str(r.get("sweep_key") or ""), str(r["trial_id"]))
     if run_dir is None:
         raise FileNotFoundError(f"run {source} has no sweep key to locate its folder")
-    if not os.path.isfile(os.path.join(run_dir, "model", "config.json")):
-        raise FileNotFoundError(f"run {source} (status {r.get('status')}) has no model at {run_dir}/model; it did "
-                                "not complete, or ran on another machine (copy its trial folder here)")
-    return os.path.join(run_dir, "model")
+    model = os.path.join(run_dir, "model")
+    storage = os.environ.get("TINYLM_STORAGE", "")
+    if not os.path.isfile(os.path.join(model, "config.json")) and layout.is_shared_storage(storage):
+        # it ran on another node of a cluster, which published its model to Ray's shared storage: copy it here
+        name = (layout.parse_key(str(r.get("sweep_key") or "")) or ("", "", ""))[1]
+        layout.fetch_model(storage, name, str(r["trial_id"]), model)
+    if not os.path.isfile(os.path.join(model, "config.json")):
+        where = f" nor in {layout.mask_uri(storage)}" if layout.is_shared_storage(storage) else ""
+        raise FileNotFoundError(f"run {source} (status {r.get('status')}) has no model at {model}{where}; it did "
+                                "not complete, or ran on another machine (on a cluster set TINYLM_STORAGE to the "
+                                "sweep's shared storage, or copy its trial folder here)")
+    return model
 
 
 def hf_unsupported(cfg: Config) -> list[str]:
     """Why ``cfg`` is not GPT-2-shaped (empty when ``GPT2LMHeadModel`` can hold it exactly)."""
-    want = {"norm": "layernorm", "pos": "learned", "mlp": "gelu"}
+    want = {"norm": "layernorm", "pos": "learned", "mlp": "gelu", "mixer": "attention", "n_experts": 0}
     return [f"{k}={getattr(cfg, k)} (GPT-2 has {v})" for k, v in want.items() if getattr(cfg, k) != v]
 
 

@@ -4,6 +4,10 @@
   ``tinylm.export`` and the sweep scripts find the parent (and the trial folders) by it; ``single_key(out_dir)``
   = ``single:<absolute run folder>`` for a run tracked outside a sweep (``tinylm.api.run_experiment``).
 - ``trial_dir(root, sweep, trial_id)`` = ``<root>/<sweep>/trials/<trial id>``: a sweep trial's output folder.
+- ``stored_model(storage_root, sweep, trial_id)`` = ``<storage>/models/<sweep>/<trial id>``: where a trial that ran
+  on a cluster (Ray storage a URI: every node has its own disk) publishes its trained model, so the head (export,
+  evals) reads it from shared storage; ``publish_model`` / ``fetch_model`` copy it there and back (pyarrow's
+  filesystems, the ones Ray's storage uses: ``s3://``, ``gs://``, ``abfs://``, local paths).
 - ``COMPLETE``: the marker file a checkpoint tag holds once every rank finished saving it.
 - ``VARIANT``: the search-space key whose values are dicts of Config fields changed together.
 - The tracking URI: an explicit URI, else ``$MLFLOW_TRACKING_URI``, else ``sqlite:///<absolute results dir>/mlflow.db``
@@ -13,7 +17,8 @@
   database nor a run's own files; another existing file only with ``--force``); ``write_failure`` turns a failed
   save (a full disk) into one line naming the path.
 
-Standard library only, so the driver, the CLIs and the tests read it for free.
+Standard library only at import (pyarrow is imported inside the two storage copies), so the driver, the CLIs and
+the tests read it for free.
 """
 
 from __future__ import annotations
@@ -55,6 +60,38 @@ def parse_key(key: str) -> tuple[str, str, str] | None:
 def trial_dir(root: str, sweep: str, trial_id: str) -> str:
     """A sweep trial's output folder: ``<root>/<sweep>/trials/<trial id>``."""
     return os.path.join(root, sweep, "trials", str(trial_id))
+
+
+def stored_model(storage_root: str, sweep: str, trial_id: str) -> str:
+    """Where a cluster trial's model lives on shared storage: ``<storage>/models/<sweep>/<trial id>``."""
+    return f"{storage_root.rstrip('/')}/models/{sweep}/{trial_id}"
+
+
+def is_shared_storage(storage_root: str) -> bool:
+    """A URI (``s3://``, ``gs://``...): storage every node reaches, unlike a node's local folder."""
+    return "://" in storage_root and not storage_root.startswith("file://")
+
+
+def publish_model(model_dir: str, storage_root: str, sweep: str, trial_id: str) -> str:
+    """Copy a trial's ``model/`` folder to ``stored_model(...)`` (pyarrow filesystems); returns the URI."""
+    import pyarrow.fs as pafs  # Ray's dependency: only trials on a cluster come here
+
+    dest = stored_model(storage_root, sweep, trial_id)
+    pafs.copy_files(model_dir, dest)
+    return dest
+
+
+def fetch_model(storage_root: str, sweep: str, trial_id: str, dest: str) -> str | None:
+    """Copy a trial's stored model into ``dest``; None when storage holds no model of that trial."""
+    import pyarrow.fs as pafs
+
+    src = stored_model(storage_root, sweep, trial_id)
+    fs, path = pafs.FileSystem.from_uri(src)
+    if fs.get_file_info(f"{path}/config.json").type != pafs.FileType.File:
+        return None
+    os.makedirs(dest, exist_ok=True)
+    pafs.copy_files(path, dest, source_filesystem=fs)
+    return dest
 
 
 def run_dir(key: str, trial_id: str) -> str | None:
@@ -201,4 +238,5 @@ def _free(path: str) -> int:
 
 __all__ = ["COMPLETE", "RESULTS_ENV", "VARIANT", "default_uri", "jsonable", "mask_uri",
            "overwrite_refusal", "parse_key", "resolve_uri", "results_dir", "run_dir", "single_key", "sweep_key",
-           "trial_dir", "unwritable_parent", "write_failure"]
+           "trial_dir", "unwritable_parent", "write_failure", "stored_model", "is_shared_storage", "publish_model",
+           "fetch_model"]

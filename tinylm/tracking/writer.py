@@ -74,18 +74,24 @@ class Tracker:
         uri: tracking URI (see ``default_uri``).
         experiment: MLflow experiment name; created if missing (a deleted one of that name is restored).
         artifact_root: where run artifacts go for a new experiment; default for sqlite stores is
-            ``<db dir>/mlartifacts``, otherwise the server's / MLflow's default.
+            ``<db dir>/mlartifacts``, otherwise the server's / MLflow's default. A local folder is ignored for an
+            MLflow server (``http(s)://``): the server stores artifacts where it was told to (S3 on a cluster),
+            and a folder of the machine that created the experiment would hold every later client's artifacts
+            on that machine's disk only.
     """
 
     def __init__(self, uri: str, experiment: str, artifact_root: str | None = None):
         self.uri, self.experiment = uri, experiment
         self.client = connect(uri)
+        server = uri.startswith(("http:", "https:", "databricks"))
+        if server and artifact_root and "://" not in artifact_root:
+            artifact_root = None
         if artifact_root is None and uri.startswith("sqlite:") and sqlite_path(uri) is not None:
             artifact_root = str(sqlite_path(uri).resolve().parent / "mlartifacts")
         exp = self.client.get_experiment_by_name(experiment)
         if exp is None:
             location = None
-            if artifact_root is None and not uri.startswith(("http:", "https:", "databricks")):
+            if artifact_root is None and not server:
                 # a direct DB store would put artifacts in ./mlruns relative to *this* process's cwd
                 warnings.warn(f"no artifact_root for new experiment {experiment!r} in {mask_uri(uri)}: MLflow "
                               "puts its artifacts in ./mlruns under the current directory; pass artifact_root "

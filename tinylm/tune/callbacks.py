@@ -69,10 +69,13 @@ class TrackingCallback(tune.Callback):
 
     def __init__(self, sweep: Sweep, rule: KillRule, parent_run_id: str, phase: str = "grid"):
         self.sweep, self.rule, self.parent, self.phase = sweep, rule, parent_run_id, phase
-        self._tracker, self._runs = None, {}
+        self._tracker, self._runs, self._nodes = None, {}, {}
 
     def __getstate__(self):  # Tune pickles callbacks with the experiment state; the client is rebuilt
         return {**self.__dict__, "_tracker": None, "_runs": {}}
+
+    def __setstate__(self, state):  # a callback pickled before node tags existed has no _nodes
+        self.__dict__.update({"_nodes": {}, **state})
 
     @property
     def tracker(self):
@@ -104,6 +107,7 @@ class TrackingCallback(tune.Callback):
                         for k in dict.fromkeys(keys))  # a tuned lr reads 0.01314, not 17 digits
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
+        self._note_node(trial, result.get("ray_node_id"))
         numeric = {k: v for k, v in result.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
                    and k not in TUNE_KEYS}
         self.tracker.log_metrics(self._run(trial), numeric, step=int(result.get("tokens", 0)))
@@ -113,6 +117,16 @@ class TrackingCallback(tune.Callback):
             say(f"[{self.sweep.name}] {trial.trial_id} {self.axes(trial)} | tokens {tokens:,}/{total:,} "
                 f"{bar(tokens / max(1, total))} | val_loss {result['val_loss']:.4f} ppl {result['val_ppl']:.1f}"
                 f"{probe} | {result.get('tokens_per_s', 0):,.0f} tok/s mfu {100 * result.get('mfu', 0):.1f}% | running")
+
+    def _note_node(self, trial, node: str | None) -> None:
+        """Tag ``tinylm.nodes``: the Ray nodes a trial ran on, in order (a trial restored on another node after
+        its node died reads ``<first>,<second>``)."""
+        if not node:
+            return
+        nodes = self._nodes.setdefault(trial.trial_id, [])
+        if not nodes or nodes[-1] != node:
+            nodes.append(node)
+            self.tracker.set_tags(self._run(trial), {"tinylm.nodes": ",".join(nodes)})
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         last = trial.last_result or {}

@@ -69,8 +69,10 @@ def _worker_loop(loop: dict) -> None:
             shutil.rmtree(resume, ignore_errors=True)
             shutil.copytree(d, os.path.join(resume, tag))
 
+    node = ray.get_runtime_context().get_node_id()  # which node ran it: the tracking callback tags the trial
+
     def report(metrics: dict, ckpt_dir: str | None) -> None:
-        m = {**metrics, "is_baseline": int(loop["is_baseline"])}
+        m = {**metrics, "is_baseline": int(loop["is_baseline"]), "ray_node_id": node}
         if local:  # local mode runs no Train callbacks (TuneReportCallback sees nothing): report to Tune directly
             tune.report(m, checkpoint=tune.Checkpoint.from_directory(ckpt_dir) if ckpt_dir else None)
         # rank 0 uploads the checkpoint: with one node (or a shared out_dir) it holds every rank's shards
@@ -81,6 +83,10 @@ def _worker_loop(loop: dict) -> None:
 
     try:
         train(cfg, loop["out_dir"], report=report, resume_from=resume, should_stop=_tune_stopping if local else None)
+        model = os.path.join(loop["out_dir"], "model")
+        if rank == 0 and layout.is_shared_storage(loop["storage_root"]) and os.path.isdir(model):
+            # on a cluster the trial folder is on this node's disk only: the model goes where the head reads it
+            layout.publish_model(model, loop["storage_root"], loop["sweep"], loop["trial_id"])
     finally:
         if local:  # before Train's local controller tears down torch's group behind DeepSpeed's back
             tinylm.engine.end_distributed()
@@ -129,7 +135,8 @@ def trial_driver(config: dict) -> None:
     trial_id = tune.get_context().get_trial_id()
     base = dict(cfg=cfg.to_dict(), out_dir=layout.trial_dir(s["root"], s["name"], trial_id), t_trial=time.time(),
                 threads=s["cpus_per_worker"], is_baseline=is_baseline(cfg, s["baseline"]),
-                gpu_fraction=s["gpu_per_worker"], local=s["local"])
+                gpu_fraction=s["gpu_per_worker"], local=s["local"], storage_root=s["storage_root"], sweep=s["name"],
+                trial_id=trial_id)
     if s["local"]:
         # Train V2 local mode (num_workers=0): the train function runs here, in the Tune trial's process, which
         # Tune reuses for the next trial — no controller, placement group or worker process per trial, and
