@@ -451,3 +451,22 @@ def test_implausible_exponent_is_flagged():
     assert good.warnings() == []
     assert fit.params["alpha"] > 2 and fit.warnings() and "do not extrapolate" in fit.warnings()[0]
 
+
+
+def test_report_sections_for_recall_per_length_and_moe_routing():
+    """Runs that carry recall-per-length or routing metrics get their own tables, per configuration over seeds;
+    runs without them get none."""
+    from tinylm.analysis.report import block_sections
+
+    rows = [{"mixer": m, "seed": s, "final_val_loss": 4.0, "tokens_per_s": 1000.0 * (s + 1),
+             "eval_recall_acc_L8": a + 0.01 * s, "eval_recall_acc_L64": a / 4}
+            for m, a in (("attention", 0.9), ("mamba", 0.5)) for s in (0, 1)]
+    sections = dict(block_sections(trials(rows)))
+    assert list(sections) == ["Recall per context length"]
+    table = sections["Recall per context length"]
+    assert "| configuration | seeds | L8 | L64 | train tok/s |" in table
+    assert "| mixer=attention | 2 | 0.905 ± 0.0071 | 0.225 ± 0 | 1,500 |" in table  # attention's L8 over its 2 seeds; mean throughput
+    moe = [{"n_experts": 4, "top_k": 2, "seed": s, "final_val_loss": 4.0, "moe_max_over_mean": 1.5,
+            "moe_load_cv": 0.2} for s in (0, 1)]
+    assert [t for t, _ in block_sections(trials(moe))] == ["MoE routing balance"]
+    assert block_sections(trials([{"seed": 0, "final_val_loss": 4.0}])) == []

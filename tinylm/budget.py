@@ -32,9 +32,18 @@ class Arch(typing.Protocol):
     norm: str
     bias: bool
     tie_embeddings: bool
+    mixer: str
+    attn_every: int
+    d_state: int
+    d_conv: int
+    ssm_expand: int
+    n_experts: int
+    top_k: int
 
     @property
     def ffn_hidden(self) -> int: ...
+
+    def layer_mixer(self, i: int) -> str: ...
 
 
 @dataclass(frozen=True)
@@ -52,22 +61,70 @@ class Shape:
     norm: str
     tie_embeddings: bool
     bias: bool = False
+    mixer: str = "attention"
+    attn_every: int = 0
+    d_state: int = 16
+    d_conv: int = 4
+    ssm_expand: int = 2
+    n_experts: int = 0
+    top_k: int = 1
 
     @property
     def ffn_hidden(self) -> int:
         return self.d_ff
 
+    def layer_mixer(self, i: int) -> str:
+        if self.mixer == "hybrid":
+            return "attention" if self.attn_every and (i + 1) % self.attn_every == 0 else "mamba"
+        return self.mixer
 
-def block_counts(cfg: Arch) -> dict[str, int]:
-    """Parameters of ONE transformer block, by component."""
+
+def mamba_params(d: int, d_state: int, d_conv: int, expand: int, bias: bool = False, conv_bias: bool = True) -> int:
+    """Exact parameters of one Mamba mixer (tinylm.blocks.ssm.Mamba, dt_rank = ceil(d / 16)): in_proj, the
+    depthwise conv, x_proj, dt_proj + dt_bias, A_log, D, out_proj."""
+    di, r = expand * d, math.ceil(d / 16)
+    return (d * 2 * di + (2 * di if bias else 0) + di * d_conv + (di if conv_bias else 0) + di * (r + 2 * d_state)
+            + r * di + di + di * d_state + di + di * d + (d if bias else 0))
+
+
+def expert_params(cfg: Arch) -> int:
+    """Parameters of one MLP (or one expert of an MoE): c_fc + c_proj, as gelu or swiglu."""
     d, ff, b = cfg.n_embd, cfg.ffn_hidden, int(cfg.bias)
-    attn = 4 * d * d + b * 4 * d  # c_attn (d -> 3d) + c_proj (d -> d)
     if cfg.mlp == "swiglu":
-        mlp = 3 * d * ff + b * (2 * ff + d)  # c_fc (d -> 2ff: gate and up) + c_proj (ff -> d)
+        return 3 * d * ff + b * (2 * ff + d)  # c_fc (d -> 2ff: gate and up) + c_proj (ff -> d)
+    return 2 * d * ff + b * (ff + d)
+
+
+def block_counts(cfg: Arch, layer: int = 0) -> dict[str, int]:
+    """Parameters of ONE block (layer ``layer``: a hybrid's layers differ), by component: ``attn`` (attention or
+    zero), ``ssm`` (a Mamba mixer or zero), ``mlp`` (all experts and the router of an MoE), ``mlp_active`` (what one
+    token uses: the router and top_k experts), ``norms``."""
+    d, b = cfg.n_embd, int(cfg.bias)
+    mixer = cfg.layer_mixer(layer)
+    attn = 4 * d * d + b * 4 * d if mixer == "attention" else 0  # c_attn (d -> 3d) + c_proj (d -> d)
+    ssm = mamba_params(d, cfg.d_state, cfg.d_conv, cfg.ssm_expand, bool(cfg.bias)) if mixer == "mamba" else 0
+    one = expert_params(cfg)
+    if cfg.n_experts:
+        mlp, active = d * cfg.n_experts + cfg.n_experts * one, d * cfg.n_experts + cfg.top_k * one  # router: d -> E
     else:
-        mlp = 2 * d * ff + b * (ff + d)
+        mlp = active = one
     norm = d * (2 if cfg.norm == "layernorm" and cfg.bias else 1)
-    return {"attn": attn, "mlp": mlp, "norms": 2 * norm}
+    return {"attn": attn, "ssm": ssm, "mlp": mlp, "mlp_active": active, "norms": 2 * norm}
+
+
+def mixer_layers(cfg: Arch) -> int:
+    """How many of the ``n_layer`` layers are attention (the rest are Mamba): all, none, or a hybrid's
+    n_layer // attn_every (layers attn_every-1, 2*attn_every-1, ...)."""
+    if cfg.mixer == "hybrid":
+        return cfg.n_layer // cfg.attn_every if cfg.attn_every else 0
+    return cfg.n_layer if cfg.mixer == "attention" else 0
+
+
+def _first_layer(cfg: Arch, mixer: str) -> int:
+    """A layer index with that mixer (0 when it has none: its count is then multiplied by zero layers)."""
+    if cfg.mixer == "hybrid" and cfg.attn_every:
+        return cfg.attn_every - 1 if mixer == "attention" else 0
+    return 0
 
 
 def param_counts(cfg: Arch) -> dict[str, int]:
@@ -75,24 +132,28 @@ def param_counts(cfg: Arch) -> dict[str, int]:
 
     ``nonembed`` follows Kaplan et al. (2020): total minus the token embedding, the position embedding and an
     untied output head. ``embed_share`` is the token embedding's fraction of ``total`` (the PRD's definition).
+    ``active`` (and ``active_nonembed``): the parameters one token uses, which differ from the totals only for an
+    MoE (its router and top_k of its experts); FLOPs per token follow them.
     """
     d = cfg.n_embd
-    blk = block_counts(cfg)
-    per_block = sum(blk.values())
+    n_attn = mixer_layers(cfg)
+    kinds = [(n_attn, block_counts(cfg, _first_layer(cfg, "attention"))),
+             (cfg.n_layer - n_attn, block_counts(cfg, _first_layer(cfg, "mamba")))]
+    part = {k: sum(n * blk[k] for n, blk in kinds) for k in ("attn", "ssm", "mlp", "mlp_active", "norms")}
     counts = {
         "embedding": cfg.vocab_size * d,
         "position": cfg.block_size * d if cfg.pos == "learned" else 0,
-        "blocks": cfg.n_layer * per_block,
-        "attn": cfg.n_layer * blk["attn"],
-        "mlp": cfg.n_layer * blk["mlp"],
-        "norms": cfg.n_layer * blk["norms"],
+        "blocks": part["attn"] + part["ssm"] + part["mlp"] + part["norms"],
+        **{k: part[k] for k in ("attn", "ssm", "mlp", "norms")},
         "final_norm": d * (2 if cfg.norm == "layernorm" and cfg.bias else 1),
         "head": 0 if cfg.tie_embeddings else cfg.vocab_size * d,
-        "per_block": per_block,
+        "per_block": (part["attn"] + part["ssm"] + part["mlp"] + part["norms"]) // max(1, cfg.n_layer),
     }
     counts["total"] = (counts["embedding"] + counts["position"] + counts["blocks"] + counts["final_norm"]
                        + counts["head"])
     counts["nonembed"] = counts["total"] - counts["embedding"] - counts["position"] - counts["head"]
+    counts["active"] = counts["total"] - part["mlp"] + part["mlp_active"]
+    counts["active_nonembed"] = counts["nonembed"] - part["mlp"] + part["mlp_active"]
     return counts
 
 
@@ -107,12 +168,17 @@ def embed_share(cfg: Arch) -> float:
 
 
 def flops_per_token(cfg: Arch) -> float:
-    """Training FLOPs per token (forward + backward), PaLM appendix B / Kaplan et al.: 6 x (non-embedding params +
-    the output head's matmul, tied or not) + 12 x n_layer x n_embd x block_size (attention scores and values).
-    The one definition: MFU, ``train_flops`` and the dry-run's FLOPs and time estimate all use it."""
+    """Training FLOPs per token (forward + backward), PaLM appendix B / Kaplan et al.: 6 x (non-embedding params a
+    token uses (``active_nonembed``: an MoE's router and top_k experts, not all of them) + the output head's matmul,
+    tied or not) + 12 x n_embd x block_size per attention layer (scores and values) + 18 x d_inner x d_state per
+    Mamba layer (the selective scan's discretisation, state update and readout, ~6 per state element forward,
+    x3 for training; an estimate, small beside the projections). The one definition: MFU, ``train_flops`` and the
+    dry-run's FLOPs and time estimate all use it."""
     c = param_counts(cfg)
-    matmul_params = c["nonembed"] + cfg.vocab_size * cfg.n_embd
-    return 6.0 * matmul_params + 12.0 * cfg.n_layer * cfg.n_embd * cfg.block_size
+    matmul_params = c["active_nonembed"] + cfg.vocab_size * cfg.n_embd
+    n_attn = mixer_layers(cfg)
+    scan = 18.0 * cfg.ssm_expand * cfg.n_embd * cfg.d_state * (cfg.n_layer - n_attn)
+    return 6.0 * matmul_params + 12.0 * n_attn * cfg.n_embd * cfg.block_size + scan
 
 
 MAX_WIDTH = 16_384  # widest n_embd the solver considers (GPT-3 175B has 12,288)
@@ -155,8 +221,11 @@ class Solution:
             "",
             f"{'component':<12}{'params':>14}{'share':>9}",
         ]
-        for k in ("embedding", "position", "attn", "mlp", "norms", "final_norm", "head", "total"):
-            rows.append(f"{k:<12}{self.table[k]:>14,}{100 * self.table[k] / self.total:>8.2f}%")
+        for k in ("embedding", "position", "attn", "ssm", "mlp", "norms", "final_norm", "head", "total", "active"):
+            if k in ("ssm", "active") and (not self.table.get(k) or k == "active" and self.table[k] == self.table[
+                    "total"]):
+                continue
+            rows.append(f"{k:<12}{self.table[k]:>14,}{100 * self.table[k] / self.table['total']:>8.2f}%")
         rows.append(f"{'per block':<12}{self.table['per_block']:>14,}")
         return "\n".join(rows)
 
@@ -166,7 +235,7 @@ def solve(total_params: float, vocab_size: int, embed_share: float, glu_factor: 
           width_multiple: int = 16, ff_multiple: int = 8,
           head_dims: tuple[int, ...] = (64, 32, 48, 96, 128, 80, 40, 56, 16, 8),
           ff_windows: tuple[float, ...] = (0.08, 0.2, 0.4, 0.99),
-          tol: float = 0.01, share_tol: float = 0.01) -> Solution:
+          tol: float = 0.01, share_tol: float = 0.01, blocks: dict | None = None, budget: str = "total") -> Solution:
     """Choose dims for a parameter budget.
 
     Args:
@@ -176,6 +245,10 @@ def solve(total_params: float, vocab_size: int, embed_share: float, glu_factor: 
         glu_factor: MLP expansion d_ff / d_model (PRD: 2.0 / 2.66 / 3.0 / 4.0).
         width_multiple, ff_multiple: hardware-friendly multiples for d_model and d_ff.
         tol, share_tol: allowed relative error on the total and absolute error on the share.
+        blocks: the block fields beyond dims (``Config.blocks_shape()``: mixer, attn_every, Mamba's d_state /
+            d_conv / ssm_expand, an MoE's n_experts / top_k); default a dense attention block.
+        budget: ``total`` or ``active``: which count ``total_params`` and ``embed_share`` refer to (they differ
+            only for an MoE: all experts, or the router and top_k experts one token uses).
 
     Searches d_model (multiples of ``width_multiple`` inside the share window), n_layer, a head size from
     ``head_dims`` (the first that divides d_model) and the d_ff that fills the budget; among the feasible choices
@@ -205,7 +278,9 @@ def solve(total_params: float, vocab_size: int, embed_share: float, glu_factor: 
             f"n_embd >= {int(need):,} (the embedding is vocab_size * n_embd); the solver searches n_embd <= "
             f"{MAX_WIDTH:,}. Lower total_params or embed_share, or raise vocab_size")
     base = dict(vocab_size=vocab_size, mlp=mlp, pos=pos, norm=norm, tie_embeddings=tie_embeddings,
-                block_size=block_size)
+                block_size=block_size, **(blocks or {}))
+    metric = "active" if budget == "active" else "total"
+    experts = (base.get("top_k", 1) if metric == "active" else base.get("n_experts", 0)) or 1
     d_lo = (embed_share - share_tol) * target / vocab_size
     d_hi = min(MAX_WIDTH, (embed_share + share_tol) * target / vocab_size)
     closest = (math.inf, "nothing in the share window")
@@ -220,23 +295,29 @@ def solve(total_params: float, vocab_size: int, embed_share: float, glu_factor: 
                 [d // hd for hd in head_dims if d % hd == 0]
             if not heads:
                 continue
-            probe = param_counts(Shape(n_embd=d, n_layer=1, n_head=heads[0], d_ff=ff_multiple, **base))
-            fixed = probe["total"] - probe["per_block"]  # embeddings, final norm, head
-            per_ff = 3 * d if mlp == "swiglu" else 2 * d  # params per unit of d_ff in one block
-            for n_layer in range(1, 129):
+            per_ff = (3 * d if mlp == "swiglu" else 2 * d) * experts  # params per unit of d_ff in one block
+            def counted(n: int, d=d, head=heads[0]) -> int:
+                return param_counts(Shape(n_embd=d, n_layer=n, n_head=head, d_ff=ff_multiple, **base))[metric]
+
+            # What does not grow with d_ff (embeddings, head, norms, mixers, routers) is linear in the depth, except
+            # in a hybrid, whose attention layers come every attn_every-th: there it is counted at each depth.
+            hybrid = base.get("mixer") == "hybrid"
+            one, two = (0, 0) if hybrid else (counted(1), counted(2))
+            for n_layer in range(base.get("attn_every") or 1, 129):
                 # the d_ff that hits the target exactly for this depth, clipped to the window around glu_factor
-                per_block_no_ff = probe["per_block"] - per_ff * ff_multiple
-                ff_exact = ((target - fixed) / n_layer - per_block_no_ff) / per_ff
+                at = counted(n_layer) if hybrid else one + (n_layer - 1) * (two - one)
+                no_ff = at - n_layer * per_ff * ff_multiple
+                ff_exact = (target - no_ff) / (n_layer * per_ff)
                 lo, hi = glu_factor * d * (1 - window), glu_factor * d * (1 + window)
                 cands = {ff_multiple * math.floor(ff_exact / ff_multiple),
                          ff_multiple * math.ceil(ff_exact / ff_multiple)}
                 for ff in sorted(f for f in cands if lo <= f <= hi and f > 0):
                     cfg = Shape(n_embd=d, n_layer=n_layer, n_head=heads[0], d_ff=ff, **base)
                     c = param_counts(cfg)
-                    err = abs(c["total"] - target) / target
-                    share = c["embedding"] / c["total"]
+                    err = abs(c[metric] - target) / target
+                    share = c["embedding"] / c[metric]
                     if err < closest[0]:
-                        closest = (err, f"n_embd={d} n_layer={n_layer} d_ff={ff}: total {c['total']:,}, "
+                        closest = (err, f"n_embd={d} n_layer={n_layer} d_ff={ff}: {metric} {c[metric]:,}, "
                                         f"share {share:.3f}")
                     if err > tol or abs(share - embed_share) > share_tol:
                         continue
@@ -253,7 +334,7 @@ def solve(total_params: float, vocab_size: int, embed_share: float, glu_factor: 
             "Raise total_params, lower embed_share or use a smaller vocab_size.")
     c = param_counts(best)
     dims = dict(n_embd=best.n_embd, n_layer=best.n_layer, n_head=best.n_head, d_ff=best.d_ff)
-    return Solution(dims=dims, target=target, total=c["total"], embed_share=c["embedding"] / c["total"],
+    return Solution(dims=dims, target=target, total=c[metric], embed_share=c["embedding"] / c[metric],
                     requested_share=embed_share, glu_factor=glu_factor, real_glu_factor=best.d_ff / best.n_embd,
                     table=c)
 

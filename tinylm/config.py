@@ -30,6 +30,8 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "norm": ("layernorm", "rmsnorm"),
     "pos": ("learned", "rope"),
     "mlp": ("gelu", "swiglu"),
+    "mixer": ("attention", "mamba", "hybrid"),
+    "budget_params": ("total", "active"),
     "optimizer": ("adamw", "lion", "muon"),
     "schedule": ("cosine", "linear", "constant", "wsd"),
     "precision": ("fp32", "bf16", "fp16"),
@@ -73,6 +75,21 @@ class Config:
     dropout: float = 0.0
     rope_theta: float = 10000.0
     activation_checkpointing: bool = False
+    # token mixer: attention | mamba (a selective state-space block, tinylm.blocks.ssm) | hybrid (mamba, with
+    # attention at every attn_every-th layer: layers attn_every-1, 2*attn_every-1, ...)
+    mixer: str = "attention"
+    attn_every: int = 0
+    d_state: int = 16  # mamba: state size per channel
+    d_conv: int = 4  # mamba: causal depthwise conv width
+    ssm_expand: int = 2  # mamba: inner width = ssm_expand * n_embd
+    # mixture of experts (tinylm.blocks.moe): n_experts > 0 replaces every MLP by n_experts experts of d_ff each
+    # (gelu or swiglu as `mlp`), top_k routed per token; capacity_factor 0 = dropless
+    n_experts: int = 0
+    top_k: int = 1
+    capacity_factor: float = 0.0
+    moe_aux_weight: float = 0.01  # load-balancing loss weight (Switch Transformer, arXiv:2101.03961)
+    moe_z_weight: float = 0.001  # router z-loss weight (ST-MoE, arXiv:2202.08906)
+    budget_params: str = "total"  # what target_params counts for an MoE: total or active (per-token) parameters
 
     # --- optimisation -------------------------------------------------------------------------------
     optimizer: str = "adamw"
@@ -114,6 +131,7 @@ class Config:
         if self.target_params > 0:
             sol = solve(self.target_params, self.vocab_size, self.embed_share, self.glu_factor, mlp=self.mlp,
                         pos=self.pos, norm=self.norm, tie_embeddings=self.tie_embeddings, block_size=self.block_size,
+                        blocks=self.blocks_shape(), budget=self.budget_params,
                         **({"head_dims": LAPTOP_HEAD_DIMS} if self.scale == "laptop" else {}))
             for k, v in sol.dims.items():
                 object.__setattr__(self, k, v)  # derived fields of a frozen dataclass, as litgpt does
@@ -182,6 +200,20 @@ class Config:
                 parse_tasks(self.evals)
             except ValueError as e:
                 raise ConfigError(f"evals={self.evals!r}: {e}") from None
+        for name, ok, allowed in (
+                ("attn_every", self.mixer != "hybrid" or self.attn_every >= 2 and self.attn_every <= self.n_layer,
+                 f">= 2 and <= n_layer={self.n_layer} with mixer='hybrid' (attention at every attn_every-th layer)"),
+                ("attn_every", self.mixer == "hybrid" or self.attn_every == 0, "0 unless mixer='hybrid'"),
+                ("d_state", self.d_state >= 1, ">= 1"), ("d_conv", self.d_conv >= 1, ">= 1"),
+                ("ssm_expand", self.ssm_expand >= 1, ">= 1"),
+                ("n_experts", self.n_experts >= 0, ">= 0 (0 = a dense MLP)"),
+                ("top_k", 1 <= self.top_k <= max(1, self.n_experts), f"in [1, n_experts={self.n_experts}]"),
+                ("capacity_factor", self.capacity_factor >= 0, ">= 0 (0 = dropless)"),
+                ("moe_aux_weight", self.moe_aux_weight >= 0, ">= 0"), ("moe_z_weight", self.moe_z_weight >= 0, ">= 0"),
+                ("budget_params", self.budget_params == "total" or self.n_experts > 0,
+                 "'total' for a dense model (active = total)")):
+            if not ok:
+                raise ConfigError(f"{name}={getattr(self, name)!r} must be {allowed}")
         if self.optimizer == "muon" and self.zero_stage > 0:
             raise ConfigError(f"optimizer='muon' needs whole weight matrices; zero_stage={self.zero_stage} shards "
                               "them. Use zero_stage=0 with muon, or optimizer in (adamw, lion)")
@@ -201,6 +233,17 @@ class Config:
         if self.d_ff:
             return self.d_ff
         return 8 * math.ceil(self.glu_factor * self.n_embd / 8 - 1e-9)
+
+    def layer_mixer(self, i: int) -> str:
+        """``attention`` or ``mamba``: the token mixer of layer ``i``."""
+        if self.mixer == "hybrid":
+            return "attention" if (i + 1) % self.attn_every == 0 else "mamba"
+        return self.mixer
+
+    def blocks_shape(self) -> dict:
+        """The fields beyond dims that shape a block's parameters (the budget solver's ``blocks``)."""
+        return dict(mixer=self.mixer, attn_every=self.attn_every, d_state=self.d_state, d_conv=self.d_conv,
+                    ssm_expand=self.ssm_expand, n_experts=self.n_experts, top_k=self.top_k)
 
     @property
     def tokens_per_step(self) -> int:
@@ -410,7 +453,8 @@ SOLVED_DIMS = ("n_embd", "n_layer", "n_head", "d_ff")
 
 # Architectural fields: changing one of these makes a checkpoint incompatible (resume refuses it).
 ARCH_FIELDS = ("n_layer", "n_head", "n_embd", "d_ff", "glu_factor", "norm", "pos", "mlp", "tie_embeddings",
-               "bias", "vocab_size", "tokenizer", "block_size", "rope_theta")
+               "bias", "vocab_size", "tokenizer", "block_size", "rope_theta", "mixer", "attn_every", "d_state",
+               "d_conv", "ssm_expand", "n_experts", "top_k")
 
 
 def check_keys(d: typing.Mapping[str, typing.Any]) -> None:

@@ -46,8 +46,15 @@ def buffer_bytes(model: torch.nn.Module) -> int:
 
 
 def kv_cache_bytes(cfg: Config, length: int, batch_size: int = 1, dtype: torch.dtype = torch.float32) -> int:
-    """Bytes of the keys and values of every layer at ``length`` tokens (``model.KVCache``'s shapes)."""
-    return 2 * cfg.n_layer * batch_size * cfg.n_head * length * cfg.head_dim * torch.empty((), dtype=dtype).itemsize
+    """Bytes of the decoding cache at ``length`` tokens (``model.make_cache``'s shapes): keys and values of every
+    attention layer, which grow with the length, plus every Mamba layer's conv and SSM state, which do not."""
+    from tinylm.budget import mixer_layers
+
+    n_attn = mixer_layers(cfg)
+    d_inner = cfg.ssm_expand * cfg.n_embd
+    state = (cfg.n_layer - n_attn) * batch_size * d_inner * (cfg.d_conv - 1 + cfg.d_state)
+    kv = 2 * n_attn * batch_size * cfg.n_head * length * cfg.head_dim
+    return (kv + state) * torch.empty((), dtype=dtype).itemsize
 
 
 class _LiveBytes(TorchDispatchMode):

@@ -2,7 +2,9 @@
 
 Variants come from Config: norm layernorm|rmsnorm, pos learned|rope, mlp gelu|swiglu (with glu_factor / d_ff),
 tied|untied head, dropout, attention sdpa (flash / memory-efficient kernels on GPU) | math, activation
-checkpointing. No ray / deepspeed / mlflow here: parallelism and precision are applied from engine.py.
+checkpointing; and from the block library (tinylm.blocks): the token mixer attention | mamba | hybrid (``mixer``,
+``attn_every``) and a mixture-of-experts MLP (``n_experts`` > 0), whose balance and z losses join the training loss.
+No ray / deepspeed / mlflow here: parallelism and precision are applied from engine.py.
 
 Decoding passes a ``KVCache`` through the same forward (as nanochat does), so every variant is written once:
 ``model(idx, kv_cache=cache)`` runs only the new tokens, at positions offset by what the cache holds.
@@ -18,6 +20,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
+from tinylm.blocks import Mamba, MoEMLP, SSMCache
 from tinylm.config import Config
 
 
@@ -162,14 +165,52 @@ class MLP(nn.Module):
         return self.dropout(self.c_proj(h))
 
 
+class HybridCache(KVCache):
+    """The decoding cache of a model with Mamba layers (``mixer`` mamba or hybrid): a KVCache for its attention
+    layers (allocated only if it has some) plus an SSMCache's conv and state slots for its Mamba layers. An SSM
+    state cannot skip padding, so every row must be at the same position."""
+
+    def __init__(self, cfg: Config, batch_size: int, max_len: int | None = None):
+        super().__init__(cfg, batch_size, max_len)
+        self.states = SSMCache(cfg.n_layer, batch_size)
+
+    def get(self, layer: int):
+        return self.states.get(layer)
+
+    def update(self, layer: int, conv: torch.Tensor, ssm: torch.Tensor) -> None:
+        self.states.update(layer, conv, ssm)
+
+    def begin(self, t: int, device: torch.device) -> torch.Tensor:
+        if self.pos.numel() and bool((self.pos != self.pos[0]).any()):
+            raise ValueError("cache rows are at different positions; a Mamba layer's state cannot skip padding")
+        return super().begin(t, device)
+
+
+def make_cache(cfg: Config, batch_size: int, max_len: int | None = None) -> KVCache:
+    """The decoding cache ``cfg``'s layers need: a KVCache for attention only, else a HybridCache."""
+    return (KVCache if cfg.mixer == "attention" else HybridCache)(cfg, batch_size, max_len)
+
+
 class Block(nn.Module):
+    """Norm, token mixer (``attn``: attention, or ``mamba``), residual; norm, MLP (dense, or an MoE), residual."""
+
     def __init__(self, cfg: Config, layer_idx: int = 0):
         super().__init__()
-        self.ln_1, self.attn = make_norm(cfg), CausalSelfAttention(cfg, layer_idx)
-        self.ln_2, self.mlp = make_norm(cfg), MLP(cfg)
+        self.ln_1, self.ln_2 = make_norm(cfg), make_norm(cfg)
+        if cfg.layer_mixer(layer_idx) == "attention":
+            self.attn = CausalSelfAttention(cfg, layer_idx)
+        else:
+            self.mamba = Mamba(cfg.n_embd, d_state=cfg.d_state, d_conv=cfg.d_conv, expand=cfg.ssm_expand,
+                               bias=cfg.bias, layer_idx=layer_idx)
+        if cfg.n_experts:
+            self.mlp = MoEMLP(cfg.n_embd, cfg.ffn_hidden, cfg.n_experts, cfg.top_k, act=cfg.mlp, bias=cfg.bias,
+                              dropout=cfg.dropout, capacity_factor=cfg.capacity_factor or None)
+        else:
+            self.mlp = MLP(cfg)
 
     def forward(self, x: torch.Tensor, rope=None, kv_cache: KVCache | None = None) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x), rope, kv_cache)
+        mixer = self.attn if hasattr(self, "attn") else self.mamba
+        x = x + mixer(self.ln_1(x), rope, kv_cache)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -221,6 +262,9 @@ class GPT(nn.Module):
             module.weight.copy_(draw)  # drawn on the CPU in float32: the same values on any device and dtype
             if getattr(module, "bias", None) is not None:
                 torch.nn.init.zeros_(module.bias)
+        for mod_name, module in self.named_modules():  # the block library's own draws (experts, Mamba's dt/A/D)
+            if hasattr(module, "init_"):
+                module.init_(0.02, std_proj, lambda n, p=mod_name: tensor_generator(seed, f"{p}.{n}"))
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())  # shared (tied) tensors count once
@@ -254,7 +298,22 @@ class GPT(nn.Module):
         loss = None
         if targets is not None:
             loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
+            if self.training and self.cfg.n_experts:  # the routers' losses, summed over layers (Switch, ST-MoE)
+                moe = [b.mlp.aux for b in self.transformer.h]
+                loss = loss + self.cfg.moe_aux_weight * sum(a["balance"] for a in moe) \
+                    + self.cfg.moe_z_weight * sum(a["z"] for a in moe)
         return logits, loss
+
+    def routing_stats(self) -> dict[str, float]:
+        """An MoE's routing balance at its last forward, averaged over layers: ``moe_max_over_mean`` (the busiest
+        expert's load over the mean; 1 = balanced), ``moe_load_cv`` (coefficient of variation of the loads),
+        ``moe_dropped_frac`` (assignments over capacity). Empty for a dense model."""
+        stats = [b.mlp.routing_stats() for b in self.transformer.h if isinstance(b.mlp, MoEMLP) and b.mlp.stats]
+        if not stats:
+            return {}
+        mean = lambda k: sum(float(s[k]) for s in stats) / len(stats)  # noqa: E731
+        return {"moe_max_over_mean": mean("max_over_mean"), "moe_load_cv": mean("cv"),
+                "moe_dropped_frac": mean("dropped_frac")}
 
     @torch.no_grad()
     def generate(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
@@ -275,7 +334,7 @@ class GPT(nn.Module):
                              f"dtype {idx.dtype}")
         if int(idx.min()) < 0 or int(idx.max()) >= self.cfg.vocab_size:
             raise ValueError(f"idx holds token ids outside [0, vocab_size={self.cfg.vocab_size})")
-        kv = KVCache(self.cfg, idx.size(0)) if cache else None
+        kv = make_cache(self.cfg, idx.size(0)) if cache else None
         new = idx  # the tokens the cache has not seen
         for _ in range(max_new_tokens):
             if kv is not None and idx.size(1) <= self.cfg.block_size:

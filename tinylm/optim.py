@@ -37,23 +37,32 @@ def _is_embed_or_head(module_name: str, module: nn.Module) -> bool:
 
 
 def split_params(model: nn.Module) -> dict[str, list[nn.Parameter]]:
-    """Sort the trainable parameters into ``matrix`` (2-D weights of the blocks), ``embed`` (token / position
-    embeddings and an untied lm_head, >= 2-D) and ``vector`` (biases, norm gains: < 2-D).
+    """Sort the trainable parameters into ``matrix`` (2-D weights of the blocks, and an MoE's 3-D stacks of expert
+    matrices), ``embed`` (token / position embeddings, an untied lm_head, other >= 2-D tensors such as a conv
+    kernel) and ``vector`` (biases, norm gains: < 2-D; and parameters marked ``_no_weight_decay``, e.g. a Mamba's
+    A_log, D and dt_bias, which are exempt from decay as in Mamba).
 
     Embeddings and the head are found by module type (``nn.Embedding``) and by the module name ``lm_head``; a
     parameter shared between modules (``wte`` tied to ``lm_head``) is listed once, as an embedding.
     """
     special: set[int] = set()
+    stacks: set[int] = set()
+    biases: set[int] = set()
     for mname, module in model.named_modules(remove_duplicate=False):
         if _is_embed_or_head(mname, module):
             special.update(id(p) for p in module.parameters(recurse=False))
+        if hasattr(module, "expert_params"):  # an MoE's (E, in, out) stacks: hidden matrices, one per expert;
+            stacks.update(id(getattr(module, n)) for n in module.expert_params())  # its (E, n) biases: vectors
+            biases.update(id(p) for n, p in module.named_parameters(recurse=False) if n not in module.expert_params())
     out: dict[str, list[nn.Parameter]] = {"matrix": [], "embed": [], "vector": []}
     for p in model.parameters():  # deduplicated: a tied weight appears once
         if not p.requires_grad:
             continue
-        if p.ndim < 2:
+        if p.ndim < 2 or id(p) in biases or getattr(p, "_no_weight_decay", False):  # Mamba's A_log, D, dt_bias
             out["vector"].append(p)
-        elif id(p) in special or p.ndim != 2:  # Muon (torch.optim.Muon) only takes 2-D matrices
+        elif id(p) in stacks:
+            out["matrix"].append(p)
+        elif id(p) in special or p.ndim != 2:  # Muon takes matrices (and the stacks above), not a conv's kernel
             out["embed"].append(p)
         else:
             out["matrix"].append(p)
@@ -143,12 +152,21 @@ class MuonAdamW(torch.optim.Optimizer):
                 raise ValueError(f"MuonAdamW: every param group needs use_muon=True/False (group {g.get('name')!r})")
         muon_groups = [g for g in groups if g["use_muon"]]
         adamw_groups = [g for g in groups if not g["use_muon"]]
-        # The inner constructors validate (Muon: 2-D only) and fill each group's defaults in place; the dicts are
-        # then shared with this optimizer's param_groups.
+        for g in muon_groups:
+            bad = [tuple(p.shape) for p in g["params"] if p.ndim not in (2, 3)]
+            if bad:
+                raise ValueError(f"MuonAdamW: Muon takes 2-D matrices and 3-D stacks of them; group "
+                                 f"{g.get('name')!r} holds shapes {bad}")
+        # The inner constructors fill each group's defaults (AdamW: in place, the dicts are then shared with this
+        # optimizer's param_groups; Muon: in its view of the group, copied back).
+        muon_views = [_matrices(g) for g in muon_groups]
         self._inner = {
-            True: torch.optim.Muon(muon_groups, **(muon_kwargs or {})) if muon_groups else None,
+            True: torch.optim.Muon(muon_views, **(muon_kwargs or {})) if muon_groups else None,
             False: torch.optim.AdamW(adamw_groups, **(adamw_kwargs or {})) if adamw_groups else None,
         }
+        for g, view in zip(muon_groups, muon_views, strict=True):
+            for k, v in view.items():
+                g.setdefault(k, v)
         super().__init__(groups, defaults={})  # raises if a parameter sits in two groups
 
     @torch.no_grad()
@@ -163,10 +181,42 @@ class MuonAdamW(torch.optim.Optimizer):
                 continue
             if inner is None:
                 raise RuntimeError(f"MuonAdamW: a use_muon={use_muon} group was added after construction")
-            inner.param_groups = groups
+            inner.param_groups = [_matrices(g) for g in groups] if use_muon else groups
             inner.state = self.state
             inner.step()
+            if use_muon:
+                for g in groups:
+                    for p in g["params"]:
+                        if p.ndim == 3 and p.grad is not None:
+                            _muon_stack_step(p, self.state[p], g)
         return loss
+
+
+def _matrices(group: dict[str, Any]) -> dict[str, Any]:
+    """A Muon group as torch.optim.Muon sees it: its 2-D matrices only (3-D expert stacks are stepped by
+    ``_muon_stack_step``)."""
+    return {**group, "params": [p for p in group["params"] if p.ndim == 2]}
+
+
+def _muon_stack_step(p: torch.Tensor, state: dict, group: dict[str, Any]) -> None:
+    """torch.optim.Muon's update applied to each matrix of a 3-D stack (an MoE's experts, (E, in, out)) on its
+    own: one momentum buffer for the stack, Newton-Schulz orthogonalisation per expert, the LR adjusted by each
+    expert's nn.Linear shape (out, in). The same update as E separate 2-D parameters (tests/test_optim.py); Muon
+    on the stacked tensor would orthogonalise a reshaped (E*in, out) matrix that mixes the experts."""
+    from torch.optim._muon import _adjust_lr, _zeropower_via_newtonschulz  # torch's own Muon arithmetic
+
+    grad = p.grad
+    buf = state.get("momentum_buffer")
+    if buf is None:
+        buf = state["momentum_buffer"] = torch.zeros_like(grad, memory_format=torch.preserve_format)
+    buf.lerp_(grad, 1 - group["momentum"])
+    update = grad.lerp(buf, group["momentum"]) if group["nesterov"] else buf
+    lr = float(group["lr"])
+    adjusted = _adjust_lr(lr, group["adjust_lr_fn"], torch.Size((p.size(2), p.size(1))))  # Linear's (out, in)
+    p.mul_(1 - lr * group["weight_decay"])
+    for e in range(p.size(0)):
+        ortho = _zeropower_via_newtonschulz(update[e].mT, group["ns_coefficients"], group["ns_steps"], group["eps"])
+        p[e].add_(ortho.mT, alpha=-adjusted)
 
 
 # --- construction --------------------------------------------------------------------------------------------------

@@ -385,6 +385,38 @@ def build_report(df: pd.DataFrame, out_dir: str | Path, sweep_name: str, curves:
     return path
 
 
+def block_sections(df: pd.DataFrame) -> list[tuple[str, str]]:
+    """Report sections for runs that carry them: exact recall per context length (``eval_recall_acc_L<L>``, the
+    SSM question "when does attention break down?") and an MoE's routing balance (``moe_max_over_mean``,
+    ``moe_load_cv``), each per configuration as mean ± s.d. over seeds, with its training throughput beside."""
+    if df.empty:
+        return []
+    df = stats.prepare(df)
+    out = []
+    recall = sorted((c for c in df.columns if c.startswith("eval_recall_acc_L")),
+                    key=lambda c: int(c.rsplit("L", 1)[1]))
+    routing = [c for c in ("moe_max_over_mean", "moe_load_cv", "moe_dropped_frac") if c in df.columns]
+    for title, cols, note in (
+            ("Recall per context length", recall,
+             "Accuracy of copying a random sequence of L tokens from the context (``tinylm.evals.recall``; chance "
+             "1 / (V - 1)), after training, mean ± s.d. over seeds. Attention can look any earlier token up; a "
+             "fixed-size state must hold all L at once."),
+            ("MoE routing balance", routing,
+             "At the last eval batch, averaged over layers: the busiest expert's load over the mean (1 = balanced), "
+             "the loads' coefficient of variation, the assignments dropped over capacity (0 when dropless).")):
+        if not cols or df[cols].isna().all().all():
+            continue
+        rows = []
+        for _, g in df.groupby("group", sort=True):
+            cells = [_pm(g[c].mean(), g[c].std()) if g[c].notna().sum() > 1 else _f(g[c].mean()) for c in cols]
+            tps = g["tokens_per_s"].mean() if "tokens_per_s" in g else float("nan")
+            rows.append([g["label"].iloc[0], len(g), *cells, f"{tps:,.0f}"])
+        header = ["configuration", "seeds", *[c.replace("eval_recall_acc_", "").replace("moe_", "") for c in cols],
+                  "train tok/s"]
+        out.append((title, note + "\n\n" + md_table(rows, header)))
+    return out
+
+
 def report_sweep(uri: str, sweep: str, out: Path, baseline: dict | None, prices: dict, n_boot: int,
                  log: bool = True, also: list[str] | None = None,
                  sections: list[tuple[str, str]] | None = None) -> Path:
@@ -408,6 +440,7 @@ def report_sweep(uri: str, sweep: str, out: Path, baseline: dict | None, prices:
     curves = tracking.load_curves(uri, df["run_id"].tolist(), metric="val_loss") if len(df) else None
     path = build_report(df, out / sweep, sweep, curves=curves, baseline=baseline, prices=prices, meta=meta,
                         n_boot=n_boot)
+    sections = [*(sections or []), *block_sections(df)]
     if sections:
         text = path.read_text()
         added = "".join(f"## {title}\n\n{body.strip()}\n\n" for title, body in sections)

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-TASK_NAMES = ("lambada", "hellaswag", "piqa", "siqa", "squad", "arithmetic", "completion", "association", "qa")
+TASK_NAMES = ("lambada", "hellaswag", "piqa", "siqa", "squad", "arithmetic", "completion", "association", "qa",
+              "recall")
 
 
 def parse_tasks(tasks: Sequence[str] | str) -> list[str]:

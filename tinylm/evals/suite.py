@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
-from tinylm.evals import arithmetic, association, commonsense, completion, lambada, qa, squad
+from tinylm.evals import arithmetic, association, commonsense, completion, lambada, qa, recall, squad
 from tinylm.evals.names import TASK_NAMES, parse_tasks
 from tinylm.evals.scorer import evaluate_mc, model_device, unwrap
 
@@ -45,6 +45,7 @@ TASKS: dict[str, Task] = {
     "completion": _mc("completion", completion.load, "acc_norm"),
     "association": _mc("association", association.load, "acc"),
     "qa": _mc("qa", qa.load, "acc"),
+    "recall": Task("recall", recall.load, recall.evaluate, "acc"),
 }
 
 

@@ -403,7 +403,8 @@ def train(cfg: Config, out_dir: str, report: Report | None = None, resume_from: 
                            "lr": lr, "tokens_per_s": tps,
                            "mfu": fpt * tps / (peak * run.world), "peak_mem_mb": peak_memory_mb(run.device),
                            "elapsed_s": elapsed, "train_flops": fpt * step * tokens_per_step, **sizes, **probed,
-                           **probe, **regime_metrics(val, run.data.meta["refs"])}
+                           **probe, **regime_metrics(val, run.data.meta["refs"]),
+                           **run.model.routing_stats()}  # an MoE's routing balance at the last eval batch
                 history.append({k: metrics[k] for k in ("tokens", "train_loss", "val_loss", "probe_loss")
                                 if k in metrics})
                 if run.rank == 0:

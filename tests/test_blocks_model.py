@@ -1,0 +1,182 @@
+"""The block library inside the GPT: Mamba and hybrid mixers, MoE MLPs, their parameter accounting, the budget
+solver, decoding through the model's own cache, and the optimizer's handling of their parameters."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from tinylm.blocks import MoEMLP
+from tinylm.budget import flops_per_token, param_counts, solve
+from tinylm.config import Config
+from tinylm.model import GPT, HybridCache, KVCache, make_cache
+from tinylm.optim import MUON_ADJUST_LR, MUON_MOMENTUM, MuonAdamW, build_optimizer, param_groups, split_params
+
+BASE = dict(vocab_size=96, block_size=32, n_embd=32, n_head=2, n_layer=4, d_ff=48, norm="rmsnorm", pos="rope",
+            mlp="swiglu")
+VARIANTS = {
+    "mamba": dict(mixer="mamba"),
+    "hybrid2": dict(mixer="hybrid", attn_every=2),
+    "hybrid3-learned-bias": dict(mixer="hybrid", attn_every=3, pos="learned", norm="layernorm", bias=True),
+    "moe4k1-gelu": dict(n_experts=4, top_k=1, mlp="gelu"),
+    "moe4k2": dict(n_experts=4, top_k=2),
+    "moe-hybrid-bias": dict(n_experts=3, top_k=2, mixer="hybrid", attn_every=2, bias=True, tie_embeddings=False),
+}
+
+
+def cfg_of(**kw) -> Config:
+    return Config(**(BASE | kw))
+
+
+@pytest.mark.parametrize("name", VARIANTS)
+def test_param_counts_are_exact(name):
+    cfg = cfg_of(**VARIANTS[name])
+    model = GPT(cfg)
+    c = param_counts(cfg)
+    assert c["total"] == sum(p.numel() for p in model.parameters())
+    moe = [b.mlp for b in model.transformer.h if isinstance(b.mlp, MoEMLP)]
+    unused = sum(m.total_params() - m.active_params() for m in moe)
+    assert c["active"] == c["total"] - unused  # the router and top_k experts per layer
+    attn = sum(p.numel() for n, p in model.named_parameters() if ".attn." in n)
+    ssm = sum(p.numel() for n, p in model.named_parameters() if ".mamba." in n)
+    assert (c["attn"], c["ssm"]) == (attn, ssm)
+
+
+@pytest.mark.parametrize("blocks,budget", [(dict(n_experts=8, top_k=2), "active"), (dict(n_experts=4, top_k=1),
+                                            "total"), (dict(mixer="mamba"), "total"),
+                                           (dict(mixer="hybrid", attn_every=3), "total")])
+@pytest.mark.parametrize("target,vocab", [(1e6, 2048), (3e6, 4096), (10e6, 8192)])
+def test_the_budget_solver_meets_total_or_active_params_within_1pct(blocks, budget, target, vocab):
+    """The done-criterion of the blocks: accounting within 1 % at 3 sizes, checked on the built model."""
+    cfg = Config(target_params=int(target), vocab_size=vocab, embed_share=0.25, glu_factor=2.66, mlp="swiglu",
+                 norm="rmsnorm", pos="rope", block_size=64, budget_params=budget, **blocks)
+    model = GPT(cfg)
+    total = sum(p.numel() for p in model.parameters())
+    moe = [b.mlp for b in model.transformer.h if isinstance(b.mlp, MoEMLP)]
+    active = total - sum(m.total_params() - m.active_params() for m in moe)
+    assert abs((active if budget == "active" else total) / target - 1) <= 0.01
+    assert solve(target, vocab, 0.25, 2.66, block_size=64, blocks=cfg.blocks_shape(), budget=budget).dims == {
+        k: getattr(cfg, k) for k in ("n_embd", "n_layer", "n_head", "d_ff")}
+
+
+def test_flops_per_token_count_active_parameters():
+    """An MoE costs what one token uses: its FLOPs equal a dense model's with the same expert size, plus k-1 more
+    experts and the router; a Mamba layer has no attention term."""
+    dense, moe = cfg_of(), cfg_of(n_experts=8, top_k=2)
+    expert = param_counts(dense)["mlp"] // dense.n_layer
+    extra = dense.n_layer * (expert + dense.n_embd * 8)  # one more expert + the router, per layer
+    assert flops_per_token(moe) == flops_per_token(dense) + 6 * extra
+    mamba = cfg_of(mixer="mamba")
+    no_attn = 6.0 * (param_counts(mamba)["active_nonembed"] + mamba.vocab_size * mamba.n_embd)
+    assert flops_per_token(mamba) == no_attn + 18.0 * 2 * 32 * 16 * 4
+
+
+@pytest.mark.parametrize("name", ["mamba", "hybrid2", "hybrid3-learned-bias", "moe-hybrid-bias"])
+def test_decoding_through_the_cache_equals_the_full_forward(name):
+    torch.manual_seed(0)
+    cfg = cfg_of(**VARIANTS[name])
+    model = GPT(cfg).double().eval()
+    idx = torch.randint(0, cfg.vocab_size, (2, 20))
+    full, _ = model(idx)
+    cache = make_cache(cfg, 2)
+    assert isinstance(cache, HybridCache)
+    pre, _ = model(idx[:, :7], kv_cache=cache)
+    steps = [model(idx[:, i:i + 1], kv_cache=cache)[0] for i in range(7, 20)]
+    torch.testing.assert_close(torch.cat([pre, *steps], dim=1), full, rtol=1e-9, atol=1e-9)
+    with torch.no_grad():
+        a = model.generate(idx[:, :5], 10, temperature=0, cache=True)
+        b = model.generate(idx[:, :5], 10, temperature=0, cache=False)
+    assert torch.equal(a, b)
+
+
+def test_a_mamba_cache_refuses_rows_at_different_positions():
+    cache = make_cache(cfg_of(mixer="mamba"), 2)
+    cache.pos = torch.tensor([3, 5])
+    with pytest.raises(ValueError, match="cannot skip padding"):
+        cache.begin(1, torch.device("cpu"))
+    assert type(make_cache(cfg_of(), 2)) is KVCache
+
+
+def test_moe_losses_join_training_only():
+    """Training adds moe_aux_weight x balance + moe_z_weight x z (summed over layers) to the cross-entropy; eval
+    reports the cross-entropy alone, so val losses compare with dense models."""
+    cfg = cfg_of(n_experts=4, top_k=2, moe_aux_weight=0.5, moe_z_weight=0.25)
+    model = GPT(cfg)
+    idx = torch.randint(0, cfg.vocab_size, (2, 16))
+    model.eval()
+    _, ce = model(idx, idx)
+    model.train()
+    _, total = model(idx, idx)
+    aux = [b.mlp.aux for b in model.transformer.h]
+    expect = ce + 0.5 * sum(a["balance"] for a in aux) + 0.25 * sum(a["z"] for a in aux)
+    torch.testing.assert_close(total, expect)
+    assert float(total) > float(ce)
+    stats = model.routing_stats()
+    assert set(stats) == {"moe_max_over_mean", "moe_load_cv", "moe_dropped_frac"} and stats["moe_max_over_mean"] >= 1
+    assert GPT(cfg_of()).routing_stats() == {}
+
+
+def test_parameters_go_to_the_right_optimizer_groups():
+    cfg = cfg_of(n_experts=4, top_k=2, mixer="hybrid", attn_every=2, bias=True, optimizer="muon")
+    model = GPT(cfg)
+    names = {id(p): n for n, p in model.named_parameters()}
+    parts = {k: {names[id(p)] for p in v} for k, v in split_params(model).items()}
+    assert {n for n in parts["matrix"] if n.endswith(("w_in", "w_out"))} == {
+        f"transformer.h.{i}.mlp.{w}" for i in range(4) for w in ("w_in", "w_out")}
+    for suffix in ("A_log", "mamba.D", "dt_bias", "mlp.b_in", "mlp.b_out"):
+        assert all(n in parts["vector"] for n in names.values() if n.endswith(suffix)), suffix
+    assert all(n in parts["embed"] for n in names.values() if n.endswith("conv1d.weight"))
+    groups = {g["name"]: g for g in param_groups(model, cfg)}
+    assert all(p.ndim in (2, 3) for p in groups["muon"]["params"])
+    assert isinstance(build_optimizer(model, cfg), MuonAdamW)
+
+
+def test_muon_on_an_expert_stack_is_muon_on_each_expert():
+    """A 3-D stack (E, in, out) stepped by MuonAdamW equals E nn.Linear-shaped (out, in) matrices stepped by
+    torch.optim.Muon: per-expert orthogonalisation and LR adjustment, one momentum per expert."""
+    torch.manual_seed(0)
+    stack = torch.nn.Parameter(torch.randn(3, 8, 20))
+    solo = [torch.nn.Parameter(stack[e].detach().T.clone()) for e in range(3)]  # Linear's (out, in)
+    kw = dict(lr=0.05, momentum=MUON_MOMENTUM, nesterov=True, adjust_lr_fn=MUON_ADJUST_LR, weight_decay=0.1)
+    ours = MuonAdamW([dict(params=[stack], use_muon=True, lr=0.05, weight_decay=0.1)], muon_kwargs=kw)
+    ref = torch.optim.Muon(solo, **kw)
+    for _ in range(3):
+        g = torch.randn(3, 8, 20)
+        stack.grad = g.clone()
+        for e in range(3):
+            solo[e].grad = g[e].T.clone()
+        ours.step()
+        ref.step()
+    for e in range(3):
+        torch.testing.assert_close(stack[e].detach().T, solo[e].detach(), rtol=1e-6, atol=1e-6)
+    saved = copy.deepcopy(ours.state_dict())  # the stack's momentum is in the one optimizer's state
+    assert saved["state"][0]["momentum_buffer"].shape == (3, 8, 20)
+
+
+def test_recall_eval_scores_a_copier_one_and_a_non_copier_chance():
+    """The recall task's known difficulty: a model that copies from the first half scores 1 at every length that
+    fits; one that echoes its input scores near chance (1 / (V - 1))."""
+    from types import SimpleNamespace
+
+    from tinylm.evals import recall
+
+    class Copier(torch.nn.Module):
+        def __init__(self, echo: bool):
+            super().__init__()
+            self.cfg, self.echo, self.w = SimpleNamespace(vocab_size=50, block_size=64), echo, torch.nn.Parameter(
+                torch.zeros(1))
+
+        def forward(self, x):
+            T = x.size(1)
+            src = x if self.echo else torch.roll(x, T // 2 - 1, dims=1)  # position t sees x[t + 1 - T/2]
+            return torch.nn.functional.one_hot(src, 50).float(), None
+
+    docs = recall.load()
+    tok = SimpleNamespace(eot_token=0)
+    perfect = recall.evaluate(Copier(echo=False), tok, docs)
+    assert {k for k in perfect if k.startswith("acc_L")} == {"acc_L8", "acc_L16", "acc_L32"}  # 2L <= 64
+    assert perfect["acc"] == 1.0 and perfect["random"] == 1 / 49
+    echo = recall.evaluate(Copier(echo=True), tok, docs)
+    assert echo["acc"] < 0.1
