@@ -8,6 +8,7 @@
 #                     --build-arg BASE=rayproject/ray:2.60.0-py311-cpu \
 #                     --build-arg TORCH_INDEX=https://download.pytorch.org/whl/cpu \
 #                     --build-arg DS_ACCELERATOR=cpu .
+#   CPU, no registry:  scripts/cluster-image.sh (a debootstrapped stand-in base, torch from a local wheel folder).
 #
 # Why CUDA 13.0: torch 2.12+ publishes CUDA 12.6 / 13.0 / 13.2 wheels (12.8 and 12.9 were dropped), and Ray
 # publishes rayproject/ray:<ver>-py3xx-cu130 (CUDA 13.0.0 devel, so nvcc is there for DeepSpeed's ops).
@@ -22,6 +23,10 @@ ARG BASE=rayproject/ray:2.60.0-py311-cu130
 FROM ${BASE}
 
 ARG TORCH_INDEX=https://download.pytorch.org/whl/cu130
+# Optional extra wheel folder for every pip install below (pip reads PIP_FIND_LINKS from the environment), for
+# hosts that cannot reach TORCH_INDEX but hold the torch wheel locally: scripts/cluster-image.sh bind-mounts one
+# into the build. No default: unset, pip's find-links stay empty and the default builds are unchanged.
+ARG PIP_FIND_LINKS
 ARG RAY_VERSION=2.60.0
 
 ARG TORCH_VERSION=2.13.0

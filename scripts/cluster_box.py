@@ -211,7 +211,7 @@ def run(box: Box, work: Path, pg: str, summary: dict) -> bool:
     private = [head_results, head_cache, work / "head" / "ray", Path("/tmp/ray")]
     for w in ("w1", "w2"):
         box.start(w, node_cmd(gcs, work, w, 1, private), env)
-    nodes = wait_for("2 Ray worker nodes", lambda: _workers(gcs, env), timeout_s=120)
+    nodes = wait_for("2 Ray worker nodes", lambda: _workers(gcs, env), timeout_s=600)
     summary["nodes"] = {"head": "127.0.0.1 (0 CPUs, tune_driver 8)", **{w: f"{n[:12]}… (1 CPU, private disk)"
                                                                          for w, n in nodes.items()}}
     print(f"cluster-box: head + {len(nodes)} workers up in {time.time() - t_start:.0f} s: {nodes}", flush=True)

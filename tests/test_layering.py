@@ -6,7 +6,7 @@ PyTorch, and importing it (or config / budget) must not pull any of them into sy
 
 Inside the package, every module has a layer (LAYERS) and imports only its own layer or below, with no import
 cycles, no other module's ``_private`` names, no library code importing a CLI and no ``main()`` outside a
-command's own module; today's exceptions are listed one by one in KNOWN, which may only shrink.
+command's own module. There are no exceptions: every violation fails the test.
 """
 
 from __future__ import annotations
@@ -118,11 +118,6 @@ LAYERS: list[tuple[str, set[str]]] = [
 ]
 LAYER = {mod: i for i, (_, mods) in enumerate(LAYERS) for mod in mods}
 CLI = len(LAYERS) - 1
-
-# Today's violations, each (kind, importer, imported). The test fails on any violation not listed here AND on
-# any listed one that no longer occurs: fix one, delete its line; the list only shrinks.
-KNOWN: set[tuple[str, str, str]] = set()
-
 
 def _modname(path: Path) -> str:
     parts = list(path.relative_to(PKG).with_suffix("").parts)
@@ -306,8 +301,6 @@ def test_the_import_scan_sees_private_names(tmp_path, monkeypatch):
 
 def test_imports_follow_the_layer_order():
     assert not set(MODULES) - set(LAYER), "every module needs a layer first"
-    found = import_violations()
-    new, fixed = sorted(found - KNOWN), sorted(KNOWN - found)
-    assert not new, ("imports against the order config/budget/model -> parts -> evals -> train -> tracking -> "
-                     f"sweeps -> analysis -> api -> CLIs (tests/test_layering.py LAYERS): {new}")
-    assert not fixed, f"fixed, so delete them from KNOWN in tests/test_layering.py: {fixed}"
+    found = sorted(import_violations())
+    assert not found, ("imports against the order config/budget/model -> parts -> evals -> train -> tracking -> "
+                       f"sweeps -> analysis -> api -> CLIs (tests/test_layering.py LAYERS): {found}")
