@@ -177,7 +177,9 @@ def run(box: Box, work: Path, pg: str, summary: dict) -> bool:
            "TINYLM_STORAGE": f"s3://{BUCKET}/ray",
            # Ray 2.60 turns token authentication on for a head whose home holds a token (~/.ray/auth_token, which a
            # local ray.init() writes): every node and the driver then need it. The box sets it for all of them.
-           "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
+           "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32),
+           # a raylet waits this long to register with the GCS (default 60 s: too short beside a full machine)
+           "RAY_raylet_start_wait_time_s": "180"}
     for k in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI", "TINYLM_OPTUNA_STORAGE"):
         env.pop(k, None)
 
@@ -209,9 +211,17 @@ def run(box: Box, work: Path, pg: str, summary: dict) -> bool:
     box.start("head", head_cmd, env)
     wait_for("the Ray head", lambda: socket.create_connection(tuple((gcs.split(":")[0], int(gcs.split(":")[1])))))
     private = [head_results, head_cache, work / "head" / "ray", Path("/tmp/ray")]
-    for w in ("w1", "w2"):
-        box.start(w, node_cmd(gcs, work, w, 1, private), env)
-    nodes = wait_for("2 Ray worker nodes", lambda: _workers(gcs, env), timeout_s=600)
+    starts = {w: 0 for w in ("w1", "w2")}
+
+    def workers_up():
+        for w in starts:  # a raylet that timed out registering on a loaded machine exits: start it again
+            if (w not in box.procs or box.procs[w].poll() is not None) and starts[w] < 3:
+                starts[w] += 1
+                box.start(w, node_cmd(gcs, work, w, 1, private), env)
+        return _workers(gcs, env)
+
+    nodes = wait_for("2 Ray worker nodes", workers_up, timeout_s=600)
+    summary["worker_starts"] = starts
     summary["nodes"] = {"head": "127.0.0.1 (0 CPUs, tune_driver 8)", **{w: f"{n[:12]}… (1 CPU, private disk)"
                                                                          for w, n in nodes.items()}}
     print(f"cluster-box: head + {len(nodes)} workers up in {time.time() - t_start:.0f} s: {nodes}", flush=True)
