@@ -5,7 +5,9 @@
 # Built from the repository root (compose.yaml: context ..) so it installs under requirements.lock, the one lock of
 # every install: the ARG pins must equal the lock (tests/test_deploy.py; scripts/lock.sh rewrites them) and the
 # lock constrains everything they pull in.
-FROM python:3.11-slim-bookworm
+# BASE: scripts/cluster-image.sh builds on a local stand-in instead (docker/compose.local.yaml).
+ARG BASE=python:3.11-slim-bookworm
+FROM ${BASE}
 
 ARG MLFLOW_VERSION=3.17.2
 

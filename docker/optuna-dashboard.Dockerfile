@@ -4,7 +4,9 @@
 # Built from the repository root (compose.yaml: context ..) so it installs under requirements.lock, the one lock of
 # every install: the ARG pins must equal the lock (tests/test_deploy.py; scripts/lock.sh rewrites them) and the
 # lock constrains everything they pull in.
-FROM python:3.11-slim-bookworm
+# BASE: scripts/cluster-image.sh builds on a local stand-in instead (docker/compose.local.yaml).
+ARG BASE=python:3.11-slim-bookworm
+FROM ${BASE}
 
 ARG OPTUNA_VERSION=5.0.0
 
@@ -33,5 +35,8 @@ EXPOSE 8080
 HEALTHCHECK --interval=15s --timeout=5s --start-period=30s --retries=5 \
     CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8080/api/studies', timeout=4)"]
 
-# compose.yaml passes the storage URL as the first argument.
-ENTRYPOINT ["optuna-dashboard", "--host", "0.0.0.0", "--port", "8080", "--server", "gunicorn"]
+# compose.yaml passes the storage URL as the first argument. optuna-dashboard opens it with skip_table_creation, so
+# on a new stack, whose `optuna` database stays empty until the first sweep, it exits and restarts in a loop and
+# never turns healthy: Optuna's own RDBStorage first creates the tables (or checks their schema version), as a
+# sweep would.
+ENTRYPOINT ["/bin/sh", "-c", "python -c 'import sys, optuna; optuna.storages.RDBStorage(sys.argv[1])' \"$1\" && exec optuna-dashboard --host 0.0.0.0 --port 8080 --server gunicorn \"$@\"", "optuna-dashboard"]

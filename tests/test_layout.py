@@ -77,3 +77,16 @@ def test_each_format_is_spelled_in_one_place(spelling):
                    + glob.glob(os.path.join(ROOT, "sweeps", "*.py")))
     holders = [os.path.relpath(f, ROOT) for f in files if spelling in open(f).read()]
     assert holders == [os.path.join("tinylm", "layout.py")]
+
+
+def test_results_footer_points_at_a_tracking_server_rather_than_mlflow_ui(tmp_path):
+    """With an MLflow server the footer says to open it (``mlflow ui --backend-store-uri http://…`` would be wrong)."""
+    import pandas as pd
+
+    from tinylm.tune import Sweep, print_results
+
+    table = pd.DataFrame([{"trial_id": "t_00000", "lr": 1e-3, "val_loss": 3.0, "status": "completed"}])
+    sweep = Sweep("srv", results_dir=str(tmp_path), tracking_uri="http://user:secret@10.0.0.5:5000")
+    msg = print_results(sweep, table, {"lr": [1e-3]})
+    assert "MLflow        : open http://user:***@10.0.0.5:5000/#/experiments" in msg
+    assert "mlflow ui" not in msg and "secret" not in msg

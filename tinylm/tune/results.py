@@ -44,8 +44,10 @@ def print_results(sweep: Sweep, table: pd.DataFrame, space: dict) -> str:
     text = table[cols].to_string(index=False, float_format=lambda x: f"{x:,.4g}")
     msg = (f"\n{text}\n\n{tokens_footer(table)}\n"
            f"results CSV   : {out_csv}\n"
-           f"MLflow        : mlflow ui --backend-store-uri {mask_uri(sweep.uri())} --host 127.0.0.1, then open\n"
-           f"                {ui_url(sweep.uri())} (MLflow's model training view)\n"
+           + (f"MLflow        : open {ui_url(sweep.uri())} (the tracking server; MLflow's model training view)\n"
+              if sweep.uri().startswith(("http:", "https:")) else
+              f"MLflow        : mlflow ui --backend-store-uri {mask_uri(sweep.uri())} --host 127.0.0.1, then open\n"
+              f"                {ui_url(sweep.uri())} (MLflow's model training view)\n") +
            f"Optuna        : optuna-dashboard {mask_uri(sweep.storage())} --host 127.0.0.1\n"
            f"analysis      : python -m tinylm.analysis {sweep.name}")
     print(msg)
