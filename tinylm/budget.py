@@ -43,8 +43,6 @@ class Arch(typing.Protocol):
     @property
     def ffn_hidden(self) -> int: ...
 
-    def layer_mixer(self, i: int) -> str: ...
-
 
 @dataclass(frozen=True)
 class Shape:
@@ -73,18 +71,27 @@ class Shape:
     def ffn_hidden(self) -> int:
         return self.d_ff
 
-    def layer_mixer(self, i: int) -> str:
-        if self.mixer == "hybrid":
-            return "attention" if self.attn_every and (i + 1) % self.attn_every == 0 else "mamba"
-        return self.mixer
+
+def layer_mixer(cfg: Arch, i: int) -> str:
+    """``attention`` or ``mamba``: the token mixer of layer ``i`` (a hybrid has attention at layers attn_every-1,
+    2*attn_every-1, ...)."""
+    if cfg.mixer == "hybrid":
+        return "attention" if cfg.attn_every and (i + 1) % cfg.attn_every == 0 else "mamba"
+    return cfg.mixer
 
 
-def mamba_params(d: int, d_state: int, d_conv: int, expand: int, bias: bool = False, conv_bias: bool = True) -> int:
-    """Exact parameters of one Mamba mixer (tinylm.blocks.ssm.Mamba, dt_rank = ceil(d / 16)): in_proj, the
-    depthwise conv, x_proj, dt_proj + dt_bias, A_log, D, out_proj."""
-    di, r = expand * d, math.ceil(d / 16)
-    return (d * 2 * di + (2 * di if bias else 0) + di * d_conv + (di if conv_bias else 0) + di * (r + 2 * d_state)
-            + r * di + di + di * d_state + di + di * d + (d if bias else 0))
+def mamba_param_count(n_embd: int, d_state: int = 16, d_conv: int = 4, expand: float = 2,
+                      dt_rank: int | str = "auto", bias: bool = False, conv_bias: bool = True) -> int:
+    """Exact parameter count of ``tinylm.blocks.ssm.Mamba(n_embd, d_state, d_conv, expand, dt_rank, bias,
+    conv_bias)``: in_proj, conv1d, x_proj, dt_proj + dt_bias, A_log, D, out_proj."""
+    di = int(expand * n_embd)
+    r = math.ceil(n_embd / 16) if dt_rank == "auto" else int(dt_rank)
+    return (n_embd * 2 * di + (2 * di if bias else 0)  # in_proj
+            + di * d_conv + (di if conv_bias else 0)  # depthwise conv1d
+            + di * (r + 2 * d_state)  # x_proj
+            + r * di + di  # dt_proj weight, dt_bias
+            + di * d_state + di  # A_log, D
+            + di * n_embd + (n_embd if bias else 0))  # out_proj
 
 
 def expert_params(cfg: Arch) -> int:
@@ -95,14 +102,14 @@ def expert_params(cfg: Arch) -> int:
     return 2 * d * ff + b * (ff + d)
 
 
-def block_counts(cfg: Arch, layer: int = 0) -> dict[str, int]:
-    """Parameters of ONE block (layer ``layer``: a hybrid's layers differ), by component: ``attn`` (attention or
-    zero), ``ssm`` (a Mamba mixer or zero), ``mlp`` (all experts and the router of an MoE), ``mlp_active`` (what one
-    token uses: the router and top_k experts), ``norms``."""
+def block_counts(cfg: Arch, mixer: str = "attention") -> dict[str, int]:
+    """Parameters of ONE block whose token mixer is ``mixer`` (a hybrid's layers differ), by component: ``attn``
+    (attention or zero), ``ssm`` (a Mamba mixer or zero), ``mlp`` (all experts and the router of an MoE),
+    ``mlp_active`` (what one token uses: the router and top_k experts), ``norms``."""
     d, b = cfg.n_embd, int(cfg.bias)
-    mixer = cfg.layer_mixer(layer)
     attn = 4 * d * d + b * 4 * d if mixer == "attention" else 0  # c_attn (d -> 3d) + c_proj (d -> d)
-    ssm = mamba_params(d, cfg.d_state, cfg.d_conv, cfg.ssm_expand, bool(cfg.bias)) if mixer == "mamba" else 0
+    ssm = mamba_param_count(d, cfg.d_state, cfg.d_conv, cfg.ssm_expand, bias=bool(cfg.bias)) if mixer == "mamba" \
+        else 0
     one = expert_params(cfg)
     if cfg.n_experts:
         mlp, active = d * cfg.n_experts + cfg.n_experts * one, d * cfg.n_experts + cfg.top_k * one  # router: d -> E
@@ -120,13 +127,6 @@ def mixer_layers(cfg: Arch) -> int:
     return cfg.n_layer if cfg.mixer == "attention" else 0
 
 
-def _first_layer(cfg: Arch, mixer: str) -> int:
-    """A layer index with that mixer (0 when it has none: its count is then multiplied by zero layers)."""
-    if cfg.mixer == "hybrid" and cfg.attn_every:
-        return cfg.attn_every - 1 if mixer == "attention" else 0
-    return 0
-
-
 def param_counts(cfg: Arch) -> dict[str, int]:
     """Exact parameter counts by component; ``total`` equals the built model's ``sum(p.numel())``.
 
@@ -137,8 +137,7 @@ def param_counts(cfg: Arch) -> dict[str, int]:
     """
     d = cfg.n_embd
     n_attn = mixer_layers(cfg)
-    kinds = [(n_attn, block_counts(cfg, _first_layer(cfg, "attention"))),
-             (cfg.n_layer - n_attn, block_counts(cfg, _first_layer(cfg, "mamba")))]
+    kinds = [(n_attn, block_counts(cfg, "attention")), (cfg.n_layer - n_attn, block_counts(cfg, "mamba"))]
     part = {k: sum(n * blk[k] for n, blk in kinds) for k in ("attn", "ssm", "mlp", "mlp_active", "norms")}
     counts = {
         "embedding": cfg.vocab_size * d,

@@ -234,12 +234,6 @@ class Config:
             return self.d_ff
         return 8 * math.ceil(self.glu_factor * self.n_embd / 8 - 1e-9)
 
-    def layer_mixer(self, i: int) -> str:
-        """``attention`` or ``mamba``: the token mixer of layer ``i``."""
-        if self.mixer == "hybrid":
-            return "attention" if (i + 1) % self.attn_every == 0 else "mamba"
-        return self.mixer
-
     def blocks_shape(self) -> dict:
         """The fields beyond dims that shape a block's parameters (the budget solver's ``blocks``)."""
         return dict(mixer=self.mixer, attn_every=self.attn_every, d_state=self.d_state, d_conv=self.d_conv,

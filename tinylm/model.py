@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from tinylm.blocks import Mamba, MoEMLP, SSMCache
+from tinylm.budget import layer_mixer
 from tinylm.config import Config
 
 
@@ -197,7 +198,7 @@ class Block(nn.Module):
     def __init__(self, cfg: Config, layer_idx: int = 0):
         super().__init__()
         self.ln_1, self.ln_2 = make_norm(cfg), make_norm(cfg)
-        if cfg.layer_mixer(layer_idx) == "attention":
+        if layer_mixer(cfg, layer_idx) == "attention":
             self.attn = CausalSelfAttention(cfg, layer_idx)
         else:
             self.mamba = Mamba(cfg.n_embd, d_state=cfg.d_state, d_conv=cfg.d_conv, expand=cfg.ssm_expand,

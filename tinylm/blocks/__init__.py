@@ -6,10 +6,9 @@ its auxiliary losses. Every block offers ``init_(std, std_out, generator_for)`` 
 """
 
 from tinylm.blocks.moe import MoEMLP
-from tinylm.blocks.ssm import Mamba, SSMCache, mamba_param_count, selective_scan, selective_scan_ref
+from tinylm.blocks.ssm import Mamba, SSMCache, selective_scan, selective_scan_ref
 
 MIXERS = {"mamba": Mamba}
 MLPS = {"moe": MoEMLP}
 
-__all__ = ["MIXERS", "MLPS", "Mamba", "MoEMLP", "SSMCache", "mamba_param_count", "selective_scan",
-           "selective_scan_ref"]
+__all__ = ["MIXERS", "MLPS", "Mamba", "MoEMLP", "SSMCache", "selective_scan", "selective_scan_ref"]

@@ -8,9 +8,11 @@ dt_bias = softplus^-1(dt) for dt log-uniform in [dt_min, dt_max] (Mamba's init, 
 two decades). dt_bias is its own parameter (as in Mamba-2, arXiv:2405.21060) rather than dt_proj's bias: the same
 function and count, but GPT.init_weights' Linear loop, which zeroes Linear biases, cannot erase it.
 
-No fused CUDA kernel (mamba_ssm / causal_conv1d do not install here): the scan is ``selective_scan``, a chunked
-parallel scan in PyTorch that materialises the (B, T, d_inner, d_state) states, as Mamba's own reference does;
-``selective_scan_ref`` is the plain loop it is tested against. Memory and speed are therefore not Mamba's.
+No fused CUDA kernel (mamba_ssm / causal_conv1d do not install here): off the CPU the scan is ``selective_scan``,
+a chunked parallel scan in PyTorch that materialises the (B, T, d_inner, d_state) states, as Mamba's own reference
+does; on the CPU it is ``selective_scan_ref``, the plain loop over time (faster there, and what the chunked scan is
+tested against). Memory and speed are therefore not Mamba's. The exact parameter count is
+``tinylm.budget.mamba_param_count``.
 
 Decoding: ``SSMCache`` holds every layer's conv state (the last d_conv - 1 conv inputs) and SSM state
 (B, d_inner, d_state); ``mamba(x, cache=cache)`` runs only the new tokens (one or more) and updates its layer's slot,
@@ -30,19 +32,6 @@ import torch.nn.functional as F
 
 def _resolve_dt_rank(n_embd: int, dt_rank: int | str) -> int:
     return math.ceil(n_embd / 16) if dt_rank == "auto" else int(dt_rank)
-
-
-def mamba_param_count(n_embd: int, d_state: int = 16, d_conv: int = 4, expand: float = 2,
-                      dt_rank: int | str = "auto", bias: bool = False, conv_bias: bool = True) -> int:
-    """Exact parameter count of ``Mamba(n_embd, d_state, d_conv, expand, dt_rank, bias, conv_bias)``, for budget
-    solvers: in_proj, conv1d, x_proj, dt_proj + dt_bias, A_log, D, out_proj."""
-    di, r = int(expand * n_embd), _resolve_dt_rank(n_embd, dt_rank)
-    return (n_embd * 2 * di + (2 * di if bias else 0)  # in_proj
-            + di * d_conv + (di if conv_bias else 0)  # depthwise conv1d
-            + di * (r + 2 * d_state)  # x_proj
-            + r * di + di  # dt_proj weight, dt_bias
-            + di * d_state + di  # A_log, D
-            + di * n_embd + (n_embd if bias else 0))  # out_proj
 
 
 def selective_scan_ref(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
