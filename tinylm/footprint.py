@@ -28,6 +28,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
+from tinylm.budget import mixer_layers
 from tinylm.config import Config
 from tinylm.model import GPT
 
@@ -48,8 +49,6 @@ def buffer_bytes(model: torch.nn.Module) -> int:
 def kv_cache_bytes(cfg: Config, length: int, batch_size: int = 1, dtype: torch.dtype = torch.float32) -> int:
     """Bytes of the decoding cache at ``length`` tokens (``model.make_cache``'s shapes): keys and values of every
     attention layer, which grow with the length, plus every Mamba layer's conv and SSM state, which do not."""
-    from tinylm.budget import mixer_layers
-
     n_attn = mixer_layers(cfg)
     d_inner = cfg.ssm_expand * cfg.n_embd
     state = (cfg.n_layer - n_attn) * batch_size * d_inner * (cfg.d_conv - 1 + cfg.d_state)

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from tinylm.blocks import Mamba, MoEMLP, SSMCache
+from tinylm.blocks.ssm import check_same_position
 from tinylm.budget import layer_mixer
 from tinylm.config import Config
 
@@ -182,8 +183,7 @@ class HybridCache(KVCache):
         self.states.update(layer, conv, ssm)
 
     def begin(self, t: int, device: torch.device) -> torch.Tensor:
-        if self.pos.numel() and bool((self.pos != self.pos[0]).any()):
-            raise ValueError("cache rows are at different positions; a Mamba layer's state cannot skip padding")
+        check_same_position(self.pos)
         return super().begin(t, device)
 
 

@@ -97,6 +97,12 @@ def selective_scan(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: tor
     return y, h
 
 
+def check_same_position(pos: torch.Tensor) -> None:
+    """Refuse cache rows at different positions: a state has absorbed every token fed to it, padding included."""
+    if pos.numel() and bool((pos != pos[0]).any()):
+        raise ValueError("cache rows are at different positions; an SSM state cannot skip padding")
+
+
 class SSMCache:
     """Every Mamba layer's recurrent state for decoding: ``conv[i]`` (B, d_inner, d_conv - 1), the last conv inputs,
     and ``ssm[i]`` (B, d_inner, d_state), each None until layer i first runs with this cache.
@@ -131,8 +137,7 @@ class SSMCache:
     def begin(self, t: int, device: torch.device) -> torch.Tensor:
         """Positions (B, t) of the next ``t`` tokens (GPT.forward's use of a KVCache)."""
         self.pos = self.pos.to(device)
-        if self.pos.numel() and bool((self.pos != self.pos[0]).any()):
-            raise ValueError("SSMCache rows are at different positions; an SSM state cannot skip padding")
+        check_same_position(self.pos)
         start = int(self.pos[0]) if self.pos.numel() else 0
         if self.max_len is not None and start + t > self.max_len:
             raise ValueError(f"sequence length {start + t} > the cache's {self.max_len} positions")
