@@ -92,9 +92,9 @@ def replay_settings(runs: dict[tuple, list[dict]], axes: list[str], orders: list
     (probe branches included) and how often the full grid's winner is the replayed sweep's winner."""
     import statistics
 
-    from tinylm.rules import KillRule
-    from tinylm.tune import KillStopper, Sweep
-    from tinylm.tune.stopping import make_scheduler, replay, rung_tokens
+    from tinylm.kill_rule import KillRule
+    from tinylm.tune import Sweep
+    from tinylm.tune.stopping import KillStopper, make_scheduler, replay, rung_tokens
 
     full = sum(r[-1]["tokens"] for r in runs.values())
     winner = min(runs, key=lambda k: runs[k][-1]["val_loss"])
@@ -142,7 +142,7 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
 
     from tinylm import tune
-    from tinylm.experiment import Experiment
+    from tinylm.sweep import Experiment
 
     glu = Experiment(name="glu", preset="budget-10m", space={}, smoke=dict(lr=3e-3))
     base = glu.base("smoke").replace(train_tokens=args.tokens, eval_every_tokens=args.eval_every, evals="",

@@ -4,7 +4,7 @@ One model of a sweep's laptop replica (default: the GLU replica's glu_factor=4.0
 PyTorch loop (AdamW, fused), against K independent copies stacked with ``torch.func.stack_module_state`` and run
 through ``vmap(functional_call)`` (model.py unchanged; the loss is taken outside vmap, where PyTorch's batched
 log-softmax is slow), one thread, random tokens (speed only). Interleaved A/B rounds in one process; prints
-member-tokens/s, the ratio to one model and MFU (``tinylm.perf.peak_flops``). Prints; asserts nothing.
+member-tokens/s, the ratio to one model and MFU (``tinylm.machine.peak_flops``). Prints; asserts nothing.
 
     python bench/ensemble_probe.py                       # batch 16 and 2, K = 1 (the solo loop), 4 and 8
     python bench/ensemble_probe.py --batch 4 --k 8 32 --rounds 3
@@ -23,8 +23,8 @@ from torch.func import functional_call, stack_module_state, vmap
 
 from tinylm.budget import flops_per_token
 from tinylm.config import Config
+from tinylm.machine import peak_flops
 from tinylm.model import GPT
-from tinylm.perf import peak_flops
 
 
 def solo_step(cfg: Config, batch: int):

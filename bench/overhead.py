@@ -1,7 +1,7 @@
 """Per-trial start-up overhead of a sweep, phase by phase, and the sweep's efficiency. Prints; asserts nothing.
 
 A sweep of N short trials (debug preset, one trial at a time, no ASHA, no kill rule) through the same
-``tinylm.tune.run_sweep`` the sweep scripts use. Each trial writes ``startup.json`` (``tinylm.perf.mark``) with
+``tinylm.tune.run_sweep`` the sweep scripts use. Each trial writes ``startup.json`` (``tinylm.machine.mark``) with
 wall-clock marks; this script turns them into phases, from the end of the previous trial (the sweep's start for
 the first one) to the trial's first optimizer step:
 

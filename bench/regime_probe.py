@@ -21,7 +21,7 @@ import time
 
 import torch
 
-from tinylm.experiment import parse_sets
+from tinylm.sweep.experiment import parse_sets
 
 
 def main() -> None:

@@ -3,7 +3,7 @@
 What it measures: tokens/s of one optimiser step through ``tinylm.train.setup`` + ``train_step`` (DeepSpeed,
 ZeRO 0, fp32, gradient clipping in DeepSpeed) and of a hand-written loop over the same GPT (same init), the same
 optimizer from ``tinylm.optim.build_optimizer``, the same fixed batch and the same clipping
-(``clip_grad_norm_``). MFU is ``flops_per_token * tokens/s / measured matmul peak`` (``tinylm.perf``).
+(``clip_grad_norm_``). MFU is ``flops_per_token * tokens/s / measured matmul peak`` (``tinylm.machine``).
 The two are timed in alternating rounds and the median is kept, so load from other processes on a shared
 machine hits both alike. Prints; asserts nothing.
 
@@ -25,9 +25,9 @@ import torch
 
 from tinylm.budget import flops_per_token
 from tinylm.config import Config
+from tinylm.machine import measured_matmul_peak
 from tinylm.model import GPT
 from tinylm.optim import build_optimizer, set_lr
-from tinylm.perf import measured_matmul_peak
 
 
 def plain_step(model: GPT, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor, clip: float) -> float:
@@ -41,7 +41,7 @@ def plain_step(model: GPT, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch
 
 
 def matmul_peak(tries: int = 3) -> float:
-    """``tinylm.perf.measured_matmul_peak`` (fp32), best of a few fresh measurements: on a shared machine one
+    """``tinylm.machine.measured_matmul_peak`` (fp32), best of a few fresh measurements: on a shared machine one
     measurement can land in a burst of someone else's load and inflate every MFU."""
     return max(measured_matmul_peak(torch.float32) for _ in range(tries))
 

@@ -35,17 +35,13 @@ import time
 import urllib.request
 from pathlib import Path
 
+from tinylm.machine import free_port
+
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 BUCKET = "tinylm-box"
 SWEEP = "glu"
 SEEDS = 2  # 4 variants x 2 seeds = 8 trials
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_for(what: str, check, timeout_s: float = 120.0, every_s: float = 0.5):

@@ -10,19 +10,15 @@ Results: results/arch/results.csv, MLflow experiment "arch"; python -m tinylm.an
 """
 
 from tinylm.config import Config
-from tinylm.experiment import VARIANT, Experiment
-from tinylm.sweep.__main__ import main
+from tinylm.sweep import Experiment, Space
+from tinylm.sweep.cli import main
 
 DIMS = ("n_embd", "n_layer", "n_head", "d_ff")
-RUN = ("train_tokens", "eval_every_tokens", "warmup_tokens", "lr")  # laptop: per size, from the size rules
+PRESETS = ("small", "medium", "large", "xlarge")
 
 
-def space(scale: str) -> dict:
-    presets = ("small", "medium", "large", "xlarge")
-    if scale == "laptop":  # each preset's laptop replica, each trained on 20 tokens per parameter (a scaling fit)
-        cfgs = [Config.from_name(p, scale="laptop").with_tokens_per_param(20) for p in presets]
-        return {VARIANT: [{k: getattr(c, k) for k in (*DIMS, *RUN)} for c in cfgs]}
-    return {VARIANT: [{k: getattr(Config.from_name(p, scale=scale), k) for k in DIMS} for p in presets]}  # <-
+def space(scale: str) -> Space:  # each preset's shape at this scale (its laptop replica at laptop scale)
+    return Space(variants=[{k: getattr(Config.from_name(p, scale=scale), k) for k in DIMS} for p in PRESETS])  # <-
 
 
 EXPERIMENT = Experiment(
@@ -30,6 +26,9 @@ EXPERIMENT = Experiment(
     baseline=lambda scale: {"n_embd": Config.from_name("medium", scale=scale).n_embd},  # medium = baseline
     hypothesis="loss falls as a power law in non-embedding params from small to xlarge",
     description="seed architectures small/medium/large/xlarge at equal tokens",
+    # at laptop scale each preset's replica trains on 20 tokens per parameter (a scaling fit), LR/warmup by the
+    # size rules
+    tokens_per_param_per_point={"laptop": 20},
     # a scaling fit needs every size trained to the end: early stopping would drop the models that learn
     # slowest at first (the big ones) and bias the exponent
     early_stopping=False,

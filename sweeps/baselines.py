@@ -21,6 +21,7 @@ import pandas as pd
 from tinylm.checkpoint import load_pretrained
 from tinylm.config import Config
 from tinylm.evals import TASKS, run_suite
+from tinylm.markdown_table import md_table
 from tinylm.train import train
 
 STEPS = {"untrained": 100, "trained": 1000}  # <- the intervention: optimizer steps
@@ -68,12 +69,10 @@ def main() -> None:
     df = pd.DataFrame(rows)
     os.makedirs(args.out, exist_ok=True)
     df.to_csv(os.path.join(args.out, "baselines.csv"), index=False)
-    cols = list(df.columns)
-    md = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    md += ["| " + " | ".join(f"{v:.4g}" if isinstance(v, float) else str(v) for v in r) + " |" for r in df.values]
+    md = md_table(df.values.tolist(), list(df.columns))
     with open(os.path.join(args.out, "baselines.md"), "w") as f:
-        f.write("\n".join(md) + "\n")
-    print("\n".join(md))
+        f.write(md + "\n")
+    print(md)
     better = int((df.trained > df.untrained).sum()), int((df.untrained > df.random).sum())
     drift = max(d for _, d in res.values())
     print(f"trained > untrained on {better[0]}/{len(df)} tasks, untrained > random on {better[1]}/{len(df)}, "

@@ -9,27 +9,18 @@ linearly with depth; the efficiency score (perplexity per million parameters) pe
 Results: results/depth/results.csv (with ppl_per_mparam via tinylm.api.compare), MLflow "depth".
 """
 
-from tinylm.experiment import VARIANT, Experiment
-from tinylm.sweep.__main__ import main
-
-
-def space(scale: str) -> dict:
-    layers = (2, 4, 6) if scale in ("smoke", "laptop") else (4, 8, 12)
-    if scale == "laptop":  # 20 tokens per parameter per depth, LR/warmup by the size rules
-        base = EXPERIMENT.base("laptop")
-        cfgs = [base.replace(n_layer=n).with_tokens_per_param(20) for n in layers]
-        return {VARIANT: [{"n_layer": c.n_layer, "train_tokens": c.train_tokens, "lr": c.lr,
-                               "eval_every_tokens": c.eval_every_tokens, "warmup_tokens": c.warmup_tokens}
-                              for c in cfgs]}
-    return {"n_layer": list(layers)}  # <- the intervention
-
+from tinylm.sweep import Experiment, Space
+from tinylm.sweep.cli import main
 
 EXPERIMENT = Experiment(
-    name="depth", preset="large", space=space,
+    name="depth", preset="large",
+    space=lambda scale: Space(n_layer=[2, 4, 6] if scale in ("smoke", "laptop") else [4, 8, 12]),  # <-
     baseline=lambda scale: {"n_layer": 4 if scale in ("smoke", "laptop") else 8},
     overrides=dict(n_embd=512, n_head=8, d_ff=2048),
     hypothesis="4->8 layers pays at width 512, 8->12 much less; latency grows linearly",
     description="depth 4/8/12 at width 512",
+    # at laptop scale each depth trains on 20 tokens per parameter, its LR/warmup by the size rules
+    tokens_per_param_per_point={"laptop": 20},
     # a scaling fit needs every size trained to the end: early stopping would drop the models that learn
     # slowest at first (the big ones) and bias the exponent
     early_stopping=False,

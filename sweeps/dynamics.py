@@ -10,14 +10,14 @@ Results: MLflow experiment "dynamics" (metric curves keyed by tokens), results/d
 """
 
 from tinylm.config import Config
-from tinylm.experiment import Experiment
-from tinylm.sweep.__main__ import main
+from tinylm.sweep import Experiment, Space
+from tinylm.sweep.cli import main
 
 STEP_TOKENS = {s: Config.from_name("medium", scale=s).tokens_per_step for s in ("smoke", "full")}
 
 EXPERIMENT = Experiment(
     name="dynamics", preset="medium",
-    space={},  # one run: the object of study is its curve
+    space=Space(),  # one run: the object of study is its curve
     overrides=dict(train_tokens=200_000_000, eval_every_tokens=1000 * STEP_TOKENS["full"]),
     smoke=dict(train_tokens=400_000, eval_every_tokens=50 * STEP_TOKENS["smoke"], lr=3e-3),
     hypothesis="the medium model's val loss is still falling at 200M tokens (not data-saturated)",

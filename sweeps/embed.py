@@ -11,12 +11,12 @@ every variant has the same total (within 1 %).
 Results: results/embed/results.csv, MLflow "embed"; the analysis plots PPL vs embedding share.
 """
 
-from tinylm.experiment import Experiment
-from tinylm.sweep.__main__ import main
+from tinylm.sweep import Experiment, Space
+from tinylm.sweep.cli import main
 
 EXPERIMENT = Experiment(
     name="embed", preset="budget-10m",
-    space={"embed_share": [0.25, 0.35, 0.45]},  # <- the intervention
+    space=Space(embed_share=[0.25, 0.35, 0.45]),  # <- the intervention
     baseline={"embed_share": 0.35},
     hypothesis="35 % of params in the embedding beats 25 % and 45 % at a fixed 10M budget",
     description="embedding share 25/35/45 % at fixed total params, V=16k (PRD)",

@@ -20,13 +20,13 @@ every variant.
 Results: results/glu/results.csv, MLflow experiment "glu", REPORT.md under results/analysis/glu (with --analyze).
 """
 
-from tinylm.experiment import Experiment
-from tinylm.sweep.__main__ import main
+from tinylm.sweep import Experiment, Space
+from tinylm.sweep.cli import main
 
 EXPERIMENT = Experiment(
     name="glu",
     preset="budget-10m",  # 10M params, V=16k, SwiGLU, RMSNorm, RoPE; dims from the solver
-    space={"glu_factor": [2.0, 2.66, 3.0, 4.0]},  # <- the intervention
+    space=Space(glu_factor=[2.0, 2.66, 3.0, 4.0]),  # <- the intervention
     baseline={"glu_factor": 4.0},
     hypothesis="SwiGLU 2.66x matches 4x within 5 % perplexity at a fixed parameter budget",
     description="GLU expansion factor at fixed total params (seed: 2.0 / 2.66 / 3.0 / 4.0)",

@@ -11,13 +11,13 @@ divisibility check before anything is scheduled (`--set`-style overrides get the
 Results: results/heads/results.csv, MLflow "heads"; ppl_per_mparam in tinylm.api.compare("heads").
 """
 
-from tinylm.experiment import Experiment
-from tinylm.sweep.__main__ import main
+from tinylm.sweep import Experiment, Space
+from tinylm.sweep.cli import main
 
 EXPERIMENT = Experiment(
     name="heads", preset="medium",
     overrides=dict(n_embd=320, n_layer=6, n_head=5, d_ff=1280),
-    space=lambda scale: {"n_head": [5, 8, 10] if scale == "laptop" else [5, 8, 10, 16]},  # <- the intervention
+    space=lambda scale: Space(n_head=[5, 8, 10] if scale == "laptop" else [5, 8, 10, 16]),  # <- the intervention
     # laptop: width/2 (not /4) so 5-10 heads keep a head size >= 16 (16 heads would be 10), V/4 to keep the share
     laptop=dict(n_embd=160, d_ff=640, vocab_size=2048),
     baseline={"n_head": 8},

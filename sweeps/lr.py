@@ -10,13 +10,13 @@ optimum; 0.05 is unstable and 0.005 under-trains. The seed's values are kept at 
 Results: results/lr/results.csv, MLflow experiment "lr", Optuna studies "lr" and "lr-refine".
 """
 
-from tinylm.experiment import Experiment
-from tinylm.sweep.__main__ import main
+from tinylm.sweep import Experiment, Space
+from tinylm.sweep.cli import main
 
 EXPERIMENT = Experiment(
     name="lr", preset="medium",
     overrides=dict(optimizer="muon", lr=3e-3),  # AdamW groups (embeddings, head, norms) at 3e-3
-    space={"muon_lr": [0.005, 0.01, 0.02, 0.05]},  # <- the intervention
+    space=Space(muon_lr=[0.005, 0.01, 0.02, 0.05]),  # <- the intervention
     baseline={"muon_lr": 0.02},
     refine_space={"muon_lr": ("loguniform", 0.003, 0.1), "lr": ("loguniform", 3e-4, 1e-2)},
     hypothesis="Muon LR 0.02 is near-optimal for the medium model; 0.05 diverges or trails",

@@ -19,8 +19,8 @@ is orthogonalised on its own. Every run logs its routing balance (``moe_max_over
 Results: results/moe/results.csv, MLflow experiment "moe", REPORT.md under results/analysis/moe (with --analyze).
 """
 
-from tinylm.experiment import VARIANT, Experiment
-from tinylm.sweep.__main__ import main
+from tinylm.sweep import Experiment, Space
+from tinylm.sweep.cli import main
 
 DENSE = dict(n_experts=0, top_k=1, budget_params="total")
 MOE = [dict(n_experts=e, top_k=k, budget_params=b) for b in ("active", "total") for e in (4, 8) for k in (1, 2)]
@@ -28,7 +28,7 @@ MOE = [dict(n_experts=e, top_k=k, budget_params=b) for b in ("active", "total") 
 EXPERIMENT = Experiment(
     name="moe",
     preset="budget-10m",  # 10M params, V=16k, SwiGLU, RMSNorm, RoPE; dims from the solver, per variant
-    space={VARIANT: [DENSE, *MOE]},  # <- the intervention
+    space=Space(variants=[DENSE, *MOE]),  # <- the intervention
     baseline=dict(n_experts=0),
     hypothesis="top-k experts beat dense by > 5 % perplexity at equal active params, and not at equal total params",
     description="MoE (E 4/8 x top-k 1/2) vs dense at equal active and at equal total params",

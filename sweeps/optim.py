@@ -10,8 +10,8 @@ Results: results/optim/results.csv, MLflow "optim"; compare the curves in the re
 """
 
 from tinylm.config import Config
-from tinylm.experiment import VARIANT, Experiment
-from tinylm.sweep.__main__ import main
+from tinylm.sweep import Experiment, Space
+from tinylm.sweep.cli import main
 
 
 def ref(scale: str) -> float:
@@ -20,11 +20,11 @@ def ref(scale: str) -> float:
 
 EXPERIMENT = Experiment(
     name="optim", preset="medium",
-    space=lambda scale: {VARIANT: [  # <- the intervention: optimizer with its own LR (AdamW's x 1, Lion's / 5)
+    space=lambda scale: Space(variants=[  # <- the intervention: optimizer with its own LR (AdamW's x 1, Lion's / 5)
         {"optimizer": "adamw", "lr": ref(scale)},
         {"optimizer": "lion", "lr": float(f"{ref(scale) / 5:.3g}"), "beta2": 0.99},
         {"optimizer": "muon", "lr": ref(scale), "muon_lr": 0.02},
-    ]},
+    ]),
     baseline={"optimizer": "adamw"},
     hypothesis="Muon reaches AdamW's final loss in fewer tokens; Lion matches AdamW at ~1/5 the LR",
     description="optimizer comparison AdamW / Lion / Muon on medium",

@@ -9,12 +9,12 @@ models (RESULTS.md, 2026-11-22: ~10x slower here), so read the throughput column
 Results: results/precision/results.csv, MLflow "precision" (tokens_per_s, peak_mem_mb, final_val_loss).
 """
 
-from tinylm.experiment import Experiment
-from tinylm.sweep.__main__ import main
+from tinylm.sweep import Experiment, Space
+from tinylm.sweep.cli import main
 
 EXPERIMENT = Experiment(
     name="precision", preset="medium",
-    space={"precision": ["fp32", "bf16"]},  # <- the intervention
+    space=Space(precision=["fp32", "bf16"]),  # <- the intervention
     baseline={"precision": "fp32"},
     early_stopping=False,  # a throughput comparison: every row must finish
     hypothesis="bf16 matches fp32's loss within 1 %; the speed-up depends on the device",

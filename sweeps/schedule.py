@@ -11,12 +11,12 @@ leads until the others decay), so ASHA and the kill rule would judge the schedul
 Results: results/schedule/results.csv, MLflow "schedule".
 """
 
-from tinylm.experiment import Experiment
-from tinylm.sweep.__main__ import main
+from tinylm.sweep import Experiment, Space
+from tinylm.sweep.cli import main
 
 EXPERIMENT = Experiment(
     name="schedule", preset="medium",
-    space={"schedule": ["cosine", "linear", "constant", "wsd"]},  # <- the intervention
+    space=Space(schedule=["cosine", "linear", "constant", "wsd"]),  # <- the intervention
     baseline={"schedule": "cosine"},
     hypothesis="cosine, linear decay and wsd tie; constant trails at equal tokens",
     description="LR schedule cosine / linear / constant / wsd with equal warmup on medium",

@@ -9,15 +9,15 @@ little for a model this small (seed: 256 / 512 / 1024 on medium).
 Results: results/seq/results.csv, MLflow "seq"; the analysis draws fig_context (loss vs sequence length).
 """
 
-from tinylm.experiment import VARIANT, Experiment
-from tinylm.sweep.__main__ import main
+from tinylm.sweep import Experiment, Space
+from tinylm.sweep.cli import main
 
 
-def space(scale: str) -> dict:
+def space(scale: str) -> Space:
     lengths, batch_tokens = {"smoke": ((64, 128, 256), 1024), "laptop": ((64, 128, 256), 2048)}.get(
         scale, ((256, 512, 1024), 8192))
     # the batch holds the same number of tokens at every length, so runs differ only in context
-    return {VARIANT: [{"block_size": t, "batch_size": batch_tokens // t} for t in lengths]}  # <-
+    return Space(variants=[{"block_size": t, "batch_size": batch_tokens // t} for t in lengths])  # <-
 
 
 EXPERIMENT = Experiment(

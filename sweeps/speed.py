@@ -16,8 +16,8 @@ artifact of the sweep's MLflow parent run), results/speed/results.csv, MLflow ex
 import os
 
 from tinylm import ablation, layout
-from tinylm.experiment import Experiment
-from tinylm.sweep.__main__ import main
+from tinylm.sweep import Experiment
+from tinylm.sweep.cli import main
 
 BASELINE = dict(compile=False, precision="fp32", activation_checkpointing=False, grad_accum=1, attention="sdpa",
                 norm="layernorm", pos="learned", mlp="gelu")  # GPT-2 style, plain fp32 eager

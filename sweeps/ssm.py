@@ -18,8 +18,8 @@ latency column compares implementations, not architectures. Results: results/ssm
 recall accuracy per context length (``eval_recall_acc_L<L>``).
 """
 
-from tinylm.experiment import VARIANT, Experiment
-from tinylm.sweep.__main__ import main
+from tinylm.sweep import Experiment, Space
+from tinylm.sweep.cli import main
 
 MIXERS = [dict(mixer="attention", attn_every=0), dict(mixer="mamba", attn_every=0),
           dict(mixer="hybrid", attn_every=2)]
@@ -27,7 +27,7 @@ MIXERS = [dict(mixer="attention", attn_every=0), dict(mixer="mamba", attn_every=
 EXPERIMENT = Experiment(
     name="ssm",
     preset="budget-10m",  # 10M params, V=16k, SwiGLU, RMSNorm, RoPE; dims from the solver, per mixer
-    space={VARIANT: MIXERS},  # <- the intervention
+    space=Space(variants=MIXERS),  # <- the intervention
     baseline=dict(mixer="attention"),
     hypothesis="a Mamba SSM (and an attention/SSM hybrid) matches attention within 5 % perplexity at a fixed "
                "parameter budget, but loses exact recall as the context grows",

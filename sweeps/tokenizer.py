@@ -9,14 +9,14 @@ Hypothesis: BPE reaches lower bits per byte than characters for the same compute
 Results: results/tokenizer/results.csv, MLflow "tokenizer" (val_bpb).
 """
 
-from tinylm.experiment import VARIANT, Experiment
-from tinylm.sweep.__main__ import main
+from tinylm.sweep import Experiment, Space
+from tinylm.sweep.cli import main
 
 
-def space(scale: str) -> dict:
+def space(scale: str) -> Space:
     bpe = {"smoke": 2048, "laptop": 1000}.get(scale, 8000)  # laptop: V/8 (LAPTOP_RULES)
-    return {VARIANT: [{"tokenizer": "bpe", "vocab_size": bpe},  # <- the intervention
-                          {"tokenizer": "char", "vocab_size": 512}]}
+    return Space(variants=[{"tokenizer": "bpe", "vocab_size": bpe},  # <- the intervention
+                           {"tokenizer": "char", "vocab_size": 512}])
 
 
 EXPERIMENT = Experiment(

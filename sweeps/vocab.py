@@ -10,14 +10,14 @@ compare val_bpb (bits per byte), which the runs log.
 Results: results/vocab/results.csv, MLflow "vocab" (rank by val_bpb).
 """
 
-from tinylm.experiment import Experiment
-from tinylm.sweep.__main__ import main
+from tinylm.sweep import Experiment, Space
+from tinylm.sweep.cli import main
 
 
-def space(scale: str) -> dict:
+def space(scale: str) -> Space:
     sizes = {"smoke": [1024, 2048], "laptop": [1000, 2000]}.get(scale, [8000, 16000])  # laptop: V/8 (LAPTOP_RULES)
-    return {"vocab_size": sizes,  # <- the intervention
-            "tie_embeddings": [True, False]}
+    return Space(vocab_size=sizes,  # <- the intervention
+                 tie_embeddings=[True, False])
 
 
 EXPERIMENT = Experiment(

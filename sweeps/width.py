@@ -9,27 +9,22 @@ fitting L(N) across this sweep and depth.py tells whether depth or width buys mo
 Results: results/width/results.csv, MLflow "width"; python -m tinylm.analysis width fits L(N).
 """
 
-from tinylm.experiment import VARIANT, Experiment
-from tinylm.sweep.__main__ import main
+from tinylm.sweep import Experiment, Space
+from tinylm.sweep.cli import main
 
 
-def space(scale: str) -> dict:
+def space(scale: str) -> Space:
     div, head = (4, 16) if scale in ("smoke", "laptop") else (1, 64)
-    points = [{"n_embd": w // div, "n_head": w // div // head, "d_ff": 4 * w // div}  # <-
-              for w in (128, 256, 384, 512)]
-    if scale == "laptop":  # a scaling sweep: 20 tokens per parameter per width, LR/warmup by the size rules
-        base = EXPERIMENT.base("laptop")
-        for p in points:
-            c = base.replace(**p).with_tokens_per_param(20)
-            p.update(train_tokens=c.train_tokens, eval_every_tokens=c.eval_every_tokens,
-                     warmup_tokens=c.warmup_tokens, lr=c.lr)
-    return {VARIANT: points}
+    return Space(variants=[{"n_embd": w // div, "n_head": w // div // head, "d_ff": 4 * w // div}  # <-
+                           for w in (128, 256, 384, 512)])
 
 
 EXPERIMENT = Experiment(
     name="width", preset="medium", space=space, baseline={"n_head": 6},  # 384 wide = the medium baseline
     hypothesis="loss is a power law in non-embedding params along width at fixed depth",
     description="hidden size 128/256/384/512 at 6 layers, head size 64 (seed 001)",
+    # a scaling sweep: at laptop scale each width trains on 20 tokens per parameter, its LR/warmup by the size rules
+    tokens_per_param_per_point={"laptop": 20},
     # a scaling fit needs every size trained to the end: early stopping would drop the models that learn
     # slowest at first (the big ones) and bias the exponent
     early_stopping=False,

@@ -70,7 +70,7 @@ def test_labels_come_from_arch_fields():
 def test_variants_and_markdown(tmp_path):
     base = {"precision": "fp32", "grad_accum": 1, "batch_size": 8, "norm": "layernorm", "mlp": "gelu"}
     space = ablation.space(base, TOGGLES)
-    rows = space[ablation.VARIANT]
+    rows = space.variants
     assert rows[0] == base and rows[2] == base | {"grad_accum": 2, "batch_size": 4} and len(rows) == 5
     assert ablation.toggles_of(space) == TOGGLES
     with pytest.raises(ValueError, match="unchanged"):
@@ -83,12 +83,19 @@ def test_variants_and_markdown(tmp_path):
     paths = ablation.write(ablation.ablation_table(df, BASE, TOGGLES[:2]), str(tmp_path), "t", title="T")
     md = Path(paths["md"]).read_text()
     assert "| `precision=bf16` | execution |" in md and "1,500 (+50.0 %)" in md and "no trial" in md
+    assert "\n|---|---|---:|---:|---:|---:|---|\n" in md  # the four metrics right-aligned
     assert pd.read_csv(paths["csv"])["tokens_per_s_pct"].iloc[1] == pytest.approx(50.0)
 
 
-def test_variant_key_matches_tune():
+def test_ablation_rows_reach_the_trials_configs():
+    """An ablation row's changes reach each trial's Config through tinylm.tune's grid."""
     tune = pytest.importorskip("tinylm.tune")
-    assert ablation.VARIANT == tune.VARIANT
+    from tinylm.layout import VARIANT  # the key of the variants axis in Tune's param space
+
+    cfg = Config.from_name("debug")
+    grid = tune.grid_space(cfg, ablation.space({"n_layer": 2}, [{"n_layer": 3}]), seeds=1)
+    fixed = {k: v for k, v in grid.items() if not (isinstance(v, dict) and "grid_search" in v)}
+    assert [tune.build_config(fixed | {VARIANT: r}).n_layer for r in grid[VARIANT]["grid_search"]] == [2, 3]
 
 
 def test_speed_sweep_space_builds_valid_configs():
@@ -96,13 +103,13 @@ def test_speed_sweep_space_builds_valid_configs():
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     exp = mod.EXPERIMENT
-    from tinylm.experiment import defaults, sweep_of
+    from tinylm.sweep.experiment import defaults, sweep_of
 
     sweep = sweep_of(exp, defaults(exp), "smoke")  # every row to the end, alone (fair timings)
     assert not sweep.asha and sweep.kill_margin == math.inf and sweep.max_concurrent == 1
     for scale in ("smoke", "full"):
         base = exp.base(scale)
-        rows = exp.space_at(scale)[ablation.VARIANT]
+        rows = exp.space_at(scale).variants
         cfgs = [base.replace(**r) for r in rows]  # every row is a valid Config
         assert cfgs[0] == base  # row 0 is the baseline itself
         toggles = ablation.toggles_of(exp.space_at(scale))

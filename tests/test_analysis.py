@@ -14,29 +14,23 @@ import pandas as pd
 import pytest
 from scipy import stats as sps
 
-from tinylm.analysis import (
+from tinylm.analysis.cli import main as cli_main
+from tinylm.analysis.cli import parse_baseline
+from tinylm.analysis.cost import device_price, load_prices, sweep_cost, trial_costs
+from tinylm.analysis.decision import decide
+from tinylm.analysis.fits import (
     NotEnoughPoints,
-    build_report,
-    compare,
+    PowerLawFit,
     compute_optimal,
-    decide,
     fit_chinchilla,
     fit_power_law,
-    group_over_seeds,
     isoflop_exponents,
     isoflop_minima,
-    load_prices,
-    pareto_front,
-    pareto_mask,
-    prepare,
-    scaling_fits,
-    sweep_cost,
-    trial_costs,
 )
-from tinylm.analysis.__main__ import main as cli_main
-from tinylm.analysis.__main__ import parse_baseline
-from tinylm.analysis.cost import device_price
-from tinylm.analysis.fits import PowerLawFit
+from tinylm.analysis.pareto import pareto_front, pareto_mask
+from tinylm.analysis.report import build_report
+from tinylm.analysis.scaling import scaling_fits
+from tinylm.analysis.stats import compare, group_over_seeds, prepare
 from tinylm.config import Config
 
 # Epoch AI's replication of Chinchilla's approach 3 (Besiroglu et al. 2024, arXiv:2404.10102, eq. 4).
@@ -220,7 +214,7 @@ def test_t_tests_equal_scipy():
 
 
 def test_correlations():
-    from tinylm.analysis import hparam_correlations, task_correlations
+    from tinylm.analysis.stats import hparam_correlations, task_correlations
 
     rows = [{"glu_factor": g, "seed": 0, "final_val_loss": 3 - 0.1 * g, "eval_a_acc": 0.1 * g,
              "eval_b_acc": 0.5 - 0.01 * g, "eval_b_acc_norm": 0.2 + 0.01 * g} for g in (1.0, 2.0, 3.0, 4.0)]
@@ -435,7 +429,7 @@ def test_cli_baseline_parsing():
 
 
 def test_analysis_imports_neither_mlflow_nor_ray():
-    code = ("import sys, tinylm.analysis, tinylm.analysis.__main__; "
+    code = ("import sys, tinylm.analysis, tinylm.analysis.cli; "
             "bad = [m for m in ('mlflow', 'ray', 'torch') if m in sys.modules]; assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True)
 

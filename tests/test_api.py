@@ -13,8 +13,8 @@ import pytest
 import tinylm
 from tinylm.api import COMPARE, Result, compare, run_experiment, run_sweep
 from tinylm.config import Config, ConfigError
-from tinylm.experiment import Experiment
-from tinylm.sweep.__main__ import main
+from tinylm.sweep import Experiment, Space
+from tinylm.sweep.cli import main
 
 pytestmark = pytest.mark.filterwarnings("ignore:The ``noload`` loader strategy is deprecated")
 
@@ -98,10 +98,10 @@ def test_every_sweep_flag_is_declared_once_on_the_sweep(fake_tune, tmp_path, mon
     from dataclasses import fields
 
     # the flags' plumbing, not their servers: "ray://head:10001" reaches no store or cluster (test_input_checks.py)
-    monkeypatch.setattr("tinylm.experiment.check_services", lambda args: None)
+    monkeypatch.setattr("tinylm.sweep.experiment.check_services", lambda args: None)
 
-    from tinylm.sweep import Sweep, flags
-    from tinylm.sweep.__main__ import parser
+    from tinylm.sweep.cli import parser
+    from tinylm.sweep.settings import Sweep, flags
 
     exp = Experiment(name="toy", preset="debug", space={"lr": [1e-3, 2e-3]})
     declared = {f.name for f in fields(Sweep) if "flag" in f.metadata}
@@ -120,7 +120,9 @@ def test_every_sweep_flag_is_declared_once_on_the_sweep(fake_tune, tmp_path, mon
             argv, want = [f.option, str(tmp_path / "r")], str(tmp_path / "r")
         else:
             kind = type(field.default)
-            want = field.default + 3 if kind is int else 0.5 if kind is float else "ray://head:10001"
+            choices = options[f.dest].choices
+            want = field.default + 3 if kind is int else 0.5 if kind is float else \
+                [c for c in choices if c != field.default][0] if choices else "ray://head:10001"
             argv = [f.option, str(want)]
         main(exp, argv + ([] if f.field == "results_dir" else ["--results", str(tmp_path)]))
         assert getattr(fake_tune[-1][0], f.field) == want, (argv, fake_tune[-1][0])
@@ -131,13 +133,13 @@ def test_every_sweep_flag_is_declared_once_on_the_sweep(fake_tune, tmp_path, mon
 
 def test_sweep_cli_runs_a_script(fake_tune, tmp_path, capsys):
     """``python -m tinylm.sweep SCRIPT.py [flags]`` is ``python SCRIPT.py [flags]``; a bad flag value is one line."""
-    from tinylm.sweep.__main__ import run_script
+    from tinylm.sweep.cli import run_script
 
     script = str(Path(__file__).parent / "tiny_sweep.py")
     run_script([script, "--seeds", "2", "--no-asha", "--results", str(tmp_path)])
     sweep, base, space = fake_tune[-1]
     assert sweep.name == "tiny" and sweep.seeds == 2 and not sweep.asha and sweep.root == str(tmp_path)
-    assert space == {"lr": [3e-3, 1e-6, 2e-6, 3e-6]} and sweep.baseline == {"lr": 3e-3}
+    assert space == Space(lr=[3e-3, 1e-6, 2e-6, 3e-6]) and sweep.baseline == {"lr": 3e-3}
     with pytest.raises(SystemExit, match="--workers=-1 must be an int >= 0"):
         run_script([script, "--workers", "-1", "--results", str(tmp_path)])
     with pytest.raises(SystemExit, match="usage: python -m tinylm.sweep SCRIPT.py"):
@@ -145,9 +147,12 @@ def test_sweep_cli_runs_a_script(fake_tune, tmp_path, capsys):
 
 
 def test_run_sweep_by_name_loads_the_script(fake_tune, tmp_path):
-    run_sweep("glu", results=str(tmp_path))
+    run_sweep("glu", scale="smoke", results=str(tmp_path))
     sweep, base, space = fake_tune[-1]
-    assert sweep.name == "glu" and space == {"glu_factor": [2.0, 2.66, 3.0, 4.0]} and base.scale == "smoke"
+    assert sweep.name == "glu" and space == Space(glu_factor=[2.0, 2.66, 3.0, 4.0]) and base.scale == "smoke"
+    run_sweep("glu", results=str(tmp_path / "laptop"))  # no scale: the CLI's default, a laptop replica
+    sweep, base, space = fake_tune[-1]  # the seed runs, each variant at its tuned LR
+    assert base.scale == "laptop" and [v["glu_factor"] for v in space.variants] == [2.0, 2.66, 3.0, 4.0]
     with pytest.raises(ConfigError, match="no sweep 'nope'.*known sweeps: .*glu"):
         run_sweep("nope")
     with pytest.raises(ConfigError, match="unknown sweep option"):

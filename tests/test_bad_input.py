@@ -131,7 +131,7 @@ def test_config_boundaries_still_pass(kw):
     (["--evals", "nope_task"], "nope_task"), (["--dataset", "text:"], "names no corpus"),
 ])
 def test_train_cli_refuses_bad_values_in_one_line(argv, pattern, tmp_path, monkeypatch):
-    from tinylm.train.__main__ import main
+    from tinylm.train.cli import main
 
     monkeypatch.chdir(tmp_path)
 
@@ -144,7 +144,7 @@ def test_train_cli_refuses_bad_values_in_one_line(argv, pattern, tmp_path, monke
 @pytest.mark.usefixtures("inprocess_dist", "one_thread")
 def test_divergence_exits_non_zero_with_valid_metrics(tmp_path, monkeypatch, capsys):
     import tinylm.train as tr
-    import tinylm.train.__main__ as cli
+    import tinylm.train.cli as cli
 
     real, calls = tr.train_step, []
 
@@ -419,7 +419,7 @@ def test_one_corrupt_marker_warns_and_the_other_checkpoint_is_used(finished, tmp
 @pytest.mark.usefixtures("inprocess_dist", "one_thread")
 def test_failing_end_of_run_evals_keep_model_and_metrics(tmp_path, monkeypatch):
     import tinylm.train as tr
-    import tinylm.train.__main__ as cli
+    import tinylm.train.cli as cli
 
     def broken(run_):
         raise RuntimeError("eval data unavailable")
@@ -501,7 +501,7 @@ SWEEP_REFUSED = [
 
 @pytest.mark.parametrize("options,pattern", SWEEP_REFUSED, ids=[str(o)[:40] for o, _ in SWEEP_REFUSED])
 def test_sweep_flags_refused_before_ray(options, pattern, monkeypatch, tmp_path):
-    from tinylm.experiment import Experiment, run
+    from tinylm.sweep import Experiment, run
 
     monkeypatch.setitem(sys.modules, "tinylm.tune", None)  # importing Ray's module would fail the test
     exp = Experiment(name="glu", preset="budget-10m", space={"glu_factor": [2.0, 4.0]})
@@ -511,7 +511,7 @@ def test_sweep_flags_refused_before_ray(options, pattern, monkeypatch, tmp_path)
 
 
 def test_sweep_grid_points_checked_before_ray(monkeypatch, tmp_path):
-    from tinylm.experiment import Experiment, run
+    from tinylm.sweep import Experiment, run
 
     monkeypatch.setitem(sys.modules, "tinylm.tune", None)
     for space, pattern in (({"n_layer": [2, 3]}, "n_layer=2: with target_params="),
@@ -536,7 +536,7 @@ def test_sweep_script_cli_exits_1_in_one_line(tmp_path, child_env):
 def model_dir(tmp_path) -> Path:
     from tinylm.checkpoint import save_pretrained
     from tinylm.model import GPT
-    from tinylm.tokenize import train_char
+    from tinylm.tokenizer import train_char
 
     tok = train_char(["hello world, a tiny model."], vocab_size=32)
     cfg = Config(n_layer=1, n_head=2, n_embd=16, block_size=32, vocab_size=32, tokenizer="char")
@@ -552,7 +552,7 @@ def _truncate(model_dir: Path) -> Path:
 
 
 def test_evals_cli_refuses_before_running_the_suite(model_dir, tmp_path, monkeypatch):
-    import tinylm.evals.__main__ as ev
+    import tinylm.evals.cli as ev
 
     def suite(*a, **k):
         raise AssertionError("the suite ran")
@@ -581,7 +581,7 @@ def test_evals_cli_refuses_before_running_the_suite(model_dir, tmp_path, monkeyp
 
 
 def test_evals_cli_keeps_its_results_when_out_fails_late(model_dir, tmp_path, monkeypatch, capsys):
-    import tinylm.evals.__main__ as ev
+    import tinylm.evals.cli as ev
 
     monkeypatch.setattr(ev, "_check_writable", lambda path: None)  # the folder vanishes after the check
     with pytest.raises(SystemExit, match="cannot write --out .*; the metrics are printed above"):
@@ -632,7 +632,7 @@ def store(tmp_path_factory) -> str:
 
 @pytest.mark.filterwarnings("ignore:The ``noload`` loader strategy is deprecated")
 def test_log_and_analysis_cli(store, tmp_path, monkeypatch):
-    from tinylm.analysis.__main__ import main as analysis
+    from tinylm.analysis.cli import main as analysis
     from tinylm.log import main as log
 
     monkeypatch.chdir(tmp_path)  # default folders (results/...) must not appear in the checkout

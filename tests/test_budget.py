@@ -226,7 +226,7 @@ def test_one_definition_of_flops_per_token():
     """MFU, train_flops and the dry-run's estimates count FLOPs the same way (there were two formulas)."""
     from pathlib import Path
 
-    from tinylm.analysis import plan
+    from tinylm.sweep import plan
 
     pkg = Path(__file__).resolve().parents[1] / "tinylm"
     defs = [p.relative_to(pkg).as_posix() for p in pkg.rglob("*.py") if "def flops_per_token(" in p.read_text()]

@@ -85,8 +85,8 @@ def test_each_trial_is_tagged_with_the_nodes_it_ran_on():
     import pickle
     from types import SimpleNamespace
 
-    from tinylm.rules import KillRule
-    from tinylm.sweep import Sweep
+    from tinylm.kill_rule import KillRule
+    from tinylm.sweep.settings import Sweep
     from tinylm.tune.callbacks import TrackingCallback
 
     tags = []

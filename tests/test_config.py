@@ -203,7 +203,7 @@ def test_cli_bad_type_names_the_field():
 
 
 def test_train_cli_reports_config_errors_without_a_traceback():
-    from tinylm.train.__main__ import main
+    from tinylm.train.cli import main
 
     with pytest.raises(SystemExit, match="error: n_layer='abc' is not a valid int"):
         main(["--n_layer", "abc"])

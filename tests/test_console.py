@@ -1,11 +1,11 @@
-"""The sweep's terminal view: our lines on the terminal, everything else in the log file (tinylm.tune.Console)."""
+"""The sweep's terminal view: our lines on the terminal, everything else in the log file (tinylm.tune.console.Console)."""
 
 import subprocess
 import sys
 
 CODE = r"""
 import logging, os, sys
-from tinylm.tune import Console, say
+from tinylm.tune.console import Console, say
 with Console(sys.argv[1]):
     print("ray noise")                      # Python-level output of Ray / MLflow in the driver
     os.write(2, b"raw fd noise\n")          # C++ logs, output forwarded from trial processes

@@ -1,4 +1,4 @@
-"""tinylm.data / tinylm.tokenize: real corpora, real tokenizers, real shards.
+"""tinylm.data / tinylm.tokenizer: real corpora, real tokenizers, real shards.
 
 Registry downloads go to the real ``$TINYLM_CACHE`` (once per machine); tokenizers and shards go to ``tmp_path``.
 """
@@ -19,7 +19,7 @@ import torch
 
 from tinylm import data
 from tinylm.config import Config, ConfigError
-from tinylm.tokenize import CharTokenizer, load_tokenizer, save_tokenizer, tokenizer_hash, train_bpe, train_char
+from tinylm.tokenizer import CharTokenizer, load_tokenizer, save_tokenizer, tokenizer_hash, train_bpe, train_char
 
 TRICKY = ("  Hello   world!!\n\n\tI'm here, they'll've 123456789 ünïcödé 日本語 🙂 <|endoftext|> x\r\n"
           "   trailing spaces   \n\n\n")
@@ -148,7 +148,7 @@ def test_tokenizer_hash_stable_across_builds_files_and_processes(wiki_docs, tmp_
         assert h == tokenizer_hash(tok) == tokenizer_hash(back) and back.name == tok.name
         assert back.encode_ordinary(TRICKY) == tok.encode_ordinary(TRICKY) and back.n_vocab == tok.n_vocab
     save_tokenizer(a, tmp_path / "t.json")
-    code = f"from tinylm.tokenize import *; print(tokenizer_hash(load_tokenizer({str(tmp_path / 't.json')!r})))"
+    code = f"from tinylm.tokenizer import *; print(tokenizer_hash(load_tokenizer({str(tmp_path / 't.json')!r})))"
     assert subprocess.check_output([sys.executable, "-c", code], text=True).strip() == tokenizer_hash(a)
 
 

@@ -28,7 +28,6 @@ import re
 import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -37,6 +36,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+
+from tinylm.machine import free_port
 
 try:
     import tomllib
@@ -61,12 +62,6 @@ def _tool(name: str) -> str | None:
     """A CLI from this venv first (CI runs `.venv/bin/python -m pytest` without activating it), then PATH."""
     local = VENV_BIN / name
     return str(local) if local.exists() else shutil.which(name)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -793,7 +788,7 @@ def test_postgres_init_script_serves_mlflow_and_optuna():
         full = ["runuser", "-u", "postgres", "--", *cmd] if as_root else list(cmd)
         return subprocess.run(full, check=True, capture_output=True, text=True, **kw)
 
-    port = _free_port()
+    port = free_port()
     root = Path(tempfile.mkdtemp(prefix="tinylm-pg-"))
     data, sock = root / "data", root / "sock"
     sock.mkdir()

@@ -32,7 +32,7 @@ from tinylm.evals import (
 )
 from tinylm.evals.scorer import MC
 from tinylm.model import GPT
-from tinylm.tokenize import CharTokenizer
+from tinylm.tokenizer import CharTokenizer
 
 
 @pytest.fixture(autouse=True)
@@ -328,7 +328,7 @@ def test_efficiency_keys_and_nan_beyond_block_size():
 
 def test_cli_prints_a_table_and_writes_json(tmp_path, capsys):
     from tinylm.checkpoint import save_pretrained
-    from tinylm.evals.__main__ import main
+    from tinylm.evals.cli import main
 
     model = tiny_gpt()
     save_pretrained(str(tmp_path / "model"), model, model.cfg, TOK)

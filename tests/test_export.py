@@ -14,7 +14,7 @@ from tinylm.checkpoint import load_pretrained, save_pretrained
 from tinylm.config import Config, ConfigError
 from tinylm.export import export, hf_config, hf_unsupported, main, resolve
 from tinylm.model import GPT
-from tinylm.tokenize import train_char
+from tinylm.tokenizer import train_char
 
 
 def tiny(**kw) -> Config:

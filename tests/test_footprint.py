@@ -14,7 +14,8 @@ import pytest
 import torch
 
 from tinylm import footprint
-from tinylm.analysis import decision, prepare
+from tinylm.analysis import decision
+from tinylm.analysis.stats import prepare
 from tinylm.config import Config
 from tinylm.model import GPT, KVCache
 

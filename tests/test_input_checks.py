@@ -31,7 +31,9 @@ import numpy as np
 import pytest
 
 from tinylm.config import Config, ConfigError
-from tinylm.experiment import VARIANT, Experiment, check_space, run
+from tinylm.sweep import Space
+from tinylm.sweep.experiment import Experiment, check_space
+from tinylm.sweep.pipeline import run
 from tinylm.tracking import TrackingError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -78,7 +80,7 @@ INERT = [  # (experiment, scale, --set, message)
      "axis min_lr_ratio"),
     (Experiment(name="w", preset="debug", space={"warmup_tokens": [0, 1_200]}), "smoke", [],  # 0 = 2 % of 60k
      "axis warmup_tokens"),
-    (Experiment(name="v", preset="debug", space={VARIANT: [{"decay_frac": 0.1}, {"decay_frac": 0.3}]}), "smoke", [],
+    (Experiment(name="v", preset="debug", space=Space(variants=[{"decay_frac": 0.1}, {"decay_frac": 0.3}])), "smoke", [],
      r"the variants \(\{'decay_frac': 0.1\}, \{'decay_frac': 0.3\}\) change nothing"),
 ]
 LIVE = [  # the same axes where they do act: no refusal
@@ -95,7 +97,7 @@ def test_an_inert_axis_is_refused_before_compute(exp, scale, sets, pattern, tmp_
 
 
 def test_live_axes_and_every_sweep_pass():
-    from tinylm.experiment import parse_sets
+    from tinylm.sweep.experiment import parse_sets
 
     for exp, scale, sets in LIVE:
         check_space(exp.base(scale, **parse_sets(sets)), exp.space_at(scale))
@@ -111,9 +113,9 @@ def test_live_axes_and_every_sweep_pass():
 
 
 # --- --set of a swept or reserved field -----------------------------------------------------------------------------
-TOK = Experiment(name="t", preset="debug", space={VARIANT: [{"tokenizer": "bpe", "vocab_size": 512},
-                                                            {"tokenizer": "char", "vocab_size": 128}]})
-FIXED = Experiment(name="f", preset="debug", space={"lr": [1e-3, 2e-3], "mlp": "swiglu"})
+TOK = Experiment(name="t", preset="debug", space=Space(variants=[{"tokenizer": "bpe", "vocab_size": 512},
+                                                                  {"tokenizer": "char", "vocab_size": 128}]))
+FIXED = Experiment(name="f", preset="debug", space=Space(lr=[1e-3, 2e-3], mlp="swiglu"))
 SET_REFUSED = [  # (experiment, --set as the CLI or as run() gives it, message)
     (GLU, ["glu_factor=3.0"], r"^--set glu_factor=3.0: glu_factor is an axis of this sweep \(values 2.0, 2.66, 3.0, "
                               r"4.0\), which sets it per trial and would ignore --set"),
@@ -162,8 +164,8 @@ def test_run_experiment_takes_a_config(arg, pattern, tmp_path, monkeypatch):
 
 # --- sweep size -----------------------------------------------------------------------------------------------------
 def test_seeds_and_trials_are_capped_and_the_dry_run_is_fast(tmp_path, monkeypatch, capsys):
-    from tinylm.analysis import plan
-    from tinylm.sweep import MAX_SEEDS, MAX_TRIALS
+    from tinylm.sweep import plan
+    from tinylm.sweep.settings import MAX_SEEDS, MAX_TRIALS
 
     with monkeypatch.context() as m:
         m.setitem(sys.modules, "tinylm.tune", None)
@@ -261,8 +263,8 @@ def test_token_cache_is_read_only_when_whole(tmp_path, monkeypatch, capsys, capl
     """A failed --max_tokens 10 run left a complete but budget-cut cache whose corpus size is unknown (null): every
     later dry run on that corpus crashed reading it. Now it is skipped; a damaged cache folder is rebuilt; a
     temp folder a crash left behind is never read."""
-    from tinylm.analysis.plan import corpus_tokens
     from tinylm.data import load_data
+    from tinylm.sweep.plan import corpus_tokens
 
     monkeypatch.setenv("TINYLM_CACHE", str(tmp_path / "cache"))
     corpus = f"text:{_words_corpus(tmp_path / 'words.txt')}"
@@ -341,7 +343,7 @@ def test_every_entry_point_gives_a_silent_tracking_server_the_same_bounded_time(
                                                                               monkeypatch):
     import tinylm.tracking.store as store
     import tinylm.train
-    from tinylm.analysis.__main__ import main as analysis
+    from tinylm.analysis.cli import main as analysis
     from tinylm.api import run_experiment
     from tinylm.log import main as log
 
@@ -411,7 +413,7 @@ BAD_PRICES = ['{"cpu": -5}', '{"cpu": NaN}', '{"H100": Infinity}', '{"cpu": "che
 
 @pytest.mark.parametrize("text", BAD_PRICES)
 def test_prices_must_be_finite_and_non_negative(text, tmp_path, monkeypatch):
-    from tinylm.analysis.__main__ import main as analysis
+    from tinylm.analysis.cli import main as analysis
     from tinylm.analysis.cost import load_prices
 
     device = next(iter(json.loads(text)))

@@ -130,3 +130,58 @@ def test_a_degenerate_irreducible_loss_is_flagged():
     text = ladder.ladder_markdown(pts, ladder.heldout(pts), "laptop", [], held_nonembed=ladder.heldout(
         pts.assign(N=pts["N_nonembed"]), with_e=False), lr_exp=ladder.lr_exponent(pts))
     assert "On non-embedding parameters: α = 0.1" in text and "lr* ∝ N^-0.300" in text and "s.d. over seeds" in text
+
+
+# --- the ladder's family and its hooks (tinylm.sweep.ladder), which sweeps/ladder.py and sweeps/isoflop.py declare ---
+def test_the_family_s_grids_are_spaces_of_shapes():
+    from tinylm.budget import num_params
+    from tinylm.config import Config, laptop_lr
+    from tinylm.sweep import Space
+    from tinylm.sweep import ladder as family
+
+    for scale, shapes in family.SHAPES.items():
+        space = family.sizes(scale)
+        assert isinstance(space, Space) and space.points() == space.variants == [
+            dict(n_embd=d, n_layer=n, n_head=h, d_ff=4 * d) for d, n, h in shapes]
+    base = Config.from_name("medium", scale="laptop", **family.FAMILY["laptop"])
+    iso = family.isoflop_space("laptop", base).points()
+    assert len(iso) == 4 * len(family.BUDGETS["laptop"])
+    for i, c in enumerate(family.BUDGETS["laptop"]):  # each budget: 4 sizes, smallest first, D = C / (6 N)
+        cfgs = [base.replace(**p) for p in iso[4 * i: 4 * i + 4]]
+        ns = [num_params(x) for x in cfgs]
+        assert ns == sorted(ns) and all(abs(6 * n * x.train_tokens / c - 1) < 0.05 for n, x in zip(ns, cfgs))
+        assert all(x.lr == laptop_lr(n) for n, x in zip(ns, cfgs))  # the size rule, unrounded
+
+
+def test_the_after_hooks_take_a_space_and_read_the_largest_point_s_epochs(monkeypatch):
+    from types import SimpleNamespace
+
+    from tinylm.config import Config
+    from tinylm.sweep import Space, plan
+    from tinylm.sweep import ladder as family
+
+    calls = []
+    monkeypatch.setattr(ladder, "report", lambda *a: calls.append(("ladder", a)))
+    monkeypatch.setattr(ladder, "isoflop_report", lambda *a: calls.append(("isoflop", a)))
+    monkeypatch.setattr(plan, "corpus_tokens", lambda cfg: (1_000_000.0, True))
+    sweep = SimpleNamespace(uri=lambda: "sqlite:///x.db", name="ladder", root="/r")
+    base = Config.from_name("medium", scale="laptop")
+    space = Space(variants=[dict(n_embd=32, n_layer=1, n_head=2, d_ff=128, train_tokens=3_000_000),
+                            dict(n_embd=64, n_layer=2, n_head=4, d_ff=256, train_tokens=2_000_000)])
+    family.report(None, sweep=sweep, base=base, space=space)
+    family.isoflop_report(None, sweep=sweep, base=base, space=space)
+    (kind, args), (kind2, args2) = calls
+    assert kind == "ladder" and args == ("sqlite:///x.db", "ladder", "/r/analysis/ladder", "laptop", 2.0)  # d x L
+    assert kind2 == "isoflop" and args2[-1] == 3.0  # the longest run
+    monkeypatch.setattr(plan, "corpus_tokens", lambda cfg: (np.nan, False))
+    family.report(None, sweep=sweep, base=base, space=space)
+    assert np.isnan(calls[-1][1][-1])
+
+
+def test_the_family_module_needs_no_ray():
+    import subprocess
+    import sys
+
+    code = "import sys; sys.modules['ray'] = None; import tinylm.sweep.ladder; print('ok')"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.stdout.strip() == "ok", out.stderr[-2000:]

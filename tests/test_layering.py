@@ -50,7 +50,7 @@ def test_the_scan_sees_the_package():
     assert "deepspeed" in imported_roots(PKG / "engine.py")
     assert "ray" in imported_roots(PKG / "tune" / "worker.py")
     assert "ray" in imported_roots(PKG / "tune" / "runner.py")
-    assert "ray" not in imported_roots(PKG / "sweep" / "__init__.py")  # flags are parsed without Ray
+    assert "ray" not in imported_roots(PKG / "sweep" / "settings.py")  # flags are parsed without Ray
     assert "mlflow" in imported_roots(PKG / "tracking" / "writer.py")
     assert "mlflow" in imported_roots(PKG / "tracking" / "store.py")
     assert "mlflow" not in imported_roots(PKG / "tracking" / "readers.py")  # it searches through store
@@ -94,27 +94,31 @@ def test_config_does_not_import_torch():
 # own ``main()``, under ``if __name__ == "__main__":`` or anywhere in a ``__main__.py`` belong to the top layer
 # (CLI): a command may use anything, and nothing may import a command. Lazy (function-level) imports count.
 LAYERS: list[tuple[str, set[str]]] = [
-    ("core", {"errors", "layout", "config", "budget", "model", "blocks", "blocks.moe", "blocks.ssm",
-              "evals.names"}),  # task names only, no imports: config validates `evals` against them
-    ("parts", {"data", "tokenize", "optim", "engine", "checkpoint", "perf", "rules", "ranking", "regime",
+    ("core", {"errors", "layout", "markdown_table", "config", "budget", "model", "blocks", "blocks.registry",
+              "blocks.mlp", "blocks.moe",
+              "blocks.ssm"}),
+    ("parts", {"data", "tokenizer", "optim", "engine", "checkpoint", "machine", "kill_rule", "ranking", "regime",
                "footprint"}),
     ("evals", {"evals", "evals.scorer", "evals.decode", "evals.suite", "evals.sources", "evals.arithmetic",
                "evals.association", "evals.commonsense", "evals.completion", "evals.lambada", "evals.qa",
                "evals.recall", "evals.squad"}),  # the benchmark library: train() runs it at the end of a run
     ("train", {"train", "sanity"}),
     ("tracking", {"tracking", "tracking.schema", "tracking.store", "tracking.writer", "tracking.readers"}),
-    # sweep: a sweep's settings and flags (no ray: the CLI parses and checks them before Ray starts); tune.*: Ray
-    ("sweeps", {"sweep", "tune", "tune.grid", "tune.results", "tune.console", "tune.resources", "tune.worker",
+    # a sweep's settings, flags and grid (no ray: the CLI parses and checks them before Ray starts); tune.*: Ray
+    ("sweeps", {"sweep.settings", "sweep.space", "tune", "tune.grid", "tune.results", "tune.console", "tune.resources", "tune.worker",
                 "tune.callbacks", "tune.search", "tune.stopping", "tune.runner", "tune.state", "ablation"}),
     ("analysis", {"analysis", "analysis.columns", "analysis.cost", "analysis.decision", "analysis.fits",
-                  "analysis.ladder", "analysis.pareto", "analysis.plan", "analysis.plots", "analysis.report",
+                  "analysis.ladder", "analysis.pareto", "analysis.plots", "analysis.report",
                   "analysis.scaling", "analysis.sequential", "analysis.stats", "analysis.validity",
                   "analysis.verdict"}),
-    # "" is tinylm/__init__.py (lazy re-exports of the API); experiment runs a sweep end to end: the dry-run plan,
-    # the sweep (tune), the report (analysis); api.run_sweep and the sweep scripts call it
-    ("api", {"", "api", "experiment", "log", "export"}),
-    ("cli", {"train.__main__", "evals.__main__", "analysis.__main__",
-             "sweep.__main__"}),  # the sweep scripts' shared command line (python sweeps/<name>.py)
+    # "" is tinylm/__init__.py (lazy re-exports of the API); a sweep end to end: its declaration and checks
+    # (experiment), the dry-run plan, the phases on tune and the report (pipeline); api.run_sweep calls it
+    ("api", {"", "api", "sweep", "sweep.experiment", "sweep.plan", "sweep.pipeline", "sweep.ladder", "log",
+             "export"}),
+    # every command line: a package's cli.py (parser and main) and the two-line __main__.py that runs it; the
+    # sweep scripts call sweep.cli.main (python sweeps/<name>.py)
+    ("cli", {"train.cli", "evals.cli", "analysis.cli", "sweep.cli", "train.__main__", "evals.__main__",
+             "analysis.__main__", "sweep.__main__"}),
 ]
 LAYER = {mod: i for i, (_, mods) in enumerate(LAYERS) for mod in mods}
 CLI = len(LAYERS) - 1
@@ -153,7 +157,7 @@ def package_imports(mod: str) -> tuple[tuple[str, str, str, bool], ...]:
     every "tinylm...." string constant of the file as an import."""
     path = MODULES[mod]
     tree = ast.parse(path.read_text(), filename=str(path))
-    cli_module = path.name == "__main__.py"
+    cli_module = path.name in ("__main__.py", "cli.py")
     out: list[tuple[str, str, str, bool]] = []
     aliases: dict[str, str] = {}  # local name -> tinylm module it is bound to
     dynamic = False
@@ -215,10 +219,16 @@ def _defines_main(mod: str) -> bool:
     return any(isinstance(n, ast.FunctionDef) and n.name == "main" for n in tree.body)
 
 
+def _is_cli(mod: str) -> bool:
+    """A command line: a package's ``cli.py`` or ``__main__.py``."""
+    return mod.endswith((".cli", "__main__")) or mod in ("cli", "__main__")
+
+
 def _is_command(mod: str) -> bool:
-    """``python -m tinylm.<mod>`` runs it: a ``__main__.py`` or a module with a ``__main__`` guard."""
+    """A command line (``_is_cli``), or a single-module tool ``python -m tinylm.<mod>`` runs (a ``__main__``
+    guard)."""
     tree = ast.parse(MODULES[mod].read_text())
-    return MODULES[mod].name == "__main__.py" or any(_is_main_guard(n) for n in tree.body)
+    return _is_cli(mod) or any(_is_main_guard(n) for n in tree.body)
 
 
 def _strongly_connected(graph: dict[str, set[str]]) -> list[set[str]]:
@@ -259,10 +269,10 @@ def import_violations() -> set[tuple[str, str, str]]:
             if target == mod:
                 continue
             graph[mod].add(target)
-            own = CLI if cli or mod.endswith("__main__") else LAYER[mod]
+            own = CLI if cli or _is_cli(mod) else LAYER[mod]
             if LAYER[target] > own:
                 found.add(("upward", mod, target))
-            if not cli and (target.endswith("__main__") or name == "main"):
+            if not cli and (_is_cli(target) or name == "main"):
                 found.add(("cli-import", mod, target))
             for n in (name, private):
                 if n.startswith("_") and not n.startswith("__"):
@@ -283,7 +293,7 @@ def test_every_module_has_a_layer():
 def test_the_import_scan_sees_lazy_imports_and_private_names():
     imports = {(t, n, p, cli) for t, n, p, cli in package_imports("train")}
     assert ("engine", "", "", False) in imports  # `from tinylm import engine` inside setup(): the submodule
-    assert ("api", "run_experiment", "", True) in package_imports("train.__main__")  # --track: the command's
+    assert ("api", "run_experiment", "", True) in package_imports("train.cli")  # --track: the command's
     assert {t for t, *_ in package_imports("")} >= {"api", "config"}  # tinylm/__init__'s import_module(name)
     assert ("decode", "evals.decode") == ("decode", _resolve("tinylm.evals.decode"))
     graph = {"a": {"b"}, "b": {"c", "a"}, "c": set(), "d": {"d"}}
@@ -304,3 +314,16 @@ def test_imports_follow_the_layer_order():
     found = sorted(import_violations())
     assert not found, ("imports against the order config/budget/model -> parts -> evals -> train -> tracking -> "
                        f"sweeps -> analysis -> api -> CLIs (tests/test_layering.py LAYERS): {found}")
+
+
+def test_scripts_import_library_modules_never_a_main():
+    """Sweep scripts, benchmarks and tools import a library module (``tinylm.sweep.cli``), never a ``__main__``."""
+    root = PKG.parent
+    offenders = []
+    for path in sorted([*root.glob("sweeps/*.py"), *root.glob("bench/*.py"), *root.glob("scripts/*.py")]):
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            offenders += [f"{path.relative_to(root)}: {n}" for n in names if n.startswith("tinylm") and
+                          n.endswith("__main__")]
+    assert len(list(root.glob("sweeps/*.py"))) >= 20 and not offenders, offenders

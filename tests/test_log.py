@@ -7,8 +7,9 @@ import json
 import pytest
 
 from tinylm.config import Config
-from tinylm.log import format_log, main, master_log
-from tinylm.tracking import Tracker
+from tinylm.layout import jsonable
+from tinylm.log import format_log, main
+from tinylm.tracking import Tracker, experiment_log
 
 pytestmark = pytest.mark.filterwarnings("ignore:The ``noload`` loader strategy is deprecated")
 
@@ -35,32 +36,39 @@ def uri(tmp_path_factory) -> str:
     return uri
 
 
-def test_master_log(uri):
-    log = master_log(uri)
+def test_experiment_log_and_its_text(uri):
+    log = experiment_log(uri)
     glu, empty = log["sweeps"]
     assert glu["sweep"] == "glu" and glu["hypothesis"] == "2.66x matches 4x" and glu["n_trials"] == 3
     assert glu["best"]["trial_id"] == "b" and glu["best"]["config"] == {"glu_factor": 2.66}
+    assert glu["best"]["metric"] == "final_val_loss" and glu["best"]["value"] == 4.9
     assert glu["device"] == "cpu:x86_64x2" and glu["trial_status"] == {"completed": 3}
-    assert empty["best"] is None and empty["status"] == "running"
-    assert list(log["baselines"]["trial_id"]) == ["a"]
+    assert glu["git_dirty"] == "false" and glu["varied"] == ["glu_factor"]
+    assert empty["best"] is None and empty["status"] == "running" and empty["n_trials"] == 0
+    [base] = log["baselines"]
+    assert base["sweep"] == "glu" and base["trial_id"] == "a" and base["status"] == "completed"
+    assert base["config"]["glu_factor"] == 4.0 and base["config"]["n_layer"] == 2
+    assert base["metrics"]["final_val_loss"] == 5.0 and base["start_time"]
     text = format_log(log)
     for s in ("glu  [completed]  3 trials (completed 3)", "hypothesis: 2.66x matches 4x",
-              "description: GLU factor at fixed", "git deadbeefde", "best: b val_loss 4.9000", "glu_factor=2.66",
-              "(no finished trial)", "Established baselines", "glu  a  [completed]",
-              "final_val_loss 5  final_val_ppl 148.3  params_total 1,000,000"):
+              "description: GLU factor at fixed", "git deadbeefde", "best: b final_val_loss 4.9000 ppl 134.22",
+              "[completed] glu_factor=2.66", "(no finished trial)", "Established baselines", "glu  a  [completed]",
+              "final_val_loss 5  final_val_ppl 148.3  params_total 1,000,000  tokens 2,000"):
         assert s in text, s
 
 
 def test_cli_json(uri, tmp_path, capsys):
     out = tmp_path / "log.json"
-    main(["--uri", uri, "--json", str(out)])
+    log = main(["--uri", uri, "--json", str(out)])
     assert "Established baselines" in capsys.readouterr().out
     data = json.loads(out.read_text())
     glu = next(s for s in data["sweeps"] if s["sweep"] == "glu")
     assert glu["hypothesis"] == "2.66x matches 4x" and glu["git_sha"].startswith("deadbeef")
     assert glu["device"] == "cpu:x86_64x2" and glu["best"]["trial_id"] == "b" and glu["start_time"]
     assert [b["trial_id"] for b in data["baselines"]] == ["a"]
-    assert data["baselines"][0]["final_val_loss"] == 5.0 and data["baselines"][0]["config"]["glu_factor"] == 4.0
+    assert data["baselines"][0]["metrics"]["final_val_loss"] == 5.0
+    assert data["baselines"][0]["config"]["glu_factor"] == 4.0
+    assert data == json.loads(json.dumps(jsonable(log)))  # the JSON is the log the text was printed from
 
 
 # --- one definition of the best trial (tinylm.ranking) ----------------------------------------------------------------
@@ -77,10 +85,9 @@ def test_trial_loss_is_the_final_eval_else_the_latest():
     assert varied([{"lr": "0.1"}, {}]) == ["lr"]  # a trial without the field counts as another value
 
 
-def test_text_and_json_log_name_the_same_best_trial(tmp_path):
-    """A trial stopped before its final eval ranks on its latest val loss in the text log AND in the JSON (they
-    used to disagree: the JSON ignored every trial without a final val loss), and both list the same varied
-    fields (the JSON used to count the run name)."""
+def test_a_trial_stopped_before_its_final_eval_can_be_the_best(tmp_path, capsys):
+    """A trial stopped before its final eval ranks on its latest val loss, in the text log and the JSON alike (one
+    summary, ``experiment_log``; the two used to disagree), and the run name is no varied field."""
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     t = Tracker(uri, "lr")
     parent = t.start_sweep("lr@/r", params={}, tags={"tinylm.sweep": "lr"})
@@ -92,9 +99,7 @@ def test_text_and_json_log_name_the_same_best_trial(tmp_path):
     t.finish_run(parent, "completed")
     out = tmp_path / "log.json"
     main(["--uri", uri, "--json", str(out)])
-    text_best = master_log(uri)["sweeps"][0]
-    json_best = json.loads(out.read_text())["sweeps"][0]
-    assert text_best["best"]["trial_id"] == json_best["best"]["trial_id"] == "stopped"
-    assert text_best["best"]["final_val_loss"] == json_best["best"]["value"] == 4.0
-    assert json_best["best"]["metric"] == "val_loss"
-    assert text_best["varied"] == json_best["varied"] == ["lr"]
+    assert "best: stopped val_loss 4.0000 [stopped_asha] lr=0.003" in capsys.readouterr().out
+    lr = json.loads(out.read_text())["sweeps"][0]
+    assert lr["best"]["trial_id"] == "stopped" and lr["best"]["metric"] == "val_loss" and lr["best"]["value"] == 4.0
+    assert lr["varied"] == ["lr"] and lr["trial_status"] == {"completed": 1, "stopped_asha": 1}

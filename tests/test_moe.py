@@ -9,8 +9,9 @@ import torch
 import torch.nn.functional as F
 
 from tinylm.blocks.moe import MoEMLP
+from tinylm.blocks.registry import MLPS
 from tinylm.config import Config
-from tinylm.model import MLP, tensor_generator
+from tinylm.model import tensor_generator
 
 
 def make(C=8, H=12, E=4, k=2, act="swiglu", bias=False, cf=None, seed=0) -> MoEMLP:
@@ -60,7 +61,7 @@ def test_matches_per_token_reference(k, act, bias):
 @pytest.mark.parametrize("bias", [False, True])
 def test_one_expert_is_the_dense_mlp(act, bias):
     cfg = Config(n_embd=16, n_head=2, n_layer=1, d_ff=24, mlp=act, bias=bias)
-    dense = MLP(cfg).double()
+    dense = MLPS[act].load().from_config(cfg).double()  # the registry's dense MLP of that name
     moe = MoEMLP(16, cfg.ffn_hidden, n_experts=1, top_k=1, act=act, bias=bias).double()
     with torch.no_grad():
         for p in dense.parameters():

@@ -130,7 +130,7 @@ def test_log_json_never_replaces_a_database_or_a_run(results, tmp_path, capsys):
 
 def test_evals_out_never_replaces_a_run_s_metrics(results, tmp_path):
     """Every case is decided before the model loads: an allowed --out gets as far as the (missing) model."""
-    from tinylm.evals.__main__ import main
+    from tinylm.evals.cli import main
 
     tmp = tmp_path / "evals"
     tmp.mkdir()
@@ -158,9 +158,9 @@ def test_evals_out_never_replaces_a_run_s_metrics(results, tmp_path):
 def test_results_env_moves_the_track_store_and_every_reader(tmp_path, monkeypatch, capsys):
     """The tester's pair: ``TINYLM_RESULTS=D python -m tinylm.train --track`` then ``tinylm.log`` with the same
     variable; and the defaults of the other commands name D as well. Nothing appears in ./results."""
-    import tinylm.train.__main__ as cli
+    import tinylm.train.cli as cli
     from tinylm import layout
-    from tinylm.analysis.__main__ import main as analysis
+    from tinylm.analysis.cli import main as analysis
     from tinylm.log import main as log
 
     d = tmp_path / "D"
@@ -222,7 +222,7 @@ FOLDERS = [  # (name, what is in the folder: finished run copy or files, refusal
 @pytest.mark.parametrize("case", FOLDERS, ids=[c[0] for c in FOLDERS])
 def test_a_run_from_scratch_never_takes_over_a_folder(case, finished, tmp_path, monkeypatch):
     import tinylm.train as tr
-    import tinylm.train.__main__ as cli
+    import tinylm.train.cli as cli
 
     name, content, pattern = case
     cfg, done = finished
@@ -278,7 +278,7 @@ def test_a_run_may_start_in_a_new_empty_or_its_own_folder(finished, tmp_path):
 # --- copied stores: analysis writes into its --out only -----------------------------------------------------------
 @pytest.mark.filterwarnings("ignore:The ``noload`` loader strategy is deprecated")
 def test_analysis_of_a_copied_store_never_writes_into_the_original(tmp_path, caplog, capsys):
-    from tinylm.analysis.__main__ import main
+    from tinylm.analysis.cli import main
     from tinylm.tracking import foreign_artifacts, list_sweeps
 
     orig = tmp_path / "orig"
@@ -353,7 +353,7 @@ DISK_FULL = [  # (name, what fails, the path named, what the line says is kept)
 @pytest.mark.parametrize("case", DISK_FULL, ids=[c[0] for c in DISK_FULL])
 def test_a_full_disk_is_one_line_and_the_same_command_goes_on(case, tmp_path, monkeypatch, capsys):
     import tinylm.train as tr
-    import tinylm.train.__main__ as cli
+    import tinylm.train.cli as cli
 
     name, fill, where, kept = case
     out = tmp_path / "run"
@@ -407,7 +407,7 @@ INTERRUPTS = [  # (name, where Ctrl-C lands, what the line says)
 def test_ctrl_c_prints_the_command_that_goes_on(case, tmp_path, monkeypatch, capsys, caplog):
     """The default --out is named in the resume command, so the command goes on in the same folder."""
     import tinylm.train as tr
-    import tinylm.train.__main__ as cli
+    import tinylm.train.cli as cli
 
     name, interrupt, says = case
     monkeypatch.chdir(tmp_path)

@@ -6,7 +6,6 @@ import copy
 import io
 import math
 import os
-import socket
 import subprocess
 import sys
 import textwrap
@@ -18,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tinylm.config import Config
+from tinylm.machine import free_port
 from tinylm.optim import (
     Lion,
     MuonAdamW,
@@ -157,6 +157,45 @@ def test_muon_split_matrices_vs_embeddings_head_norms(tied):
     assert by_name["muon"]["lr"] == cfg.muon_lr and by_name["adamw_decay"]["lr"] == cfg.lr
     assert by_name["muon"]["lr_scale"] == pytest.approx(cfg.muon_lr / cfg.lr)
     assert by_name["adamw_no_decay"]["weight_decay"] == 0.0
+
+
+def test_a_3d_tensor_no_block_declares_is_refused_under_muon_only():
+    """Muon takes only the 3-D stacks a block declares (``param_roles``: experts); an undeclared one is a one-line
+    error under muon (it used to go silently to AdamW), and decayed like any >= 2-D tensor under adamw / lion."""
+    model = model_for()
+    model.transformer.h[0].attn.register_parameter("table", nn.Parameter(torch.zeros(2, 3, 4)))
+    with pytest.raises(ValueError, match=r"^optimizer=muon: transformer\.h\.0\.attn\.table is a 3-D tensor "
+                                         r"\(2, 3, 4\) that no block declares[^\n]*$"):
+        param_groups(model, cfg_for("muon"))
+    decay = {id(p) for p in {g["name"]: g for g in param_groups(model, cfg_for("adamw"))}["decay"]["params"]}
+    assert id(model.transformer.h[0].attn.table) in decay
+
+
+class _Declared(nn.Module):
+    """A block that declares its parameters' roles (the registry's protocol): shapes do not decide."""
+
+    def __init__(self, roles: dict[str, str]):
+        super().__init__()
+        self.w, self.stack, self.g = (nn.Parameter(torch.randn(*s)) for s in ((4, 4), (2, 4, 4), (1, 4)))
+        self.inner = nn.Linear(4, 4, bias=False)
+        self.roles = roles
+
+    def param_roles(self) -> dict[str, str]:
+        return self.roles
+
+
+def test_declared_roles_decide_the_groups_and_must_be_complete():
+    full = {"w": "decay", "stack": "experts", "g": "no_decay", "inner.weight": "matrix"}
+    block = _Declared(full)
+    groups = {g["name"]: [id(p) for p in g["params"]] for g in param_groups(block, cfg_for("muon"))}
+    assert groups == {"muon": [id(block.stack), id(block.inner.weight)], "adamw_decay": [id(block.w)],
+                      "adamw_no_decay": [id(block.g)]}  # a 2-D tensor declared decay / no_decay is not Muon's
+    for roles, match in (({k: v for k, v in full.items() if k != "g"}, r"undeclared \['g'\]"),
+                         (full | {"bias": "no_decay"}, r"unknown \['bias'\]"),
+                         (full | {"w": "experts"}, "role 'experts' for a 2-D tensor"),
+                         (full | {"g": "vector"}, "role 'vector'")):
+        with pytest.raises(ValueError, match=match):
+            param_groups(_Declared(roles), cfg_for("adamw"))
 
 
 def test_optimizer_types():
@@ -427,19 +466,13 @@ DS_SCRIPT = textwrap.dedent("""
 """)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 @pytest.mark.numerics
 def test_deepspeed_accepts_muon_adamw_at_zero0(tmp_path):
     pytest.importorskip("deepspeed")
     tests = str(Path(__file__).resolve().parent)
     env = dict(os.environ, DS_ACCELERATOR="cpu", RANK="0", LOCAL_RANK="0", WORLD_SIZE="1",
-               MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()))
+               MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
     # A subprocess: init_distributed leaves a process group behind that other tests should not inherit.
     proc = subprocess.run([sys.executable, "-c", DS_SCRIPT.format(tests=tests)], env=env, cwd=tmp_path,
                           capture_output=True, text=True, timeout=600)

@@ -1,10 +1,10 @@
-"""How a sweep splits a machine or a cluster among its trials (``tinylm.tune.plan_resources``): pure arithmetic,
+"""How a sweep splits a machine or a cluster among its trials (``tinylm.tune.resources.plan_resources``): pure arithmetic,
 no Ray started."""
 
 import pytest
 
 from tinylm.config import ConfigError
-from tinylm.tune import plan_resources
+from tinylm.tune.resources import plan_resources
 
 
 def test_one_gpu_shared_by_k_trials():
@@ -51,7 +51,8 @@ def test_bad_resource_flags_are_refused(kwargs):
 
 
 def test_grid_order_puts_the_baseline_first_and_is_a_fixed_permutation():
-    from tinylm.tune import VARIANT, grid_order
+    from tinylm.layout import VARIANT
+    from tinylm.tune import grid_order
 
     lrs = [1e-3, 3e-3, 1e-2, 3e-2, 1e-1]
     order = grid_order("lr", lrs, {"lr": 3e-3, "glu_factor": 4.0})

@@ -15,7 +15,9 @@ import pandas as pd
 import pytest
 from scipy import stats as sps
 
-from tinylm.analysis import decide, fits, prepare, stats, verdict
+from tinylm.analysis import fits, stats, verdict
+from tinylm.analysis.decision import decide
+from tinylm.analysis.stats import prepare
 
 K, SEEDS, SIMS = 4, 3, 20_000  # 4 configurations (baseline first) x 3 seeds, as the main job's GLU sweep
 GROUP = np.repeat(np.arange(K), SEEDS)

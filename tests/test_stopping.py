@@ -10,10 +10,12 @@ pytest.importorskip("ray")
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler  # noqa: E402
 
 from tinylm.config import Config  # noqa: E402
-from tinylm.rules import KillRule  # noqa: E402
-from tinylm.tune import KillStopper, Sweep  # noqa: E402
+from tinylm.kill_rule import KillRule  # noqa: E402
+from tinylm.tune import Sweep  # noqa: E402
 from tinylm.tune.stopping import (  # noqa: E402
+    KillStopper,
     ProbeASHA,
+    SharedKillRule,
     early_stop_warnings,
     grid_sequence,
     make_scheduler,
@@ -142,13 +144,30 @@ def test_the_kill_rule_compares_probes_when_trials_carry_them():
     assert not KillStopper(KillRule(window=0, baseline=[(10, 148.4)]))("u", {"tokens": 10, "val_ppl": 90.0})
 
 
+def test_a_restored_sweep_has_one_kill_rule_for_the_stopper_and_the_callback(monkeypatch):
+    """Tune pickles the stopper and the MLflow callback separately; unpickled, both hold the same rule (the
+    callback reads the stopper's kill reasons), in a fresh driver process too."""
+    import pickle
+
+    from tinylm.tune import stopping
+
+    rule = SharedKillRule("/r/glu", window=10)
+    rule.reasons["t"] = "killed by rule"
+    stopper, callback_rule = pickle.dumps(KillStopper(rule, probing=True)), pickle.dumps(rule)
+    assert pickle.loads(stopper).rule is pickle.loads(callback_rule) is rule  # this process: the live rule
+    monkeypatch.setattr(stopping, "_RULES", {})  # a new driver process restoring the sweep
+    restored = pickle.loads(stopper)
+    assert restored.rule is pickle.loads(callback_rule) and restored.rule is not rule and restored.probing
+    assert restored.rule.reasons == {"t": "killed by rule"} and restored.rule.window == 10
+
+
 def test_early_stopping_across_an_lr_axis_is_announced():
-    from tinylm.layout import VARIANT
+    from tinylm.sweep import Space
 
     cosine = Config.from_name("debug")
     (msg,) = early_stop_warnings(Sweep(name="s"), cosine, {"lr": [1e-3, 3e-3], "glu_factor": [2.0, 4.0]})
     assert "across lr" in msg and "schedule='cosine'" in msg and "--no-asha" in msg
-    assert early_stop_warnings(Sweep(name="s"), cosine, {VARIANT: [{"lr": 1e-3}, {"lr": 2e-3}]})
+    assert early_stop_warnings(Sweep(name="s"), cosine, Space(variants=[{"lr": 1e-3}, {"lr": 2e-3}]))
     (msg,) = early_stop_warnings(Sweep(name="s"), wsd(probes="8192"), {"lr": [1e-3, 3e-3]})
     assert "cooldown probes" in msg
     assert early_stop_warnings(Sweep(name="s"), cosine, {"glu_factor": [2.0, 4.0]}) == []  # no LR axis

@@ -54,7 +54,7 @@ def test_unplanned_endings_exit_1_with_one_line(monkeypatch, tmp_path, capsys, s
     """The sweep script exits 0 only when every trial completed or was stopped early by ASHA / the kill rule;
     otherwise after the table, with one line naming how many and where to look. Two-phase counts phase 1 too."""
     from tinylm import tune
-    from tinylm.sweep.__main__ import main
+    from tinylm.sweep.cli import main
 
     sys.path.insert(0, os.path.join(ROOT, "tests"))
     try:
@@ -166,7 +166,7 @@ def test_one_sweep_per_results_folder(tmp_path, holder, caplog):
     killed (kill -9: no cleanup) its record is taken over with a warning; a record from another host is refused
     (whether it runs cannot be checked from here); a broken file is taken over. The lock is reentrant in one
     process (two-phase) and gone after the sweep."""
-    from tinylm.tune import SweepLock, SweepStateError
+    from tinylm.tune.state import SweepLock, SweepStateError
 
     lock = tmp_path / "sweep.lock"
     before = lock.read_text()
@@ -227,7 +227,8 @@ def _real_db(path):
     ("optuna.db", lambda p: p.write_bytes(b""), None),  # an empty file: sqlite makes it a database
 ])
 def test_corrupt_sqlite_store_refused_naming_the_file(tmp_path, name, make, problem):
-    from tinylm.tune import Sweep, SweepStateError, check_sqlite_stores
+    from tinylm.tune import Sweep
+    from tinylm.tune.state import SweepStateError, check_sqlite_stores
 
     sweep = Sweep("tiny", results_dir=str(tmp_path))
     make(tmp_path / name)
@@ -261,7 +262,7 @@ def test_bad_store_refused_by_the_cli_before_any_compute(tmp_path, what):
 
 @pytest.mark.parametrize("root, ok", [("{tmp}/ray", True), ("/dev/null/ray", False), ("nope://bucket/x", False)])
 def test_ray_storage_checked_before_the_sweep_starts(tmp_path, root, ok):
-    from tinylm.tune import SweepStateError, check_ray_storage
+    from tinylm.tune.state import SweepStateError, check_ray_storage
 
     root = root.format(tmp=tmp_path)
     if ok:
@@ -278,7 +279,8 @@ def test_a_resumed_sweep_with_a_changed_grid_is_refused_naming_the_difference(tm
     used to read as "interrupted" on every rerun) is refused naming what changed; the same points in another
     order are the same grid; a new sweep (nothing to resume) records its grid."""
     from tinylm.config import Config
-    from tinylm.tune import SweepStateError, check_grid, grid_space, grid_spec
+    from tinylm.tune import grid_space
+    from tinylm.tune.state import SweepStateError, check_grid, grid_spec
 
     base = Config.from_name("debug")
     created = {"lr": [3e-3, 1e-3], "__variant": [{"n_layer": 2}, {"n_layer": 3}]}

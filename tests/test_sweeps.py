@@ -8,6 +8,7 @@ import sys
 import pytest
 
 from tinylm.config import ConfigError
+from tinylm.sweep import Space
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPTS = sorted(glob.glob(os.path.join(ROOT, "sweeps", "*.py")))
@@ -29,7 +30,7 @@ def test_the_seed_sweeps_exist():
 
 @pytest.mark.parametrize("path", GRID_SCRIPTS, ids=lambda p: os.path.basename(p))
 def test_space_builds_valid_configs(path):
-    from tinylm.tune import VARIANT, build_config, grid_space
+    from tinylm.tune import build_config, grid_space
 
     mod = load(path)
     exp = mod.EXPERIMENT
@@ -40,10 +41,7 @@ def test_space_builds_valid_configs(path):
         assert base.scale == scale
         space = exp.space_at(scale)
         grid_space(base, space, seeds=2)  # raises on any invalid point
-        points = [{}]
-        for k, values in space.items():
-            points = [p | ({k: v} if k != VARIANT else {VARIANT: v}) for p in points for v in values]
-        cfgs = [build_config(base.to_dict() | p) for p in points]
+        cfgs = [build_config(base.to_dict() | p) for p in space.points()]
         assert len({c.to_json() for c in cfgs}) == len(cfgs), "grid points are distinct configs"
         baseline = exp.baseline_at(scale)
         if baseline:
@@ -76,15 +74,15 @@ def test_seed_head_grid_fails_before_scheduling():
 
 
 # --- the laptop scale: a replica of each experiment, not a shrunken copy ------------------------------------------
-SCALING = {"arch", "width", "depth", "ladder"}  # scaling fits need >= 20 tokens per parameter
+SCALING = {"arch", "width", "depth", "ladder"}  # scaling fits: every laptop point on 20 tokens per parameter
 
 
 def laptop_configs(exp):
-    from tinylm.analysis.plan import expand
+    from tinylm.sweep.plan import expand
     from tinylm.tune import build_config
 
     base = exp.base("laptop")
-    return base, [build_config(base.to_dict() | ({"__variant": {k: v for k, v in p.items() if k != "seed"}}))
+    return base, [build_config(base.to_dict() | {k: v for k, v in p.items() if k != "seed"})
                   for p in expand(exp.space_at("laptop"), 1, base)]
 
 
@@ -105,8 +103,8 @@ def test_laptop_config_is_a_replica(path):
         n = counts[c.budget_params]  # an MoE solved at equal active params trains on tokens per active param
         assert c.head_dim >= 16, f"{exp.name}: head size {c.head_dim}"
         tpp = c.train_tokens / n
-        if exp.name in SCALING:
-            assert 19.5 <= tpp <= 20.5, f"{exp.name}: {tpp:.2f} tokens/param"
+        if exp.tokens_per_param_per_point.get("laptop"):  # declared: each point on its own tokens per parameter
+            assert abs(tpp / exp.tokens_per_param_per_point["laptop"] - 1) < 0.03, f"{exp.name}: {tpp:.2f} tokens/param"
         elif exp.name == "data_scale":
             assert 2.4 <= tpp <= 20.5
         elif exp.tokens_per_param:  # a floor that keeps the regime (glu: 20), above the full experiment's
@@ -117,7 +115,7 @@ def test_laptop_config_is_a_replica(path):
             assert abs(counts["embedding"] / n - c.embed_share) <= 0.011
         if c.optimizer == "adamw" and exp.name not in ("optim",):
             ok = c.lr == pytest.approx(laptop_lr(n), rel=0.01) or c.lr == pytest.approx(laptop_lr(num_params(base)))
-            assert ok or exp.name == "ladder", "LR by the size rule (of the trial, or of the base for ablations)"
+            assert ok, "LR by the size rule (of the trial, or of the base for ablations), unrounded"
         assert c.beta2 == 0.99 and c.batch_size * c.block_size <= 4096
     if not full.target_params and exp.name not in ("vocab", "tokenizer", "width", "ladder", "isoflop", "arch", "depth"):
         assert abs(embed_share(base) - embed_share(full)) <= 0.025, "the preset's embedding share is kept"
@@ -138,7 +136,7 @@ def test_glu_laptop_keeps_every_glu_factor_distinct_and_close():
 
 def test_dry_run_prints_the_trials_and_starts_nothing(capsys, monkeypatch):
 
-    from tinylm.experiment import run
+    from tinylm.sweep.pipeline import run
 
     monkeypatch.setitem(sys.modules, "ray", None)  # importing ray would fail: --dry-run must not need it
     exp = load(os.path.join(ROOT, "sweeps", "glu.py")).EXPERIMENT
@@ -158,16 +156,89 @@ def test_dry_run_prints_the_trials_and_starts_nothing(capsys, monkeypatch):
 
 def test_ladder_spans_a_decade_at_twenty_tokens_per_param():
     from tinylm.budget import num_params
+    from tinylm.config import laptop_lr
+    from tinylm.sweep.ladder import SHAPES
 
     mod = load(os.path.join(ROOT, "sweeps", "ladder.py"))
     base, cfgs = laptop_configs(mod.EXPERIMENT)
     sizes = sorted({num_params(c) for c in cfgs})
     assert len(sizes) == len(cfgs) >= 5 and sizes[-1] / sizes[0] >= 10  # one variant per size
     assert len(mod.EXPERIMENT.lr_grid) >= 3 and mod.EXPERIMENT.options["seeds"] >= 2, "one protocol: LR grid, seeds"
+    for scale in ("laptop", "full"):  # declared: every size on 20 tokens per parameter of its own, the rule's LR
+        base_s = mod.EXPERIMENT.base(scale)
+        for p in mod.EXPERIMENT.space_at(scale).points():
+            c = base_s.replace(**p)
+            assert abs(c.train_tokens / num_params(c) / 20 - 1) < 0.03 and c.lr == laptop_lr(num_params(c))
+    assert mod.EXPERIMENT.space_at("smoke").points() == [dict(n_embd=d, n_layer=n, n_head=h, d_ff=4 * d)
+                                                         for d, n, h in SHAPES["smoke"]]  # smoke: the base's run
     iso = load(os.path.join(ROOT, "sweeps", "isoflop.py"))
-    points = iso.iso_points("laptop")
+    points = iso.EXPERIMENT.space_at("laptop").points()
     budgets = {round(6 * (base.replace(**p).train_tokens) * num_params(base.replace(**p)), -10) for p in points}
     assert len(points) >= 12 and len(budgets) >= 3
+
+
+def test_scaling_sweeps_declare_their_tokens_per_param():
+    """The scaling sweeps declare what they need (no list of names in the library): each laptop point of arch,
+    width, depth and the ladder re-derived to 20 tokens per parameter of its own model, the size rule's LR; the
+    dry run flags a data_scale point below 20 (it declares the fit's need: its points vary the data by design),
+    while isoFLOP (tokens per parameter vary by design) and a non-scaling sweep only need 1."""
+    from dataclasses import replace
+
+    from tinylm.budget import num_params
+    from tinylm.config import laptop_lr
+    from tinylm.sweep.plan import diagnose, plan
+
+    for name in sorted(SCALING):
+        exp = load(os.path.join(ROOT, "sweeps", f"{name}.py")).EXPERIMENT
+        assert exp.tokens_per_param_per_point.get("laptop") == 20 and "smoke" not in exp.tokens_per_param_per_point
+        base = exp.base("laptop")
+        points = exp.space_at("laptop").points()
+        assert exp.space_at("laptop").variants == points  # one variant per point
+        for p in points:
+            c = base.replace(**p)
+            assert abs(c.train_tokens / num_params(c) / 20 - 1) < 0.03, (name, p)
+            assert c.lr == laptop_lr(num_params(c)) and c.warmup_tokens == min(num_params(c), c.train_tokens // 4)
+        assert not [d for d in diagnose(plan(exp, base), "laptop", exp) if "undertrained" in d], name
+        full = exp.base("full")
+        if name != "ladder":  # the full experiments' 50M tokens: under 20 per parameter for the larger sizes
+            assert any("< 20 for a scaling fit" in d for d in diagnose(plan(exp, full), "full", exp)), name
+    data = load(os.path.join(ROOT, "sweeps", "data_scale.py")).EXPERIMENT
+    assert data.fit_tokens_per_param == 20 and not data.tokens_per_param_per_point
+    table = plan(data, data.base("laptop"))
+    assert (table["tokens_per_param"] < 19.4).sum() == 3  # 1x, 2x, 4x; 8x = 20
+    assert any(d.startswith("undertrained by design: 3 trial(s)") and "< 20 for a scaling fit" in d
+               for d in diagnose(table, "laptop", data))
+    iso = load(os.path.join(ROOT, "sweeps", "isoflop.py")).EXPERIMENT
+    assert iso.fit_tokens_per_param is None and not iso.tokens_per_param_per_point
+    assert not any("scaling fit" in d for d in diagnose(plan(iso, iso.base("laptop")), "laptop", iso))
+    assert any("< 20 for a scaling fit" in d for d in diagnose(table, "laptop", replace(data, name="renamed")))
+    assert not any("undertrained" in d for d in diagnose(table, "laptop", replace(data, fit_tokens_per_param=None)))
+
+
+def test_tokens_per_param_per_point_is_declared_not_named():
+    """Any Experiment (not only the library's named sweeps) gets its points re-derived at the scales it names and
+    the dry run's 20-tokens check; a point may not set a field the re-derivation replaces; --set extras are
+    checked against the re-derived space without recursion."""
+    from dataclasses import replace
+
+    from tinylm.budget import num_params
+    from tinylm.sweep import Experiment, Space
+    from tinylm.sweep.plan import diagnose, plan
+
+    exp = Experiment(name="mine", preset="medium", space=Space(n_layer=[2, 3]), tokens_per_param_per_point={"laptop": 10},
+                     hypothesis="h", description="d")
+    base = exp.base("laptop")
+    pts = exp.space_at("laptop").points()
+    assert [p["n_layer"] for p in pts] == [2, 3] and len({p["train_tokens"] for p in pts}) == 2
+    assert all(abs(base.replace(**p).train_tokens / num_params(base.replace(**p)) / 10 - 1) < 0.03 for p in pts)
+    assert exp.space_at("full") == Space(n_layer=[2, 3])  # no other scale is touched
+    assert any("< 10 for a scaling fit" in d for d in diagnose(plan(exp, exp.base("full")), "full", exp))
+    assert exp.base("laptop", seed=3).seed == 3
+    with pytest.raises(ConfigError, match="lr is an axis"):
+        exp.base("laptop", lr=1e-3)  # the re-derived points set the LR
+    bad = replace(exp, space=Space(variants=[dict(n_layer=2, lr=1e-3), dict(n_layer=3, lr=1e-3)]))
+    with pytest.raises(ConfigError, match="sets lr, which tokens_per_param_per_point derives"):
+        bad.space_at("laptop")
 
 
 def stub_tune(monkeypatch, run_sweep_) -> None:
@@ -183,7 +254,7 @@ def test_two_phase_trains_finalists_to_the_end(monkeypatch, tmp_path):
     three 2.66 seeds once); phase 1 ranks on a short run with a warmup that fits in it."""
     import pandas as pd
 
-    from tinylm.experiment import run
+    from tinylm.sweep.pipeline import run
 
     calls = []
 
@@ -200,7 +271,7 @@ def test_two_phase_trains_finalists_to_the_end(monkeypatch, tmp_path):
     assert short.warmup_tokens <= short.train_tokens // 4
     assert not final.asha and final.kill_margin == float("inf") and final.seeds >= 3
     assert full.train_tokens == exp.base("laptop").train_tokens
-    assert [v["glu_factor"] for v in space["__variant"]] == [2.66, 3.0, 4.0]  # 2 finalists + the baseline
+    assert [v["glu_factor"] for v in space.variants] == [2.66, 3.0, 4.0]  # 2 finalists + the baseline
 
 
 def test_the_ladder_tunes_every_size_by_one_rule_then_runs_its_seeds(monkeypatch, tmp_path):
@@ -209,10 +280,11 @@ def test_the_ladder_tunes_every_size_by_one_rule_then_runs_its_seeds(monkeypatch
     its tuned LR; then the ladder report."""
     import pandas as pd
 
-    from tinylm.experiment import run
+    from tinylm.sweep import Space
+    from tinylm.sweep.pipeline import run
 
     mod = load(os.path.join(ROOT, "sweeps", "ladder.py"))
-    sizes = mod.EXPERIMENT.space_at("laptop")["__variant"]
+    sizes = mod.EXPERIMENT.space_at("laptop").variants
     rule = {v["n_embd"]: v["lr"] for v in sizes}
     best = {32: 0.5, 40: 1.0, 56: 1.0, 64: 2.0, 80: 4.0}  # multiples of each size's rule: 80 needs an extension
     calls, reports = [], []
@@ -222,27 +294,27 @@ def test_the_ladder_tunes_every_size_by_one_rule_then_runs_its_seeds(monkeypatch
         return pd.DataFrame([{**v, "seed": s, "status": "completed",
                               "val_loss": 4 + 0.1 * __import__("math").log2(v["lr"] / rule[v["n_embd"]]
                                                                              / best[v["n_embd"]]) ** 2}
-                             for v in space["__variant"] for s in range(base.seed, base.seed + sweep.seeds)])
+                             for v in space.variants for s in range(base.seed, base.seed + sweep.seeds)])
 
     stub_tune(monkeypatch, run_sweep_)
     exp = __import__("dataclasses").replace(mod.EXPERIMENT, after=lambda table, **kw: reports.append(kw))
     run(exp, results=str(tmp_path))
     (lr0, short, space0), (lr1, _, space1), (lr2, _, space2), (final, full, space) = calls
     assert [c[0].name for c in calls] == ["ladder-lr", "ladder-lr-x1", "ladder-lr-x2", "ladder"] and final.seeds == 2
-    for v in space0["__variant"]:  # full length and the size's own rule
+    for v in space0.variants:  # full length and the size's own rule
         size = next(s for s in sizes if s["n_embd"] == v["n_embd"])
         assert v["train_tokens"] == size["train_tokens"] and v["lr"] / size["lr"] in (0.5, 1.0, 2.0)
-    assert [(v["n_embd"], round(v["lr"] / rule[v["n_embd"]], 6)) for v in space1["__variant"]] == [(32, 0.25), (64, 4.0),
-                                                                                             (80, 4.0)]
-    assert [(v["n_embd"], round(v["lr"] / rule[v["n_embd"]], 6)) for v in space2["__variant"]] == [(80, 8.0)]
-    assert {v["n_embd"]: round(v["lr"] / rule[v["n_embd"]], 6) for v in space["__variant"]} == best
-    assert all(v["train_tokens"] == s["train_tokens"] for v, s in zip(space["__variant"], sizes, strict=True))
-    assert len(reports) == 1 and reports[0]["space"] == space
+    assert [(v["n_embd"], round(v["lr"] / rule[v["n_embd"]], 6)) for v in space1.variants] == [(32, 0.25), (64, 4.0),
+                                                                                         (80, 4.0)]
+    assert [(v["n_embd"], round(v["lr"] / rule[v["n_embd"]], 6)) for v in space2.variants] == [(80, 8.0)]
+    assert {v["n_embd"]: round(v["lr"] / rule[v["n_embd"]], 6) for v in space.variants} == best
+    assert all(v["train_tokens"] == s["train_tokens"] for v, s in zip(space.variants, sizes, strict=True))
+    assert len(reports) == 1 and reports[0]["space"] == space and isinstance(space, Space)  # the hook gets a Space
 
 
 def test_repeated_set_flags_all_apply():
     """``--set a=1 --set b=2`` sets both (argparse's default would keep only the last ``--set``)."""
-    from tinylm.sweep.__main__ import parser
+    from tinylm.sweep.cli import parser
 
     glu = load(os.path.join(ROOT, "sweeps", "glu.py")).EXPERIMENT
     args = parser(glu).parse_args(["--set", "schedule=wsd", "--set", "decay_frac=0.3", "lr=1e-3"])
@@ -257,7 +329,7 @@ def test_a_sweep_without_early_stopping_has_neither_asha_nor_the_kill_rule(path)
     per character with perplexities per BPE token), while a flag given on the command line still wins."""
     import math
 
-    from tinylm.experiment import defaults, sweep_of
+    from tinylm.sweep.experiment import defaults, sweep_of
 
     mod = load(path)
     for exp in [v for v in vars(mod).values() if type(v).__name__ == "Experiment"]:
@@ -281,7 +353,7 @@ def _fake_lr_sweeps(monkeypatch, best: dict[float, float], fail: tuple = ()):
     def run_sweep_(sweep, base, space, refine_space=None):
         calls.append((sweep, base, space))
         rows = []
-        variants = space.get("__variant") or [{"glu_factor": g} for g in space["glu_factor"]]
+        variants = space.variants or [{"glu_factor": g} for g in space.axes["glu_factor"]]
         for v in variants:
             lr = v.get("lr", base.lr)
             loss = 4.0 + 0.1 * math.log2(lr / best[v["glu_factor"]]) ** 2
@@ -298,7 +370,7 @@ def test_lr_is_tuned_per_variant_before_the_seed_runs_and_extended_until_interio
     """The PRD's LR phase: every variant x the grid on one tuning seed (not one of the seed runs), short, every run
     to its end; a best at an edge gets the next multiplier in a new round until it is interior; the seed runs
     then train each variant at its own best LR."""
-    from tinylm.experiment import run
+    from tinylm.sweep.pipeline import run
 
     exp = load(os.path.join(ROOT, "sweeps", "glu.py")).EXPERIMENT
     rule = exp.base("laptop").lr
@@ -311,10 +383,10 @@ def test_lr_is_tuned_per_variant_before_the_seed_runs_and_extended_until_interio
     first = tuning[0]
     assert first[0].name == "glu-lr" and not first[0].asha and first[0].kill_margin == float("inf")
     assert first[0].seeds == 1 and first[1].seed == full.seed + 100  # a tuning seed no seed run uses (MAX_SEEDS)
-    assert first[1].train_tokens == full.train_tokens and len(first[2]["__variant"]) == 12  # in the seeds' regime
+    assert first[1].train_tokens == full.train_tokens and len(first[2].variants) == 12  # in the seeds' regime
     assert [c[0].name for c in tuning] == ["glu-lr", "glu-lr-x1", "glu-lr-x2", "glu-lr-x3"]
     assert final.name == "glu" and final.seeds == 2 and full.train_tokens == exp.base("laptop").train_tokens
-    chosen = {v["glu_factor"]: v["lr"] / rule for v in space["__variant"]}
+    chosen = {v["glu_factor"]: v["lr"] / rule for v in space.variants}
     assert chosen == pytest.approx({2.0: 4, 2.66: 16, 3.0: 1, 4.0: 64})
     out = capsys.readouterr().out
     assert "glu_factor=4.0: lr" in out and "best at the grid edge after the extensions" in out
@@ -322,7 +394,7 @@ def test_lr_is_tuned_per_variant_before_the_seed_runs_and_extended_until_interio
 
 
 def test_lr_tuning_skips_a_diverged_lr_and_can_be_turned_off(monkeypatch, tmp_path):
-    from tinylm.experiment import run
+    from tinylm.sweep.pipeline import run
 
     exp = load(os.path.join(ROOT, "sweeps", "glu.py")).EXPERIMENT
     rule = exp.base("laptop").lr
@@ -330,10 +402,10 @@ def test_lr_tuning_skips_a_diverged_lr_and_can_be_turned_off(monkeypatch, tmp_pa
     calls = _fake_lr_sweeps(monkeypatch, best, fail={(2.0, 4.0)})  # glu 2's best LR diverged: x 2 or x 8 wins
     run(exp, results=str(tmp_path), seeds=2)
     space = calls[-1][2]
-    assert {v["glu_factor"]: round(v["lr"] / rule) for v in space["__variant"]}[2.0] in (2, 8)
+    assert {v["glu_factor"]: round(v["lr"] / rule) for v in space.variants}[2.0] in (2, 8)
     calls.clear()
     run(exp, results=str(tmp_path / "b"), seeds=2, lr_grid=[])
-    assert len(calls) == 1 and calls[0][2] == {"glu_factor": [2.0, 2.66, 3.0, 4.0]}  # the rule's LR, no phase
+    assert len(calls) == 1 and calls[0][2] == Space(glu_factor=[2.0, 2.66, 3.0, 4.0])  # the rule's LR, no phase
     with pytest.raises(ConfigError, match=r"--lr-grid=\[1.0, 2.0\] must be no values, or >= 3 positive"):
         run(exp, results=str(tmp_path / "c"), lr_grid=[1.0, 2.0])
     with pytest.raises(ConfigError, match="--lr-fraction=0 must be a fraction"):
@@ -353,7 +425,7 @@ def _fake_seed_sweeps(monkeypatch, effect: dict[float, float], sd: float):
     def run_sweep_(sweep, base, space, refine_space=None):
         calls.append((sweep, base, space))
         rows = []
-        for g in space["glu_factor"]:
+        for g in space.axes["glu_factor"]:
             for s in range(base.seed, base.seed + sweep.seeds):
                 rng = np.random.default_rng([s, int(100 * g)])
                 loss = 4.0 + math.log1p(effect[g] / 100) + 0.05 * np.random.default_rng(s).normal() \
@@ -368,7 +440,7 @@ def _fake_seed_sweeps(monkeypatch, effect: dict[float, float], sd: float):
 def test_until_conclusive_adds_seed_rounds_until_every_comparison_is_decided(monkeypatch, tmp_path, capsys):
     import json
 
-    from tinylm.experiment import run
+    from tinylm.sweep.pipeline import run
 
     exp = load(os.path.join(ROOT, "sweeps", "glu.py")).EXPERIMENT
     calls = _fake_seed_sweeps(monkeypatch, {2.0: 8.0, 2.66: 0.0, 3.0: 0.5, 4.0: 0.0}, sd=0.02)
@@ -389,7 +461,7 @@ def test_until_conclusive_adds_seed_rounds_until_every_comparison_is_decided(mon
 def test_until_conclusive_stops_at_its_seed_budget_and_refuses_what_it_cannot_do(monkeypatch, tmp_path):
     import json
 
-    from tinylm.experiment import run
+    from tinylm.sweep.pipeline import run
 
     exp = load(os.path.join(ROOT, "sweeps", "glu.py")).EXPERIMENT
     calls = _fake_seed_sweeps(monkeypatch, {2.0: 5.0, 2.66: 0.0, 3.0: 0.0, 4.0: 0.0}, sd=0.05)  # at the margin
@@ -416,7 +488,7 @@ def test_an_lr_must_beat_the_grid_centre_by_more_than_a_seed_s_noise():
     more than LR_TIE_NATS; a centre that did not complete is no prior."""
     import math
 
-    from tinylm.experiment import LR_TIE_NATS, pick_lr
+    from tinylm.sweep.pipeline import LR_TIE_NATS, pick_lr
 
     measured = {2.0: 4.1433, 4.0: 4.1500, 8.0: 4.5693}  # glu 2.0's tuning runs (RESULTS.md 2026-12-03)
     assert pick_lr(measured, 4.0) == 4.0 and LR_TIE_NATS >= 0.018

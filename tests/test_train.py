@@ -14,7 +14,6 @@ import math
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -26,6 +25,7 @@ from tinylm import engine
 from tinylm.checkpoint import load_pretrained
 from tinylm.config import Config, ConfigError
 from tinylm.engine import complete_tags, ds_config
+from tinylm.machine import free_port
 
 pytestmark = pytest.mark.usefixtures("one_thread", "inprocess_dist")
 
@@ -283,12 +283,6 @@ def test_zero_stage_and_precision(stage, precision, zero0_fp32, tmp_path):
     assert model.num_params() == final["params_total"]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 TWO_RANKS = """
 import json, sys
 from tinylm.config import Config
@@ -303,7 +297,7 @@ print("RESULT " + json.dumps({k: m[k] for k in ("status", "tokens", "step", "fin
 def test_two_process_run(tmp_path, child_env):
     """Two ranks (gloo), the env:// rendezvous torchrun / Ray Train would set up: both finish; the global batch is
     2 x 512 tokens per step; rank 0 writes metrics.json, run_info.json and the model."""
-    port = str(_free_port())
+    port = str(free_port())
     procs = [subprocess.Popen([sys.executable, "-c", TWO_RANKS, str(tmp_path)], cwd=tmp_path,
                               env={**child_env, "RANK": str(r), "LOCAL_RANK": str(r), "WORLD_SIZE": "2",
                                    "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port},

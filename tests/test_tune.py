@@ -142,7 +142,7 @@ def test_refine_study_is_told_the_grid_results_once(tmp_path):
     import pandas as pd
     from ray import tune as rtune
 
-    from tinylm.tune import tell_grid_results
+    from tinylm.tune.search import tell_grid_results
 
     grid = pd.DataFrame({"trial_id": ["a", "b", "c", "d", "e"], "lr": [3e-3, 1e-3, 1e-2, 3e-3, 5.0],
                          "n_layer": [2, 2, 3, 4, 2], "val_loss": [5.0, 5.5, math.nan, 6.0, 4.0],
@@ -174,3 +174,28 @@ def test_results_table_ranks_trials_by_the_one_trial_loss(monkeypatch, tmp_path)
     table = tune.results_table(tune.Sweep("s", results_dir=str(tmp_path)))
     assert list(table["trial_id"]) == ["d", "a", "b", "e", "c"] and list(table.index) == [0, 1, 2, 3, 4]
     assert table.iloc[0]["trial_id"] == runs.iloc[best_trial(runs.to_dict("records"))]["trial_id"]
+
+
+def test_the_refinement_searcher_is_chosen_by_name(tmp_path):
+    """``--search`` picks the refinement's searcher from tinylm.tune.search.SEARCHERS: optuna takes the domains
+    out of Tune's param space and into its study (told the grid's results), random leaves them for Tune to
+    sample; the flag's choices (checked before Ray starts) are exactly the factory's names."""
+    import pandas as pd
+    from ray import tune as ray_tune
+
+    from tinylm.sweep.settings import SEARCHERS as CHOICES
+    from tinylm.sweep.settings import Sweep
+    from tinylm.tune.search import SEARCHERS, PruningOptunaSearch, make_searcher
+
+    assert tuple(SEARCHERS) == CHOICES
+    space = {"lr": ray_tune.loguniform(1e-4, 1e-2), "n_layer": 2}
+    grid = pd.DataFrame([{"trial_id": "a", "status": "completed", "val_loss": 3.0, "lr": 1e-3}])
+    opt, rest = make_searcher(Sweep(name="s", results_dir=str(tmp_path)), "s-refine", dict(space), grid)
+    assert isinstance(opt, PruningOptunaSearch) and rest == {"n_layer": 2}
+    import optuna
+
+    study = optuna.load_study(study_name="s-refine", storage=Sweep(name="s", results_dir=str(tmp_path)).storage())
+    assert [t.value for t in study.trials] == [3.0]  # the grid's result, told before the first refinement trial
+    rnd, kept = make_searcher(Sweep(name="s", results_dir=str(tmp_path), search="random"), "s-refine", dict(space),
+                              grid)
+    assert rnd is None and kept == space  # Tune samples the domains itself

@@ -9,7 +9,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tinylm.analysis import build_report, prepare, validity, verdict
+from tinylm.analysis import validity, verdict
+from tinylm.analysis.report import build_report
+from tinylm.analysis.stats import prepare
 from tinylm.config import Config
 
 

@@ -5,8 +5,8 @@ TINY_SPACE='{"lr": [...]}' replaces the grid (the fault-tolerance tests inject a
 import json
 import os
 
-from tinylm.experiment import Experiment
-from tinylm.sweep.__main__ import main
+from tinylm.sweep import Experiment
+from tinylm.sweep.cli import main
 
 EXPERIMENT = Experiment(
     name="tiny", preset="debug",

@@ -15,7 +15,7 @@ from typing import Any
 
 # public name -> module that defines it (imported on first access, PEP 562)
 _LAZY = {"run_experiment": "tinylm.api", "run_sweep": "tinylm.api", "compare": "tinylm.api",
-         "Result": "tinylm.api", "Config": "tinylm.config", "Experiment": "tinylm.experiment"}
+         "Result": "tinylm.api", "Config": "tinylm.config", "Experiment": "tinylm.sweep", "Space": "tinylm.sweep"}
 
 __all__ = sorted(_LAZY)
 

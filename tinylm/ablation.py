@@ -2,8 +2,9 @@
 
 The design (seed "LLM training experiments & optimizations"): every row is the baseline with ONE change (plus the
 changes that keep the comparison fair, e.g. ``batch_size`` halved when ``grad_accum`` doubles so tokens per step
-match). ``variants`` builds the ``tinylm.tune.VARIANT`` grid; ``ablation_table`` turns the sweep's results table
-(one row per trial, Config fields as columns) into the before/after table; ``to_markdown`` / ``write`` render it.
+match). ``variants`` builds the grid (``space``: a ``Space`` of variants); ``ablation_table`` turns the sweep's
+results table (one row per trial, Config fields as columns) into the before/after table; ``to_markdown`` /
+``write`` render it.
 
 A toggle is "architecture" when it changes a field in ``tinylm.config.ARCH_FIELDS`` (the same list the resume
 check uses: such a change makes a checkpoint incompatible) and "execution" otherwise (same function computed,
@@ -22,8 +23,9 @@ from typing import Any
 import pandas as pd
 
 from tinylm.config import ARCH_FIELDS, FIELDS, Config, check_keys
-from tinylm.layout import VARIANT  # the grid key of fields changed together (tinylm.tune reads it)
+from tinylm.markdown_table import md_table
 from tinylm.ranking import LOSS
+from tinylm.sweep.space import Space
 
 # metric column -> (table header, fallback columns): the seed's four before/after numbers
 METRICS: dict[str, tuple[str, tuple[str, ...]]] = {
@@ -49,7 +51,7 @@ def label(toggle: Mapping[str, Any]) -> str:
 
 
 def variants(baseline: Mapping[str, Any], toggles: Iterable[Mapping[str, Any]]) -> list[dict]:
-    """The ``VARIANT`` grid: ``baseline`` first, then ``baseline | toggle`` for each toggle.
+    """The variants of the grid: ``baseline`` first, then ``baseline | toggle`` for each toggle.
 
     Args:
         baseline: Config fields every row starts from (at least every field a toggle changes).
@@ -71,14 +73,14 @@ def variants(baseline: Mapping[str, Any], toggles: Iterable[Mapping[str, Any]]) 
     return rows
 
 
-def space(baseline: Mapping[str, Any], toggles: Iterable[Mapping[str, Any]]) -> dict:
+def space(baseline: Mapping[str, Any], toggles: Iterable[Mapping[str, Any]]) -> Space:
     """A sweep space that runs ``variants(baseline, toggles)`` as one grid."""
-    return {VARIANT: variants(baseline, toggles)}
+    return Space(variants=variants(baseline, toggles))
 
 
-def toggles_of(space: Mapping[str, Any]) -> list[dict]:
+def toggles_of(space: Space) -> list[dict]:
     """The toggles of a ``space(baseline, toggles)``: each later row minus what equals the first (baseline) row."""
-    rows = space[VARIANT]
+    rows = Space.of(space).variants
     return [{k: v for k, v in row.items() if k not in rows[0] or rows[0][k] != v} for row in rows[1:]]
 
 
@@ -167,15 +169,15 @@ def to_markdown(table: pd.DataFrame, metrics: Iterable[str] | None = None) -> st
     """A markdown table: each metric cell is ``after (+x.x %)``; the baseline row holds the "before" values."""
     metrics = [m for m in (metrics or METRICS) if m in table.columns]
     head = ["toggle", "kind", *(METRICS[m][0] if m in METRICS else m for m in metrics), "status"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] * 2 + ["---:"] * len(metrics) + ["---"]) + "|"]
+    rows = []
     for _, r in table.iterrows():
         cells = [f"`{r['toggle']}`" + (f" ({r['changes']})" if "," in str(r["changes"]) else ""), r["kind"]]
         for m in metrics:
             p = r.get(f"{m}_pct", math.nan)
             cells.append(_num(r[m]) + ("" if r["kind"] == "baseline" or not math.isfinite(p) else f" ({p:+.1f} %)"))
         cells.append(str(r.get("status", "")) or "no trial")
-        lines.append("| " + " | ".join(map(str, cells)) + " |")
-    return "\n".join(lines) + "\n"
+        rows.append(cells)
+    return md_table(rows, head, right=range(2, 2 + len(metrics))) + "\n"
 
 
 def write(table: pd.DataFrame, out_dir: str, stem: str = "ablation", title: str = "") -> dict[str, str]:
@@ -188,5 +190,5 @@ def write(table: pd.DataFrame, out_dir: str, stem: str = "ablation", title: str 
     return paths
 
 
-__all__ = ["METRICS", "VARIANT", "ablation_table", "kind", "label", "pct", "space", "to_markdown", "toggles_of",
+__all__ = ["METRICS", "ablation_table", "kind", "label", "pct", "space", "to_markdown", "toggles_of",
            "variants", "write"]

@@ -15,13 +15,11 @@ a law: perplexity does not fall linearly in parameters, so compare it between mo
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import os
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -156,40 +154,22 @@ def run_experiment(cfg: Config, out_dir: str | None = None, track: bool = False,
     return Result(cfg, final, out, info)
 
 
-def _sweep_module(name: str):
-    """``sweeps/<name>.py`` from the working directory or the tinylm checkout, or a path to a script."""
-    candidates = [Path(name)] if name.endswith(".py") else [
-        Path.cwd() / "sweeps" / f"{name}.py", Path(__file__).resolve().parent.parent / "sweeps" / f"{name}.py"]
-    for path in candidates:
-        if path.is_file():
-            spec = importlib.util.spec_from_file_location(f"tinylm_sweep_{path.stem}", path)
-            module = importlib.util.module_from_spec(spec)
-            spec.loader.exec_module(module)
-            if not hasattr(module, "EXPERIMENT"):
-                raise ConfigError(f"{path} defines no EXPERIMENT = Experiment(...)")
-            return module
-    known = sorted({p.stem for c in candidates for p in c.parent.glob("*.py") if not p.stem.startswith("_")})
-    raise ConfigError(f"no sweep {name!r}: looked for {', '.join(map(str, candidates))}; known sweeps: "
-                      f"{', '.join(known) or '(none)'}")
-
-
-def run_sweep(experiment_or_name, scale: str = "smoke", **sweep_kwargs) -> pd.DataFrame:
-    """Run a sweep exactly as ``python sweeps/<name>.py`` does (``tinylm.experiment.run``), from Python.
+def run_sweep(experiment_or_name, scale: str | None = None, **sweep_kwargs) -> pd.DataFrame:
+    """Run a sweep exactly as ``python sweeps/<name>.py`` does (``tinylm.sweep.pipeline``), from Python.
 
     Args:
         experiment_or_name: an ``Experiment``, a sweep name (``"glu"`` -> ``sweeps/glu.py``) or a script path.
-        scale: "smoke" (this machine, minutes) or "full".
+        scale: as ``--scale``: "laptop" (the default, as the CLI: a replica that can answer the question here),
+            "smoke" (mechanics only, seconds per trial) or "full" (the experiment's own sizes, a cluster).
         **sweep_kwargs: the CLI flags by dest name: ``seeds=3``, ``no_asha=True``, ``results="results"``,
             ``max_concurrent=1``, ``set={"lr": 2e-3}``, ``two_phase=True``, ``address="ray://..."``, ...
 
     Returns:
         The sweep's results table (one row per trial, ranked by val loss), as the CLI prints it.
     """
-    from tinylm.experiment import Experiment, run
+    from tinylm.sweep import Experiment, load, run
 
-    exp = experiment_or_name
-    if not isinstance(exp, Experiment):
-        exp = _sweep_module(str(experiment_or_name)).EXPERIMENT
+    exp = experiment_or_name if isinstance(experiment_or_name, Experiment) else load(experiment_or_name)
     return run(exp, scale=scale, **sweep_kwargs)
 
 

@@ -4,7 +4,8 @@
 model for many configs). ``solve(total_params, vocab_size, embed_share, glu_factor)`` answers the PRD's
 question "how should N parameters be split between embeddings and the backbone?": it picks d_model / n_layer /
 n_head / d_ff on hardware-friendly multiples so the real total is within 1 % of the target and the real
-embedding share within 1 point of the request.
+embedding share within 1 point of the request. Every block's count (and FLOPs term) is its spec's in the block
+registry (tinylm.blocks.registry, torch-free), the one definition the model builds from.
 
     python -m tinylm.budget --total_params 10e6 --vocab_size 16000 --embed_share 0.35 --glu_factor 2.66
 """
@@ -16,7 +17,19 @@ import math
 import typing
 from dataclasses import dataclass, field
 
+from tinylm.blocks.registry import (  # torch-free: the block specs' counts, and which block a layer gets
+    components,
+    dense_mlp_block,
+    layer_mixer,
+    mamba_param_count,
+    mixer_layer_counts,
+    mixer_spec,
+    mlp_block,
+)
 from tinylm.errors import ConfigError
+
+__all__ = ["Arch", "Shape", "Solution", "block_counts", "embed_share", "expert_params", "flops_per_token",
+           "layer_mixer", "mamba_param_count", "mixer_layers", "num_params", "param_counts", "solve"]
 
 
 class Arch(typing.Protocol):
@@ -72,59 +85,33 @@ class Shape:
         return self.d_ff
 
 
-def layer_mixer(cfg: Arch, i: int) -> str:
-    """``attention`` or ``mamba``: the token mixer of layer ``i`` (a hybrid has attention at layers attn_every-1,
-    2*attn_every-1, ...)."""
-    if cfg.mixer == "hybrid":
-        return "attention" if cfg.attn_every and (i + 1) % cfg.attn_every == 0 else "mamba"
-    return cfg.mixer
-
-
-def mamba_param_count(n_embd: int, d_state: int = 16, d_conv: int = 4, expand: float = 2,
-                      dt_rank: int | str = "auto", bias: bool = False, conv_bias: bool = True) -> int:
-    """Exact parameter count of ``tinylm.blocks.ssm.Mamba(n_embd, d_state, d_conv, expand, dt_rank, bias,
-    conv_bias)``: in_proj, conv1d, x_proj, dt_proj + dt_bias, A_log, D, out_proj."""
-    di = int(expand * n_embd)
-    r = math.ceil(n_embd / 16) if dt_rank == "auto" else int(dt_rank)
-    return (n_embd * 2 * di + (2 * di if bias else 0)  # in_proj
-            + di * d_conv + (di if conv_bias else 0)  # depthwise conv1d
-            + di * (r + 2 * d_state)  # x_proj
-            + r * di + di  # dt_proj weight, dt_bias
-            + di * d_state + di  # A_log, D
-            + di * n_embd + (n_embd if bias else 0))  # out_proj
-
-
 def expert_params(cfg: Arch) -> int:
-    """Parameters of one MLP (or one expert of an MoE): c_fc + c_proj, as gelu or swiglu."""
-    d, ff, b = cfg.n_embd, cfg.ffn_hidden, int(cfg.bias)
-    if cfg.mlp == "swiglu":
-        return 3 * d * ff + b * (2 * ff + d)  # c_fc (d -> 2ff: gate and up) + c_proj (ff -> d)
-    return 2 * d * ff + b * (ff + d)
+    """Parameters of one dense MLP ``cfg.mlp`` (one expert of an MoE), from its registry spec."""
+    return dense_mlp_block(cfg).params(cfg)
 
 
 def block_counts(cfg: Arch, mixer: str = "attention") -> dict[str, int]:
-    """Parameters of ONE block whose token mixer is ``mixer`` (a hybrid's layers differ), by component: ``attn``
-    (attention or zero), ``ssm`` (a Mamba mixer or zero), ``mlp`` (all experts and the router of an MoE),
-    ``mlp_active`` (what one token uses: the router and top_k experts), ``norms``."""
-    d, b = cfg.n_embd, int(cfg.bias)
-    attn = 4 * d * d + b * 4 * d if mixer == "attention" else 0  # c_attn (d -> 3d) + c_proj (d -> d)
-    ssm = mamba_param_count(d, cfg.d_state, cfg.d_conv, cfg.ssm_expand, bias=bool(cfg.bias)) if mixer == "mamba" \
-        else 0
-    one = expert_params(cfg)
-    if cfg.n_experts:
-        mlp, active = d * cfg.n_experts + cfg.n_experts * one, d * cfg.n_experts + cfg.top_k * one  # router: d -> E
-    else:
-        mlp = active = one
-    norm = d * (2 if cfg.norm == "layernorm" and cfg.bias else 1)
-    return {"attn": attn, "ssm": ssm, "mlp": mlp, "mlp_active": active, "norms": 2 * norm}
+    """Parameters of ONE block whose token mixer is the registered ``mixer`` (a hybrid's layers differ), by
+    component: each registered block's ``component`` (``attn``: attention, ``ssm``: Mamba, ``mlp``: the MLP, all
+    experts and the router of an MoE; zero where this block has none), ``norms``, and ``inactive``: the
+    parameters one token does not use (an MoE's experts beyond top_k). The counts are the registry specs'."""
+    counts = dict.fromkeys(components(), 0)
+    inactive = 0
+    for spec in (mixer_spec(mixer), mlp_block(cfg)):
+        n = spec.params(cfg)
+        counts[spec.component] += n
+        inactive += n - spec.active(cfg)
+    return counts | {"norms": 2 * _norm_params(cfg), "inactive": inactive}
+
+
+def _norm_params(cfg: Arch) -> int:
+    return cfg.n_embd * (2 if cfg.norm == "layernorm" and cfg.bias else 1)
 
 
 def mixer_layers(cfg: Arch) -> int:
-    """How many of the ``n_layer`` layers are attention (the rest are Mamba): all, none, or a hybrid's
-    n_layer // attn_every (layers attn_every-1, 2*attn_every-1, ...)."""
-    if cfg.mixer == "hybrid":
-        return cfg.n_layer // cfg.attn_every if cfg.attn_every else 0
-    return cfg.n_layer if cfg.mixer == "attention" else 0
+    """How many of the ``n_layer`` layers are attention: all, none, or a hybrid's n_layer // attn_every (layers
+    attn_every-1, 2*attn_every-1, ...)."""
+    return mixer_layer_counts(cfg).get("attention", 0)
 
 
 def param_counts(cfg: Arch) -> dict[str, int]:
@@ -133,26 +120,29 @@ def param_counts(cfg: Arch) -> dict[str, int]:
     ``nonembed`` follows Kaplan et al. (2020): total minus the token embedding, the position embedding and an
     untied output head. ``embed_share`` is the token embedding's fraction of ``total`` (the PRD's definition).
     ``active`` (and ``active_nonembed``): the parameters one token uses, which differ from the totals only for an
-    MoE (its router and top_k of its experts); FLOPs per token follow them.
+    MoE (its router and top_k of its experts); FLOPs per token follow them. The components ``attn``, ``ssm``,
+    ``mlp`` (and any other registered block's) sum the registry specs' counts over the layers.
     """
     d = cfg.n_embd
-    n_attn = mixer_layers(cfg)
-    kinds = [(n_attn, block_counts(cfg, "attention")), (cfg.n_layer - n_attn, block_counts(cfg, "mamba"))]
-    part = {k: sum(n * blk[k] for n, blk in kinds) for k in ("attn", "ssm", "mlp", "mlp_active", "norms")}
+    part: dict[str, int] = {}
+    for mixer, n in mixer_layer_counts(cfg).items():
+        for k, v in block_counts(cfg, mixer).items():
+            part[k] = part.get(k, 0) + n * v
+    blocks = sum(part[k] for k in components()) + part["norms"]
     counts = {
         "embedding": cfg.vocab_size * d,
         "position": cfg.block_size * d if cfg.pos == "learned" else 0,
-        "blocks": part["attn"] + part["ssm"] + part["mlp"] + part["norms"],
-        **{k: part[k] for k in ("attn", "ssm", "mlp", "norms")},
-        "final_norm": d * (2 if cfg.norm == "layernorm" and cfg.bias else 1),
+        "blocks": blocks,
+        **{k: part[k] for k in (*components(), "norms")},
+        "final_norm": _norm_params(cfg),
         "head": 0 if cfg.tie_embeddings else cfg.vocab_size * d,
-        "per_block": (part["attn"] + part["ssm"] + part["mlp"] + part["norms"]) // max(1, cfg.n_layer),
+        "per_block": blocks // max(1, cfg.n_layer),
     }
     counts["total"] = (counts["embedding"] + counts["position"] + counts["blocks"] + counts["final_norm"]
                        + counts["head"])
     counts["nonembed"] = counts["total"] - counts["embedding"] - counts["position"] - counts["head"]
-    counts["active"] = counts["total"] - part["mlp"] + part["mlp_active"]
-    counts["active_nonembed"] = counts["nonembed"] - part["mlp"] + part["mlp_active"]
+    counts["active"] = counts["total"] - part["inactive"]
+    counts["active_nonembed"] = counts["nonembed"] - part["inactive"]
     return counts
 
 
@@ -169,15 +159,16 @@ def embed_share(cfg: Arch) -> float:
 def flops_per_token(cfg: Arch) -> float:
     """Training FLOPs per token (forward + backward), PaLM appendix B / Kaplan et al.: 6 x (non-embedding params a
     token uses (``active_nonembed``: an MoE's router and top_k experts, not all of them) + the output head's matmul,
-    tied or not) + 12 x n_embd x block_size per attention layer (scores and values) + 18 x d_inner x d_state per
-    Mamba layer (the selective scan's discretisation, state update and readout, ~6 per state element forward,
-    x3 for training; an estimate, small beside the projections). The one definition: MFU, ``train_flops`` and the
-    dry-run's FLOPs and time estimate all use it."""
+    tied or not) + each layer's blocks' own term from the registry (``spec.flops``): 12 x n_embd x block_size per
+    attention layer (scores and values), 18 x d_inner x d_state per Mamba layer (the selective scan's
+    discretisation, state update and readout, ~6 per state element forward, x3 for training; an estimate, small
+    beside the projections). The one definition: MFU, ``train_flops`` and the dry-run's FLOPs and time estimate all
+    use it."""
     c = param_counts(cfg)
     matmul_params = c["active_nonembed"] + cfg.vocab_size * cfg.n_embd
-    n_attn = mixer_layers(cfg)
-    scan = 18.0 * cfg.ssm_expand * cfg.n_embd * cfg.d_state * (cfg.n_layer - n_attn)
-    return 6.0 * matmul_params + 12.0 * n_attn * cfg.n_embd * cfg.block_size + scan
+    per_layer = sum(n * mixer_spec(m).flops(cfg) for m, n in mixer_layer_counts(cfg).items()) \
+        + cfg.n_layer * mlp_block(cfg).flops(cfg)  # each registered block's own term (attention, the scan)
+    return 6.0 * matmul_params + per_layer
 
 
 MAX_WIDTH = 16_384  # widest n_embd the solver considers (GPT-3 175B has 12,288)
@@ -279,7 +270,6 @@ def solve(total_params: float, vocab_size: int, embed_share: float, glu_factor: 
     base = dict(vocab_size=vocab_size, mlp=mlp, pos=pos, norm=norm, tie_embeddings=tie_embeddings,
                 block_size=block_size, **(blocks or {}))
     metric = "active" if budget == "active" else "total"
-    experts = (base.get("top_k", 1) if metric == "active" else base.get("n_experts", 0)) or 1
     d_lo = (embed_share - share_tol) * target / vocab_size
     d_hi = min(MAX_WIDTH, (embed_share + share_tol) * target / vocab_size)
     closest = (math.inf, "nothing in the share window")
@@ -294,10 +284,12 @@ def solve(total_params: float, vocab_size: int, embed_share: float, glu_factor: 
                 [d // hd for hd in head_dims if d % hd == 0]
             if not heads:
                 continue
-            per_ff = (3 * d if mlp == "swiglu" else 2 * d) * experts  # params per unit of d_ff in one block
-            def counted(n: int, d=d, head=heads[0]) -> int:
-                return param_counts(Shape(n_embd=d, n_layer=n, n_head=head, d_ff=ff_multiple, **base))[metric]
+            def counted(n: int, d=d, head=heads[0], ff=ff_multiple) -> int:
+                return param_counts(Shape(n_embd=d, n_layer=n, n_head=head, d_ff=ff, **base))[metric]
 
+            # params per unit of d_ff in one block (all experts of an MoE, or top_k for an active budget): the
+            # registered MLP's count, which is linear in d_ff
+            per_ff = max(1, (counted(1, ff=2 * ff_multiple) - counted(1)) // ff_multiple)
             # What does not grow with d_ff (embeddings, head, norms, mixers, routers) is linear in the depth, except
             # in a hybrid, whose attention layers come every attn_every-th: there it is counted at each depth.
             hybrid = base.get("mixer") == "hybrid"

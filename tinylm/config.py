@@ -24,20 +24,67 @@ from tinylm.budget import num_params, solve  # budget imports nothing of config:
 from tinylm.errors import ConfigError  # defined below everything; tinylm.config.ConfigError is the same class
 
 # Allowed values of the string-selected variants. Kept here so the error messages and the CLI share them.
-CHOICES: dict[str, tuple[str, ...]] = {
+# The eval suite's task names, in its order (tinylm.evals.suite.TASKS holds the tasks themselves): Config
+# validates ``evals`` against them before any data or model exists, without torch
+TASK_NAMES = ("lambada", "hellaswag", "piqa", "siqa", "squad", "arithmetic", "completion", "association", "qa",
+              "recall")
+
+
+def parse_tasks(tasks: typing.Sequence[str] | str) -> list[str]:
+    """``"all"`` -> every task; ``"lambada, piqa"`` or a list -> those, in order, without duplicates.
+
+    Raises:
+        ValueError: an empty list or an unknown name (the message lists the allowed names).
+    """
+    if isinstance(tasks, str):
+        if tasks.strip() == "all":
+            return list(TASK_NAMES)
+        tasks = tasks.split(",")
+    if isinstance(tasks, (bytes, bytearray)) or not isinstance(tasks, typing.Sequence):
+        raise ValueError(f"tasks={tasks!r}: expected 'all', a comma-separated string or a list of task names")
+    names = [str(t).strip() for t in tasks]
+    if not any(names):
+        raise ValueError(f"no eval task named; choose from {', '.join(TASK_NAMES)}, or 'all'")
+    unknown = [t for t in names if t not in TASK_NAMES]
+    if unknown:
+        raise ValueError(f"unknown eval task(s) {unknown}; choose from {', '.join(TASK_NAMES)}, or 'all'")
+    return list(dict.fromkeys(names))
+
+
+class _Choices(dict):
+    """Field -> allowed values: fixed ones, and those of the block registry (``mlp``, ``mixer``), read on every
+    lookup so that a block registered at run time (tinylm.blocks.registry.register) is a valid value."""
+
+    def _blocks(self) -> dict[str, tuple[str, ...]]:
+        from tinylm.blocks.registry import config_choices  # torch-free
+
+        return config_choices()
+
+    def __getitem__(self, key):
+        return self._blocks()[key] if key in ("mlp", "mixer") else super().__getitem__(key)
+
+    def __contains__(self, key) -> bool:
+        return key in ("mlp", "mixer") or super().__contains__(key)
+
+    def items(self):
+        return [*super().items(), *self._blocks().items()]
+
+    def keys(self):
+        return [*super().keys(), "mlp", "mixer"]
+
+
+CHOICES: dict[str, tuple[str, ...]] = _Choices({
     "scale": ("smoke", "laptop", "full"),
     "tokenizer": ("bpe", "char", "gpt2"),
     "norm": ("layernorm", "rmsnorm"),
     "pos": ("learned", "rope"),
-    "mlp": ("gelu", "swiglu"),
-    "mixer": ("attention", "mamba", "hybrid"),
     "budget_params": ("total", "active"),
     "optimizer": ("adamw", "lion", "muon"),
     "schedule": ("cosine", "linear", "constant", "wsd"),
     "precision": ("fp32", "bf16", "fp16"),
     "attention": ("sdpa", "math"),
     "device": ("auto", "cpu", "cuda"),
-}
+})
 
 
 @dataclass(frozen=True)
@@ -194,8 +241,6 @@ class Config:
                               f"train_tokens={self.train_tokens:,}; lower block_size or batch_size, or raise "
                               "train_tokens")
         if self.evals not in ("", "all"):
-            from tinylm.evals.names import parse_tasks  # torch-free
-
             try:
                 parse_tasks(self.evals)
             except ValueError as e:

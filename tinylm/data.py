@@ -51,9 +51,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tinylm import tokenize
 from tinylm.config import Config, ConfigError
-from tinylm.tokenize import Tokenizer, load_tokenizer, save_tokenizer, tokenizer_hash
+from tinylm.tokenizer import (
+    TRAIN_MAX_CHARS,
+    CharTokenizer,
+    Tokenizer,
+    gpt2_from_js_tiktoken,
+    load_tokenizer,
+    save_tokenizer,
+    tokenizer_hash,
+    train_bpe,
+    train_char,
+)
 
 log = logging.getLogger(__name__)
 FORMAT_VERSION = 1  # bump when the token layout changes: it is part of every shard's cache key
@@ -434,7 +443,7 @@ def get_tokenizer(cfg: Config, docs: list[str] | None = None, cache_dir: str | o
     Args:
         cfg: uses ``tokenizer``, ``vocab_size`` and, when ``docs`` is None, ``dataset``/``num_documents``/
             ``val_fraction`` (the tokenizer is trained on the train split only).
-        docs: training documents (at most ``tokenize.TRAIN_MAX_CHARS`` characters of them are used).
+        docs: training documents (at most ``TRAIN_MAX_CHARS`` characters of them are used).
         cache_dir: defaults to ``$TINYLM_CACHE``.
     """
     tok_dir = Path(cache_dir or default_cache()) / "tokenizers"
@@ -443,7 +452,7 @@ def get_tokenizer(cfg: Config, docs: list[str] | None = None, cache_dir: str | o
         if not path.exists():  # tiktoken.get_encoding("gpt2") downloads; npm js-tiktoken ships the same ranks
             with tarfile.open(fetch_package(f"npm:{GPT2_NPM}")) as tar:
                 js = tar.extractfile("package/dist/ranks/gpt2.js").read().decode()
-            save_tokenizer(tokenize.gpt2_from_js_tiktoken(js), path)
+            save_tokenizer(gpt2_from_js_tiktoken(js), path)
         return load_tokenizer(path)
     if cfg.tokenizer == "bpe" and cfg.vocab_size < 257:
         raise ConfigError(f"vocab_size={cfg.vocab_size} is too small for tokenizer='bpe' (256 bytes + EOT = 257)")
@@ -451,7 +460,7 @@ def get_tokenizer(cfg: Config, docs: list[str] | None = None, cache_dir: str | o
         docs = split_documents(load_documents(cfg.dataset, cfg.num_documents)[0], cfg.val_fraction)[0]
     used, n_chars = [], 0
     for d in docs:
-        if n_chars >= tokenize.TRAIN_MAX_CHARS:
+        if n_chars >= TRAIN_MAX_CHARS:
             break
         used.append(d)
         n_chars += len(d)
@@ -461,7 +470,7 @@ def get_tokenizer(cfg: Config, docs: list[str] | None = None, cache_dir: str | o
         return load_tokenizer(path)
     t0 = time.perf_counter()
     name = f"{cfg.tokenizer}-{cfg.vocab_size}-{corpus_fp[:8]}"
-    tok = (tokenize.train_bpe if cfg.tokenizer == "bpe" else tokenize.train_char)(used, cfg.vocab_size, name=name)
+    tok = (train_bpe if cfg.tokenizer == "bpe" else train_char)(used, cfg.vocab_size, name=name)
     log.info("trained %s (n_vocab %d) on %.1f MB in %.1f s", name, tok.n_vocab, n_chars / 1e6,
              time.perf_counter() - t0)
     save_tokenizer(tok, path)
@@ -516,7 +525,7 @@ def _check_vocab(cfg: Config, tok: Tokenizer) -> None:
 def _check_unk(cfg: Config, tok: Tokenizer, train_docs: list[str], tokens: np.ndarray) -> float:
     """The share of the training tokens that a char tokenizer maps to UNK; ConfigError above MAX_UNK_FRACTION,
     naming the corpus's distinct characters and the vocab_size that keeps 99 % of its text."""
-    if not isinstance(tok, tokenize.CharTokenizer) or not len(tokens):
+    if not isinstance(tok, CharTokenizer) or not len(tokens):
         return 0.0
     unk = float(np.count_nonzero(tokens == tok.unk_token)) / len(tokens)
     if unk <= MAX_UNK_FRACTION:

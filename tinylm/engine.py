@@ -15,7 +15,6 @@ import json
 import logging
 import os
 import shutil
-import socket
 import sys
 import time
 from collections.abc import Iterator
@@ -54,6 +53,7 @@ import torch.distributed as dist  # noqa: E402
 
 from tinylm.config import Config  # noqa: E402
 from tinylm.layout import COMPLETE  # noqa: E402 - the marker written after every rank saved a tag
+from tinylm.machine import free_port  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -124,12 +124,6 @@ def ds_config(cfg: Config, world_size: int = 1) -> dict:
     return conf
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def init_distributed() -> tuple[int, int]:
     """Join the process group Ray Train / torchrun made, or make a one-process group. Returns (rank, world)."""
     # DeepSpeed loads (on first use: builds) its shm op here or, under a group Ray Train made, in initialize(),
@@ -138,7 +132,7 @@ def init_distributed() -> tuple[int, int]:
     if not dist.is_initialized():
         for k, v in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1"), ("MASTER_ADDR", "127.0.0.1")):
             os.environ.setdefault(k, v)
-        os.environ.setdefault("MASTER_PORT", str(_free_port()))
+        os.environ.setdefault("MASTER_PORT", str(free_port()))
         backend = "nccl" if torch.cuda.is_available() else "gloo"
         deepspeed.init_distributed(dist_backend=backend, verbose=False)
     # DeepSpeed reads these even when the group already exists (e.g. made by Ray Train or an earlier call)
@@ -159,7 +153,7 @@ def fresh_process(seed: int) -> None:
     if dist.is_initialized():  # the last trial's finally tore down already unless it died before it
         end_distributed()
     os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=str(_free_port()))
+                      MASTER_PORT=str(free_port()))
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)

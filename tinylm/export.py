@@ -14,7 +14,7 @@ DIR gets the tinylm format (``model.safetensors`` + ``config.json`` + ``tokenize
 logits). The mapping is exact: HF's ``Conv1D`` stores ``Linear`` weights transposed; tinylm's ``bias=False``
 becomes zero biases; tinylm's exact-erf ``F.gelu`` is HF's ``activation_function="gelu"`` (GPT-2's own
 ``gelu_new`` is the tanh approximation, which would not match). The tokenizer is not converted to HF's format:
-``DIR/hf/tinylm_tokenizer.json`` is tinylm's (``tinylm.tokenize.load_tokenizer``).
+``DIR/hf/tinylm_tokenizer.json`` is tinylm's (``tinylm.tokenizer.load_tokenizer``).
 """
 
 from __future__ import annotations

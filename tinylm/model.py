@@ -1,9 +1,10 @@
 """A GPT in pure PyTorch with string-selected variants (nanoGPT names and shapes).
 
-Variants come from Config: norm layernorm|rmsnorm, pos learned|rope, mlp gelu|swiglu (with glu_factor / d_ff),
-tied|untied head, dropout, attention sdpa (flash / memory-efficient kernels on GPU) | math, activation
-checkpointing; and from the block library (tinylm.blocks): the token mixer attention | mamba | hybrid (``mixer``,
-``attn_every``) and a mixture-of-experts MLP (``n_experts`` > 0), whose balance and z losses join the training loss.
+Variants come from Config: norm layernorm|rmsnorm, pos learned|rope, tied|untied head, dropout, attention sdpa
+(flash / memory-efficient kernels on GPU) | math, activation checkpointing; and, through the block registry
+(tinylm.blocks.registry), each layer's token mixer attention | mamba | hybrid (``mixer``, ``attn_every``) and MLP
+gelu | swiglu (``mlp``, with glu_factor / d_ff) or a mixture of experts of them (``n_experts`` > 0), whose balance
+and z losses join the training loss.
 No ray / deepspeed / mlflow here: parallelism and precision are applied from engine.py.
 
 Decoding passes a ``KVCache`` through the same forward (as nanochat does), so every variant is written once:
@@ -20,9 +21,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from tinylm.blocks import Mamba, MoEMLP, SSMCache
+from tinylm.blocks import MoEMLP, SSMCache
+from tinylm.blocks.registry import mixer_block, mlp_block
 from tinylm.blocks.ssm import check_same_position
-from tinylm.budget import layer_mixer
 from tinylm.config import Config
 
 
@@ -112,6 +113,9 @@ class KVCache:
 
 
 class CausalSelfAttention(nn.Module):
+    """Multi-head causal self-attention (the registry's ``attention`` mixer): c_attn (C -> 3C: q, k, v), SDPA or the
+    math reference, c_proj (C -> C); keys and values go through a KVCache when one is passed."""
+
     def __init__(self, cfg: Config, layer_idx: int = 0):
         super().__init__()
         self.layer_idx = layer_idx  # its slot in a KVCache
@@ -120,6 +124,14 @@ class CausalSelfAttention(nn.Module):
         self.c_attn = nn.Linear(cfg.n_embd, 3 * cfg.n_embd, bias=cfg.bias)
         self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
         self.resid_dropout = nn.Dropout(cfg.dropout)
+
+    @classmethod
+    def from_config(cls, cfg: Config, layer_idx: int = 0) -> CausalSelfAttention:
+        return cls(cfg, layer_idx)
+
+    def param_roles(self) -> dict[str, str]:
+        """Weights are Muon matrices, biases are not decayed (tinylm.blocks.registry)."""
+        return {n: "matrix" if n.endswith(".weight") else "no_decay" for n, _ in self.named_parameters()}
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None,
                 kv_cache: KVCache | None = None) -> torch.Tensor:
@@ -145,26 +157,6 @@ class CausalSelfAttention(nn.Module):
                                                is_causal=mask is None)  # (B, nh, T, hs)
         y = y.transpose(1, 2).contiguous().view(B, T, C)
         return self.resid_dropout(self.c_proj(y))
-
-
-class MLP(nn.Module):
-    def __init__(self, cfg: Config):
-        super().__init__()
-        self.swiglu = cfg.mlp == "swiglu"
-        hidden = cfg.ffn_hidden
-        # SwiGLU (Shazeer 2020, arXiv:2002.05202): gate and up projections fused into one matmul.
-        self.c_fc = nn.Linear(cfg.n_embd, (2 if self.swiglu else 1) * hidden, bias=cfg.bias)
-        self.c_proj = nn.Linear(hidden, cfg.n_embd, bias=cfg.bias)
-        self.dropout = nn.Dropout(cfg.dropout)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.c_fc(x)
-        if self.swiglu:
-            gate, up = h.chunk(2, dim=-1)
-            h = F.silu(gate) * up
-        else:
-            h = F.gelu(h)
-        return self.dropout(self.c_proj(h))
 
 
 class HybridCache(KVCache):
@@ -193,25 +185,24 @@ def make_cache(cfg: Config, batch_size: int, max_len: int | None = None) -> KVCa
 
 
 class Block(nn.Module):
-    """Norm, token mixer (``attn``: attention, or ``mamba``), residual; norm, MLP (dense, or an MoE), residual."""
+    """Norm, token mixer, residual; norm, MLP, residual. Which mixer (stored as ``attn``, ``mamba``, ...: the
+    spec's ``attr``) and which MLP (``mlp``: dense, or an MoE) come from the block registry
+    (tinylm.blocks.registry: ``mixer_block(cfg, layer_idx)``, ``mlp_block(cfg)``)."""
 
     def __init__(self, cfg: Config, layer_idx: int = 0):
         super().__init__()
         self.ln_1, self.ln_2 = make_norm(cfg), make_norm(cfg)
-        if layer_mixer(cfg, layer_idx) == "attention":
-            self.attn = CausalSelfAttention(cfg, layer_idx)
-        else:
-            self.mamba = Mamba(cfg.n_embd, d_state=cfg.d_state, d_conv=cfg.d_conv, expand=cfg.ssm_expand,
-                               bias=cfg.bias, layer_idx=layer_idx)
-        if cfg.n_experts:
-            self.mlp = MoEMLP(cfg.n_embd, cfg.ffn_hidden, cfg.n_experts, cfg.top_k, act=cfg.mlp, bias=cfg.bias,
-                              dropout=cfg.dropout, capacity_factor=cfg.capacity_factor or None)
-        else:
-            self.mlp = MLP(cfg)
+        mixer = mixer_block(cfg, layer_idx)
+        self.mixer_attr = mixer.attr
+        self.add_module(mixer.attr, mixer.load().from_config(cfg, layer_idx))
+        self.mlp = mlp_block(cfg).load().from_config(cfg, layer_idx)
+
+    @property
+    def mixer(self) -> nn.Module:
+        return getattr(self, self.mixer_attr)
 
     def forward(self, x: torch.Tensor, rope=None, kv_cache: KVCache | None = None) -> torch.Tensor:
-        mixer = self.attn if hasattr(self, "attn") else self.mamba
-        x = x + mixer(self.ln_1(x), rope, kv_cache)
+        x = x + self.mixer(self.ln_1(x), rope, kv_cache)
         return x + self.mlp(self.ln_2(x))
 
 

@@ -36,33 +36,65 @@ def _is_embed_or_head(module_name: str, module: nn.Module) -> bool:
     return isinstance(module, nn.Embedding) or module_name.rsplit(".", 1)[-1] == "lm_head"
 
 
-def split_params(model: nn.Module) -> dict[str, list[nn.Parameter]]:
-    """Sort the trainable parameters into ``matrix`` (2-D weights of the blocks, and an MoE's 3-D stacks of expert
-    matrices), ``embed`` (token / position embeddings, an untied lm_head, other >= 2-D tensors such as a conv
-    kernel) and ``vector`` (biases, norm gains: < 2-D; and parameters marked ``_no_weight_decay``, e.g. a Mamba's
-    A_log, D and dt_bias, which are exempt from decay as in Mamba).
+_BUCKET = {"matrix": "matrix", "experts": "matrix", "decay": "embed", "no_decay": "vector"}  # role -> split
+_ROLE_NDIM = {"matrix": 2, "experts": 3}
 
-    Embeddings and the head are found by module type (``nn.Embedding``) and by the module name ``lm_head``; a
-    parameter shared between modules (``wte`` tied to ``lm_head``) is listed once, as an embedding.
+
+def _declared_roles(model: nn.Module) -> dict[int, str]:
+    """id(parameter) -> role, from every block's ``param_roles()`` (tinylm.blocks.registry); a block inside a
+    declaring block is covered by the outer declaration."""
+    roles: dict[int, str] = {}
+    owners: list[str] = []
+    for mname, module in model.named_modules(remove_duplicate=False):
+        declare = getattr(module, "param_roles", None)
+        if not callable(declare) or any(o == "" or mname.startswith(f"{o}.") for o in owners):
+            continue
+        owners.append(mname)
+        params = dict(module.named_parameters())
+        declared = declare()
+        if set(declared) != set(params):
+            raise ValueError(f"{mname or type(module).__name__}.param_roles() must name each of its parameters once: "
+                             f"undeclared {sorted(set(params) - set(declared))}, unknown "
+                             f"{sorted(set(declared) - set(params))}")
+        for name, role in declared.items():
+            p = params[name]
+            if role not in _BUCKET or _ROLE_NDIM.get(role, p.ndim) != p.ndim:
+                raise ValueError(f"{mname + '.' if mname else ''}{name}: role {role!r} for a {p.ndim}-D tensor; roles "
+                                 "are matrix (2-D), experts (3-D), decay, no_decay")
+            roles[id(p)] = role
+    return roles
+
+
+def split_params(model: nn.Module, muon: bool = False) -> dict[str, list[nn.Parameter]]:
+    """Sort the trainable parameters into ``matrix`` (Muon's: hidden 2-D weight matrices, and an MoE's 3-D stacks of
+    expert matrices), ``embed`` (decayed, not Muon's: token / position embeddings, an untied lm_head, a conv kernel)
+    and ``vector`` (not decayed: biases, norm gains, a Mamba's A_log, D and dt_bias).
+
+    A block of the registry declares its parameters' roles (``param_roles()``: matrix | experts -> ``matrix``,
+    decay -> ``embed``, no_decay -> ``vector``; see tinylm.blocks.registry). Parameters of other modules
+    (embeddings, head, norms) follow the shape rule: embeddings (``nn.Embedding``) and the module named ``lm_head``
+    -> ``embed``; < 2-D or marked ``_no_weight_decay`` -> ``vector``; other 2-D -> ``matrix``; other >= 3-D ->
+    ``embed``, except with ``muon``: Muon takes only the 3-D stacks a block declares, so an undeclared one raises
+    ValueError. A parameter shared between modules (``wte`` tied to ``lm_head``) is listed once, as an embedding.
     """
     special: set[int] = set()
-    stacks: set[int] = set()
-    biases: set[int] = set()
     for mname, module in model.named_modules(remove_duplicate=False):
         if _is_embed_or_head(mname, module):
             special.update(id(p) for p in module.parameters(recurse=False))
-        if hasattr(module, "expert_params"):  # an MoE's (E, in, out) stacks: hidden matrices, one per expert;
-            stacks.update(id(getattr(module, n)) for n in module.expert_params())  # its (E, n) biases: vectors
-            biases.update(id(p) for n, p in module.named_parameters(recurse=False) if n not in module.expert_params())
+    roles = _declared_roles(model)
     out: dict[str, list[nn.Parameter]] = {"matrix": [], "embed": [], "vector": []}
-    for p in model.parameters():  # deduplicated: a tied weight appears once
+    for name, p in model.named_parameters():  # deduplicated: a tied weight appears once
         if not p.requires_grad:
             continue
-        if p.ndim < 2 or id(p) in biases or getattr(p, "_no_weight_decay", False):  # Mamba's A_log, D, dt_bias
+        if id(p) in roles:
+            out[_BUCKET[roles[id(p)]]].append(p)
+        elif p.ndim < 2 or getattr(p, "_no_weight_decay", False):
             out["vector"].append(p)
-        elif id(p) in stacks:
-            out["matrix"].append(p)
-        elif id(p) in special or p.ndim != 2:  # Muon takes matrices (and the stacks above), not a conv's kernel
+        elif id(p) in special or p.ndim > 2:
+            if muon and p.ndim > 2 and id(p) not in special:
+                raise ValueError(f"optimizer=muon: {name} is a {p.ndim}-D tensor {tuple(p.shape)} that no block "
+                                 "declares; declare it in its block's param_roles() (experts: a stack of per-expert "
+                                 "matrices for Muon; decay / no_decay: AdamW)")
             out["embed"].append(p)
         else:
             out["matrix"].append(p)
@@ -77,7 +109,7 @@ def param_groups(model: nn.Module, cfg: Config) -> list[dict[str, Any]]:
     (``use_muon=True``); embeddings, an untied head (decayed) and biases / norms (not decayed) go to AdamW at
     ``cfg.lr``. Each group has ``name``, ``lr`` (its peak LR), ``lr_scale`` (= lr / cfg.lr) and ``weight_decay``.
     """
-    parts = split_params(model)
+    parts = split_params(model, muon=cfg.optimizer == "muon")
     wd = cfg.weight_decay
     if cfg.optimizer == "muon":
         groups = [

@@ -13,36 +13,8 @@
   sentences; ``validity``: the diagnostics at the top of every
   report (scale claims, tokens/param, end-of-run slope, LR at a grid edge, refused fits).
 - ``ladder``: best LR per size, held-out prediction with a prediction interval, isoFLOP minima with intervals.
-- ``plan``: ``--dry-run`` (the trials a sweep would run, a measured time model, diagnostics).
 - ``report``: ``build_report`` writes REPORT.md, CSVs and figures; ``python -m tinylm.analysis`` runs it on a store.
 
 Nothing here imports mlflow: the CLI reaches the store through ``tinylm.tracking``, imported when it runs.
+Nothing is re-exported here: import a name from the module that defines it (``tinylm.analysis.fits``, ...).
 """
-
-from tinylm.analysis.cost import DEFAULT_PRICES, load_prices, sweep_cost, trial_costs
-from tinylm.analysis.decision import Decision, decide
-from tinylm.analysis.fits import (
-    NotEnoughPoints,
-    PowerLawFit,
-    compute_optimal,
-    fit_chinchilla,
-    fit_power_law,
-    isoflop_exponents,
-    isoflop_minima,
-)
-from tinylm.analysis.pareto import pareto_front, pareto_fronts, pareto_mask
-from tinylm.analysis.report import build_report
-from tinylm.analysis.scaling import isoflop, scaling_fits
-from tinylm.analysis.stats import (
-    compare,
-    group_over_seeds,
-    hparam_correlations,
-    prepare,
-    task_correlations,
-    tests_vs,
-)
-
-__all__ = ["DEFAULT_PRICES", "Decision", "NotEnoughPoints", "PowerLawFit", "build_report", "compare",
-           "compute_optimal", "decide", "fit_chinchilla", "fit_power_law", "group_over_seeds", "hparam_correlations",
-           "isoflop", "isoflop_exponents", "isoflop_minima", "load_prices", "pareto_front", "pareto_fronts",
-           "pareto_mask", "prepare", "scaling_fits", "sweep_cost", "task_correlations", "tests_vs", "trial_costs"]

@@ -11,10 +11,11 @@ Pure functions over a trials table (``stats.prepare``-d):
 - ``heldout``: fit on every size but the largest, predict the largest, report the error and whether the 95 %
   prediction interval covers the measured loss;
 - ``lr_exponent``: log lr* = a + b log N over the sizes' tuned LRs, b with its t interval (the rule assumes −1/3);
-- ``ladder_points``: the sizes of a ladder run on one protocol (``tinylm.experiment.tune_lr`` then seeds): per
+- ``ladder_points``: the sizes of a ladder run on one protocol (``tinylm.sweep.pipeline.tune_lr`` then seeds): per
   size the seed-mean loss at its tuned LR, joined with the LR grid and edge of its tuning runs;
-- ``report`` / ``isoflop_report``: read the stored sweeps and write REPORT.md + points.csv (sweeps/ladder.py and
-  sweeps/isoflop.py call them once their runs end);
+- ``report`` / ``isoflop_report``: read the stored sweeps and write REPORT.md + points.csv (the after hooks of
+  sweeps/ladder.py and sweeps/isoflop.py, ``tinylm.sweep.ladder.report`` / ``isoflop_report``, call them once
+  their runs end);
 - ``isoflop_table``: per FLOP budget a parabola of loss in log N, its argmin N_opt and tokens per parameter, with
   a delta-method interval, only where the minimum is bracketed by the sampled sizes (else n/a and why); then
   N_opt ∝ C^a across the bracketed budgets.
@@ -193,8 +194,8 @@ def ladder_markdown(points: pd.DataFrame, held: dict | None, scale: str, flags: 
                     lr_exp: dict | None = None) -> str:
     """The ladder's REPORT.md: claim, diagnostics, then the numbers (``held_nonembed``: the held-out fit on
     non-embedding N; ``lr_exp``: ``lr_exponent``)."""
-    from tinylm.analysis.report import md_table
     from tinylm.analysis.validity import SCALE_CLAIMS
+    from tinylm.markdown_table import md_table
 
     lines = ["# Scaling ladder report", ""]
     if held is not None:
@@ -309,7 +310,7 @@ def _write(out_dir: str, points: pd.DataFrame, text: str) -> str:
 
 
 def report(uri: str, name: str, out_dir: str, scale: str, epochs: float = math.nan) -> str:
-    """The ladder run on one protocol (``tinylm.experiment.tune_lr`` per size, then seeds at the tuned LRs): reads
+    """The ladder run on one protocol (``tinylm.sweep.pipeline.tune_lr`` per size, then seeds at the tuned LRs): reads
     the seed sweep ``name`` and its tuning sweeps (``name``-lr, -lr-x1, ...) from the store at ``uri``, writes
     ``out_dir``/REPORT.md and points.csv, prints the report and returns its path. ``epochs``: of the largest size."""
     from tinylm import tracking

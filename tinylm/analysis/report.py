@@ -7,7 +7,6 @@ gives the same files.
 from __future__ import annotations
 
 import logging
-import math
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -17,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from tinylm.analysis import columns, cost, decision, fits, pareto, plots, scaling, stats, validity, verdict
+from tinylm.markdown_table import fmt_cell, md_table
 
 STATUSES = ("completed", "stopped_asha", "killed_rule", "failed", "diverged", "interrupted")
 # Metrics shown in the report's main table (all metric columns go to table_main.csv).
@@ -24,30 +24,10 @@ MAIN_METRICS = ("loss", "ppl", "ref_bigram_loss", "ref_unigram_loss", "params_to
                 "latency_ms_b1_l128", "peak_mem_mb", "eval_score")  # refs: count models on the same val windows
 
 
-def _f(v: Any, digits: int = 4) -> str:
-    if v is None:
-        return ""
-    if isinstance(v, float | np.floating):
-        if math.isnan(v):
-            return "n/a"
-        return f"{v:.{digits}g}"
-    return str(v)
-
-
-def md_table(rows: list[list[Any]], header: list[str]) -> str:
-    """A GitHub-flavoured markdown table (no tabulate dependency); '|' in cells is escaped."""
-    def cell(v: Any) -> str:
-        return _f(v).replace("|", "\\|").replace("\n", " ")
-
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(cell(v) for v in r) + " |" for r in rows]
-    return "\n".join(lines)
-
-
 def _pm(mean: float, std: float) -> str:
     if pd.isna(mean):
         return "n/a"
-    return _f(mean) if pd.isna(std) else f"{_f(mean)} ± {_f(std, 2)}"
+    return fmt_cell(mean) if pd.isna(std) else f"{fmt_cell(mean)} ± {fmt_cell(std, 2)}"
 
 
 def _unique(df: pd.DataFrame, col: str) -> list[str]:
@@ -106,7 +86,8 @@ def _results(grouped: pd.DataFrame, tests: pd.DataFrame, base_label: str) -> lis
 
 def _with_ci(o: dict, key: str) -> str:
     ci = o.get(f"{key}_ci")
-    return _f(float(o[key])) + (f" [{_f(float(ci[0]), 3)}, {_f(float(ci[1]), 3)}]" if ci is not None else "")
+    interval = "" if ci is None else f" [{fmt_cell(float(ci[0]), 3)}, {fmt_cell(float(ci[1]), 3)}]"
+    return fmt_cell(float(o[key])) + interval
 
 
 def _laws(fitted: dict, df: pd.DataFrame) -> list[str]:
@@ -192,7 +173,7 @@ def _usd(v: float) -> str:
 def _cost(costs: pd.DataFrame, prices: dict[str, float]) -> list[str]:
     tot = cost.sweep_cost(costs)
     lines = ["## Cost", "",
-             f"- **Device-hours:** {_f(tot['device_hours'])} over {tot['n_trials']} trials",
+             f"- **Device-hours:** {fmt_cell(tot['device_hours'])} over {tot['n_trials']} trials",
              f"- **Estimated cost:** ${_usd(tot['cost_usd'])} ({tot['n_priced']} of {tot['n_trials']} trials priced)",
              "- Prices (USD per device-hour, on-demand list prices; edit with `--prices prices.json`): "
              + ", ".join(f"{k} {v:g}" for k, v in sorted(prices.items()))]
@@ -408,7 +389,7 @@ def block_sections(df: pd.DataFrame) -> list[tuple[str, str]]:
             continue
         rows = []
         for _, g in df.groupby("group", sort=True):
-            cells = [_pm(g[c].mean(), g[c].std()) if g[c].notna().sum() > 1 else _f(g[c].mean()) for c in cols]
+            cells = [_pm(g[c].mean(), g[c].std()) if g[c].notna().sum() > 1 else fmt_cell(g[c].mean()) for c in cols]
             tps = g["tokens_per_s"].mean() if "tokens_per_s" in g else float("nan")
             rows.append([g["label"].iloc[0], len(g), *cells, f"{tps:,.0f}"])
         header = ["configuration", "seeds", *[c.replace("eval_recall_acc_", "").replace("moe_", "") for c in cols],

@@ -1,4 +1,5 @@
-"""A mixture-of-experts MLP, a drop-in for ``tinylm.model.MLP``: (B, T, C) in, (B, T, C) out.
+"""A mixture-of-experts MLP (registry name ``moe``), a drop-in for the dense MLPs of tinylm.blocks.mlp: (B, T, C)
+in, (B, T, C) out.
 
 A linear router (no bias) scores the E experts per token; softmax, then top-k: k=1 is Switch routing
 (arXiv:2101.03961, the gate is the top probability so the router learns through it), k>=2 renormalises the
@@ -10,9 +11,9 @@ any second choice. A dropped assignment depends on the other tokens of the call,
 of a token is not a function of its prefix alone: decode and evaluate dropless (``capacity_factor=None``).
 
 Expert weights are 3-D stacks ``w_in`` (E, C, m*hidden) and ``w_out`` (E, hidden, C), m = 2 for SwiGLU (gate and
-up fused, gate first, as in model.MLP) else 1, so an optimiser can treat each expert's matrix on its own
-(``expert_params()``). They are not nn.Linear, so GPT.init_weights' Linear loop does not reach them: call
-``init_(std, std_out, generator_for)`` after it (see that method).
+up fused, gate first, as blocks.mlp.SwiGLU) else 1, so an optimiser can treat each expert's matrix on its own
+(``param_roles()`` declares them ``experts``). They are not nn.Linear, so GPT.init_weights' Linear loop does not
+reach them: call ``init_(std, std_out, generator_for)`` after it (see that method).
 
 Each forward stores, for the loss, ``self.aux = {"balance", "z"}`` (tensors with grad): the Switch load-balancing
 loss E * sum_i f_i P_i (arXiv:2101.03961; f_i = fraction of the token-assignments routed to expert i before any
@@ -38,17 +39,15 @@ class MoEMLP(nn.Module):
 
     Args:
         n_embd: model width C.
-        hidden: each expert's hidden width (as model.MLP's ``cfg.ffn_hidden``).
+        hidden: each expert's hidden width (as a dense MLP's ``cfg.ffn_hidden``).
         n_experts: E.
         top_k: experts per token (1 <= k <= E).
         act: "swiglu" (arXiv:2002.05202) or "gelu".
         bias: per-expert biases ``b_in`` (E, m*hidden) and ``b_out`` (E, C), zero-initialised.
-        dropout: on the output, as model.MLP.
+        dropout: on the output, as a dense MLP.
         capacity_factor: None (or 0) for dropless routing; > 0 caps each expert at
             ``ceil(capacity_factor * tokens * k / E)`` assignments per forward.
     """
-
-    EXPERT_MATRICES = ("w_in", "w_out")  # (E, rows, cols) stacks: one 2-D matrix per expert
 
     def __init__(self, n_embd: int, hidden: int, n_experts: int, top_k: int, act: str = "swiglu",
                  bias: bool = False, dropout: float = 0.0, capacity_factor: float | None = None):
@@ -74,11 +73,23 @@ class MoEMLP(nn.Module):
         self.aux: dict[str, torch.Tensor] = {}
         self.stats: dict[str, torch.Tensor] = {}
 
+    @classmethod
+    def from_config(cls, cfg, layer_idx: int = 0) -> MoEMLP:
+        """``cfg.n_experts`` experts of ``cfg.ffn_hidden``, each the dense MLP ``cfg.mlp``, top ``cfg.top_k``."""
+        return cls(cfg.n_embd, cfg.ffn_hidden, cfg.n_experts, cfg.top_k, act=cfg.mlp, bias=cfg.bias,
+                   dropout=cfg.dropout, capacity_factor=cfg.capacity_factor or None)
+
     # --- parameters ----------------------------------------------------------------------------------
+    def param_roles(self) -> dict[str, str]:
+        """The router is a matrix; ``w_in``/``w_out`` are (E, rows, cols) stacks, one matrix per expert
+        (orthogonalise / precondition ``p[e]`` per expert); the biases ``b_in``/``b_out`` (if any) are per-expert
+        vectors (E, n), not decayed (tinylm.blocks.registry)."""
+        roles = {"router.weight": "matrix", "w_in": "experts", "w_out": "experts"}
+        return roles | {n: "no_decay" for n in ("b_in", "b_out") if getattr(self, n) is not None}
+
     def expert_params(self) -> tuple[str, ...]:
-        """Names of the per-expert matrix stacks (E, rows, cols): orthogonalise / precondition ``p[e]`` per expert.
-        The biases ``b_in``/``b_out`` (if any) are per-expert vectors (E, n), not matrices."""
-        return self.EXPERT_MATRICES
+        """Names of the per-expert matrix stacks (``param_roles`` ``experts``)."""
+        return tuple(n for n, role in self.param_roles().items() if role == "experts")
 
     def _expert_numel(self) -> int:
         n = self.w_in[0].numel() + self.w_out[0].numel()

@@ -12,7 +12,7 @@ No fused CUDA kernel (mamba_ssm / causal_conv1d do not install here): off the CP
 a chunked parallel scan in PyTorch that materialises the (B, T, d_inner, d_state) states, as Mamba's own reference
 does; on the CPU it is ``selective_scan_ref``, the plain loop over time (faster there, and what the chunked scan is
 tested against). Memory and speed are therefore not Mamba's. The exact parameter count is
-``tinylm.budget.mamba_param_count``.
+``tinylm.blocks.registry.mamba_param_count`` (registry name ``mamba``).
 
 Decoding: ``SSMCache`` holds every layer's conv state (the last d_conv - 1 conv inputs) and SSM state
 (B, d_inner, d_state); ``mamba(x, cache=cache)`` runs only the new tokens (one or more) and updates its layer's slot,
@@ -170,7 +170,7 @@ class Mamba(nn.Module):
         dt_min, dt_max, dt_init_floor: range of the initial step sizes (Mamba's defaults).
     """
 
-    NO_WEIGHT_DECAY = ("A_log", "D", "dt_bias")  # Mamba exempts these from weight decay
+    MATRICES = ("in_proj.weight", "x_proj.weight", "dt_proj.weight", "out_proj.weight")
 
     def __init__(self, n_embd: int, d_state: int = 16, d_conv: int = 4, expand: float = 2,
                  dt_rank: int | str = "auto", bias: bool = False, conv_bias: bool = True, layer_idx: int = 0,
@@ -189,9 +189,18 @@ class Mamba(nn.Module):
         self.A_log = nn.Parameter(torch.empty(di, d_state))
         self.D = nn.Parameter(torch.empty(di))
         self.out_proj = nn.Linear(di, n_embd, bias=bias)
-        for name in self.NO_WEIGHT_DECAY:
-            getattr(self, name)._no_weight_decay = True
         self.init_(0.02, 0.02, lambda name: None)  # global RNG; a model calls init_ again with named generators
+
+    @classmethod
+    def from_config(cls, cfg, layer_idx: int = 0) -> Mamba:
+        return cls(cfg.n_embd, d_state=cfg.d_state, d_conv=cfg.d_conv, expand=cfg.ssm_expand, bias=cfg.bias,
+                   layer_idx=layer_idx)
+
+    def param_roles(self) -> dict[str, str]:
+        """The projections are Muon matrices; the depthwise conv kernel (di, 1, d_conv) is decayed but no matrix;
+        biases, A_log, D and dt_bias are not decayed, as in Mamba (tinylm.blocks.registry)."""
+        return {n: "matrix" if n in self.MATRICES else "decay" if n == "conv1d.weight" else "no_decay"
+                for n, _ in self.named_parameters()}
 
     @torch.no_grad()
     def init_(self, std: float, std_out: float, generator_for: Callable[[str], torch.Generator | None]) -> None:

@@ -28,7 +28,7 @@ Layering: no mlflow / ray / deepspeed here; tracking and tune log what ``run_sui
 
 import importlib
 
-# Loaded on first use (PEP 562) so that ``tinylm.evals.names`` (what Config validates ``evals`` with) imports no torch.
+# Loaded on first use (PEP 562): ``import tinylm.evals`` imports no torch.
 _HOME = {"MC": "scorer", "encode_pair": "scorer", "evaluate_mc": "scorer", "greedy_until": "scorer",
          "loglikelihood": "scorer", "EvalDataUnavailable": "sources", "TASKS": "suite", "Task": "suite",
          "efficiency": "suite", "resolve_tasks": "suite", "run_suite": "suite", "select": "suite"}

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 
 import torch
 
+from tinylm.config import TASK_NAMES, parse_tasks
 from tinylm.evals import arithmetic, association, commonsense, completion, lambada, qa, recall, squad
-from tinylm.evals.names import TASK_NAMES, parse_tasks
 from tinylm.evals.scorer import evaluate_mc, model_device, unwrap
 
 log = logging.getLogger("tinylm.evals")
@@ -49,7 +49,7 @@ TASKS: dict[str, Task] = {
 }
 
 
-assert tuple(TASKS) == TASK_NAMES, "tinylm.evals.names.TASK_NAMES must list TASKS in order"
+assert tuple(TASKS) == TASK_NAMES, "tinylm.config.TASK_NAMES must list TASKS in order"
 
 
 def resolve_tasks(tasks: Sequence[str] | str) -> list[str]:

@@ -4,8 +4,8 @@ One parent run per sweep (found again by the tag ``tinylm.sweep_key``, so a resu
 nested child run per trial (found again by ``tinylm.trial_id`` + ``mlflow.parentRunId``, so a restarted trial
 never gets a duplicate). Everything goes through ``MlflowClient`` with explicit run ids: no fluent active-run
 state, which is what a long-lived Tune driver needs (Ray's MLflowLoggerCallback duplicates runs on restart:
-ray#48664, ray#19978). Readers (``load_runs``, ``load_curves``, ``list_sweeps``, ``export_log``) return plain
-DataFrames / JSON for ``tinylm.analysis``.
+ray#48664, ray#19978). Readers (``load_runs``, ``load_curves``, ``list_sweeps``, ``experiment_log``,
+``export_log``) return plain DataFrames / dicts / JSON for ``tinylm.analysis`` and ``tinylm.log``.
 
 Store: ``default_uri(results_dir)`` = ``$MLFLOW_TRACKING_URI`` if set, else ``sqlite:///<abs results_dir>/mlflow.db``
 with artifacts in ``<results_dir>/mlartifacts`` (set per experiment, never relative to the cwd). An explicit URI
@@ -24,8 +24,8 @@ store, which import neither each other nor this package):
   ``connect``, ``sqlite_path``, ``search_experiments`` / ``search_runs`` (every page), ``quoted`` (safe filter
   values) and ``ui_url`` (the model training view).
 - ``writer``: ``Tracker``, what a sweep and its trials log (parent/child runs, params, metrics, tags, artifacts).
-- ``readers``: ``list_sweeps``, ``load_runs``, ``load_curves`` and ``export_log`` (best trial by
-  ``tinylm.ranking``).
+- ``readers``: ``list_sweeps``, ``load_runs``, ``load_curves``; ``experiment_log``, the one per-sweep summary (best
+  trial by ``tinylm.ranking``, the baselines) that ``python -m tinylm.log`` prints and ``export_log`` writes as JSON.
 - ``tinylm.layout`` (re-exported): ``default_uri``, ``resolve_uri``, ``mask_uri``; ``jsonable`` (NaN -> null, URIs
   masked) is used for every JSON the package writes, and by ``tinylm.train``'s metrics.json.
 """

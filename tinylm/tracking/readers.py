@@ -1,7 +1,8 @@
-"""Reading a tracking store back for ``tinylm.analysis``: plain DataFrames and the JSON experiment log.
+"""Reading a tracking store back for ``tinylm.analysis`` and ``tinylm.log``: plain DataFrames and the experiment log.
 
 ``list_sweeps`` (one row per parent run), ``load_runs`` (one row per trial, typed Config columns), ``load_curves``
-(a metric's history, long format) and ``export_log`` (every sweep with its best trial by ``tinylm.ranking``).
+(a metric's history, long format), ``experiment_log`` (every sweep with its best trial by ``tinylm.ranking``, and
+the baselines: the one summary ``python -m tinylm.log`` prints) and ``export_log`` (that log as JSON).
 """
 
 from __future__ import annotations
@@ -188,40 +189,82 @@ def foreign_artifacts(uri: str, run_id: str) -> str | None:
     return None if folder.is_relative_to(db.resolve().parent) else str(folder)
 
 
+def _config(run: Run, fields: Iterable[str]) -> dict[str, Any]:
+    """``fields`` of a trial's Config, typed (``coerce``); a field it did not log, or logged unreadably, is left out."""
+    out = {}
+    for k in fields:
+        try:
+            out[k] = coerce(k, run.data.params[k])
+        except (KeyError, ConfigError):
+            continue
+    return out
+
+
+def _trial(run: Run, config_fields: Iterable[str]) -> dict[str, Any]:
+    """A trial as the experiment log shows it: ids, status, start time, ``config_fields`` of its Config and every
+    metric (latest value)."""
+    start = _time(run.info.start_time)
+    return {"run_id": run.info.run_id, "trial_id": run.data.tags.get(schema.TAG_TRIAL_ID), "status": _status(run),
+            "start_time": start.isoformat() if start is not None else None,
+            "config": _config(run, config_fields), "metrics": dict(run.data.metrics)}
+
+
+def _is_baseline(run: Run) -> bool:
+    """Marked the sweep's baseline: the tune callback's tag ``is_baseline``, or the metric the worker reports."""
+    return (run.data.tags.get("is_baseline", "").lower() in ("1", "1.0", "true")
+            or run.data.metrics.get("is_baseline") == 1)
+
+
+def _devices(parent: Run, trials: list[Run]) -> str | None:
+    """What a sweep ran on: its trials' ``device`` tags (set by the trials themselves), else the parent's."""
+    found = sorted({c.data.tags["device"] for c in trials if c.data.tags.get("device")})
+    return ", ".join(found) or parent.data.tags.get("device") or None
+
+
 def experiment_log(uri: str) -> dict[str, Any]:
-    """The experiment log: every sweep with hypothesis, description, times, git commit, device, trial status
-    counts and the best trial (``tinylm.ranking``: lowest final val loss, else latest val loss) with the Config
-    fields that vary across the sweep."""
+    """The experiment log ("which sweeps ran, what won"), as ``python -m tinylm.log`` prints it and ``export_log``
+    writes it: ``generated_at``, ``tracking_uri`` (masked), then
+
+    - ``sweeps``, oldest first: sweep, sweep_key, experiment, run_id, status, hypothesis, description, start/end
+      time (ISO, UTC; end None while running), git_sha, git_dirty, device (``_devices``), hostname, n_trials,
+      trial_status (status -> count), varied (the Config fields that vary across its trials) and best: the best
+      trial by ``tinylm.ranking`` (lowest final val loss, else latest val loss) with ``metric`` / ``value``, the
+      varied fields as its config and every metric; None without a trial that has a loss.
+    - ``baselines``: every trial marked as its sweep's baseline (``Experiment.baseline``), oldest first, with its
+      sweep, its whole Config and every metric.
+    """
     exps, parents, children = _scan(uri)
     by_parent: dict[str, list[Run]] = {}
     for c in children:
         by_parent.setdefault(c.data.tags.get(schema.TAG_PARENT, ""), []).append(c)
     sweeps = []
     for row in _sweeps_frame(exps, parents, children).itertuples():
-        p, trials = parents[row.run_id].data.tags, by_parent.get(row.run_id, [])
+        parent, trials = parents[row.run_id], by_parent.get(row.run_id, [])
         statuses: dict[str, int] = {}
         for c in trials:
             statuses[_status(c)] = statuses.get(_status(c), 0) + 1
         varied = ranking.varied(c.data.params for c in trials)
         best, i = None, ranking.best_trial([c.data.metrics for c in trials])
         if i is not None:
-            b = trials[i]
-            m = ranking.loss_metric(b.data.metrics)
-            best = {"run_id": b.info.run_id, "trial_id": b.data.tags.get(schema.TAG_TRIAL_ID), "metric": m,
-                    "value": b.data.metrics[m], "status": _status(b),
-                    "config": {k: coerce(k, b.data.params[k]) for k in varied if k in b.data.params},
-                    "metrics": b.data.metrics}
+            m = ranking.loss_metric(trials[i].data.metrics)
+            best = {**_trial(trials[i], varied), "metric": m, "value": trials[i].data.metrics[m]}
         sweeps.append({
             "sweep": row.sweep, "sweep_key": row.sweep_key, "experiment": row.experiment, "run_id": row.run_id,
             "status": row.status, "hypothesis": row.hypothesis, "description": row.description,
             "start_time": row.start_time.isoformat() if row.start_time is not None else None,
             "end_time": row.end_time.isoformat() if row.end_time is not None and not pd.isna(row.end_time)
             else None,
-            "git_sha": row.git_sha, "git_dirty": p.get("git_dirty"), "device": p.get("device"),
-            "hostname": p.get("hostname"), "n_trials": row.n_trials, "trial_status": statuses,
-            "varied": varied, "best": best})
+            "git_sha": row.git_sha, "git_dirty": parent.data.tags.get("git_dirty"),
+            "device": _devices(parent, trials), "hostname": parent.data.tags.get("hostname"),
+            "n_trials": row.n_trials, "trial_status": statuses, "varied": varied, "best": best})
+    baselines = []
+    for c in sorted((c for c in children if _is_baseline(c)), key=lambda c: c.info.start_time or 0):
+        parent = parents.get(c.data.tags.get(schema.TAG_PARENT, ""))
+        sweep = (c.data.tags.get(schema.TAG_SWEEP) or (parent.data.tags.get(schema.TAG_SWEEP) if parent else None)
+                 or exps[c.info.experiment_id])
+        baselines.append({"sweep": sweep, **_trial(c, FIELDS)})
     return {"generated_at": pd.Timestamp.now(tz="UTC").isoformat(), "tracking_uri": mask_uri(uri),
-            "sweeps": sweeps}
+            "sweeps": sweeps, "baselines": baselines}
 
 
 def export_log(uri: str, path: str, log: dict[str, Any] | None = None) -> None:

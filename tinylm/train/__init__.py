@@ -1,6 +1,6 @@
 """``train(cfg, out_dir) -> metrics``: one training run, a plain function with no import-time side effects.
 
-It runs in one process (the command ``python -m tinylm.train``, in ``tinylm/train/__main__.py``, which this
+It runs in one process (the command ``python -m tinylm.train``, in ``tinylm/train/cli.py``, which this
 library never imports) and, unchanged, inside a Ray Train worker (tinylm.tune passes ``report`` and
 ``resume_from``). Run length, evals and checkpoints are counted in tokens.
 """
@@ -14,7 +14,7 @@ import math
 import os
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -197,8 +197,8 @@ def setup(cfg: Config, out_dir: str, write_info: bool = True) -> Run:
     write ``run_info.json`` now (``train`` writes it only once a resume has been accepted)."""
     from tinylm import engine as eng
     from tinylm.data import load_data
+    from tinylm.machine import mark, provenance, reset_peak_memory
     from tinylm.optim import build_optimizer
-    from tinylm.perf import mark, provenance, reset_peak_memory
 
     rank, world = eng.init_distributed()
     mark("process_group")
@@ -318,21 +318,65 @@ def train(cfg: Config, out_dir: str, report: Report | None = None, resume_from: 
         Interrupted: Ctrl-C in the loop; the last checkpoint stays (a partial save is removed).
         SaveError: a full disk while saving; what was saved before stays, and the message says what.
     """
-    from tinylm import engine as eng
-    from tinylm.checkpoint import save_pretrained
-    from tinylm.optim import probe_length, set_lr
-    from tinylm.perf import mark, peak_flops, peak_memory_mb, write_marks
-
     resumed_from = preflight(cfg, out_dir, resume_from, force=force)
     run = setup(cfg, out_dir, write_info=False)
-    ckpt_dir = os.path.join(out_dir, "ckpt")
-    tokens_per_step = cfg.tokens_per_step * run.world
-    total_steps = max(1, math.ceil(cfg.train_tokens / tokens_per_step))
-    eval_every = max(1, round(cfg.eval_every_tokens / tokens_per_step))
-    ckpt_every = max(1, round(cfg.ckpt_every_tokens / tokens_per_step)) if cfg.ckpt_every_tokens else eval_every
-    rng = np.random.default_rng([cfg.seed, run.rank])
-    step, elapsed, history = 0, 0.0, []
-    src = resume_from or ckpt_dir
+    p = resume_or_start(run, resume_from, resumed_from)
+    run.engine.train()
+    try:  # Ctrl-C: the last complete checkpoint stays (a partial save removes itself); the caller says how far
+        while p.step < p.total_steps:
+            if should_stop is not None and should_stop():
+                p.status, p.stop_reason = "stopped", f"stopped by the scheduler at step {p.step}"
+                break
+            if not step_once(run, p):
+                break
+            if (p.step % p.eval_every == 0 or p.step == p.total_steps) and not eval_point(run, p, report):
+                break
+    except KeyboardInterrupt:
+        raise Interrupted(p.tokens, p.saved) from None
+    return finish(run, p, report)
+
+
+@dataclass
+class Progress:
+    """Where a run is between steps: its schedule (in optimizer steps), what it measured and what it saved."""
+
+    tokens_per_step: int  # across every rank
+    total_steps: int
+    eval_every: int
+    ckpt_every: int
+    rng: np.random.Generator  # this rank's batches
+    sizes: dict  # parameter counts and FLOPs per token: in every eval's metrics and in the final ones
+    peak: float  # the device's peak FLOP/s, MFU's denominator
+    step: int = 0
+    elapsed: float = 0.0  # training seconds (evals and probes not counted)
+    history: list = field(default_factory=list)  # (tokens, losses) at every eval: kept in the checkpoints
+    metrics: dict = field(default_factory=dict)  # the latest eval's
+    saved: int | None = None  # the tokens of the newest checkpoint on disk
+    last_ckpt: str | None = None  # saved by this process
+    status: str = "completed"
+    stop_reason: str = ""
+    lr: float = 0.0
+    started: bool = False  # the first step is done (the start-up marks are written)
+    probed: dict = field(default_factory=dict)  # tokens and seconds spent on wsd cooldown probes
+    pending: list = field(default_factory=list)  # the probe points still ahead
+    window_loss: float = 0.0  # the train loss summed since the last eval ...
+    window_steps: int = 0  # ... over this many steps ...
+    window_t: float = field(default_factory=time.perf_counter)  # ... which began then
+
+    @property
+    def tokens(self) -> int:
+        return self.step * self.tokens_per_step
+
+
+def resume_or_start(run: Run, resume_from: str | None, resumed_from: dict) -> Progress:
+    """The run's schedule, and where it starts: from its checkpoint (``resume_from``, else ``out_dir/ckpt``) when
+    one loads and fits (same architecture and tokenizer), else from step 0. ``run_info.json`` is written once the
+    resume is accepted. Refuses (ConfigError) to start over when every complete checkpoint fails to load."""
+    from tinylm import engine as eng
+    from tinylm.machine import peak_flops
+
+    cfg, out_dir = run.cfg, run.out_dir
+    src = resume_from or os.path.join(out_dir, "ckpt")
     state = eng.load_checkpoint(run.engine, src, check=lambda saved: check_resume(cfg, saved))
     if state is None and eng.complete_tags(src):  # every complete checkpoint failed to load (warnings above)
         raise ConfigError(f"no checkpoint in {src} loads ({', '.join(eng.complete_tags(src))}: see the warnings "
@@ -346,115 +390,133 @@ def train(cfg: Config, out_dir: str, report: Report | None = None, resume_from: 
     if run.rank == 0:
         with saving(os.path.join(out_dir, "run_info.json"), "nothing was trained yet"):
             write_run_info(run)
-    if state is not None:
-        step, elapsed, history = state["step"], state["elapsed_s"], state.get("history", [])
-        rng.bit_generator.state = state["rng"][run.rank] if run.rank < len(state["rng"]) else rng.bit_generator.state
-        log.info("resumed at step %d (%d tokens) from %s", step, step * tokens_per_step, resume_from or ckpt_dir)
-
-    fpt = flops_per_token(cfg)
-    peak = peak_flops(run.device, cfg.precision)
+    tokens_per_step = cfg.tokens_per_step * run.world
+    eval_every = max(1, round(cfg.eval_every_tokens / tokens_per_step))
+    ckpt_every = max(1, round(cfg.ckpt_every_tokens / tokens_per_step)) if cfg.ckpt_every_tokens else eval_every
     counts = param_counts(cfg)
     sizes = {"params_total": counts["total"], "params_nonembed": counts["nonembed"],
              "params_embed": counts["embedding"], "embed_share": counts["embedding"] / counts["total"],
-             "flops_per_token": fpt}
-    bpt = run.data.meta["val_bytes_per_token"]
-    status, stop_reason = "completed", ""
-    window_loss, window_steps, window_t = 0.0, 0, time.perf_counter()
-    metrics: dict = state.get("metrics", {}) if state else {}
-    last_ckpt, started = None, False
-    saved = state.get("tokens_seen") if state else None  # the tokens of the newest checkpoint on disk
-    probed = {k: metrics.get(k, 0) for k in ("probe_tokens", "probe_time_s")} if cfg.probe_tokens else {}
-    pending = [p for p in cfg.probe_tokens if p > step * tokens_per_step]
-    run.engine.train()
-    try:  # Ctrl-C: the last complete checkpoint stays (a partial save removes itself); the caller says how far
-        while step < total_steps:
-            if should_stop is not None and should_stop():
-                status, stop_reason = "stopped", f"stopped by the scheduler at step {step}"
-                break
-            lr = set_lr(run.optimizer, cfg, step * tokens_per_step)
-            loss = train_step(run, lambda: sample_batch(run, run.data.train, rng))
-            step += 1
-            if run.rank == 0 and not started:  # start-up phases, for bench/overhead.py
-                started = True
-                mark("first_step")
-                write_marks(out_dir)
-            if not math.isfinite(loss):  # NaN/inf guard: stop with a recorded reason instead of wasting compute
-                status, stop_reason = "diverged", f"non-finite train loss ({loss}) at step {step}"
-                log.error(stop_reason)
-                break
-            window_loss, window_steps = window_loss + loss, window_steps + 1
-            if step % eval_every == 0 or step == total_steps:
-                now = time.perf_counter()
-                dt = now - window_t
-                elapsed += dt
-                val = evaluate(run)
-                tps = window_steps * tokens_per_step / dt
-                probe = {}
-                if pending and step * tokens_per_step >= pending[0] and step < total_steps:
-                    tokens = step * tokens_per_step
-                    pending = [p for p in pending if p > tokens]
-                    if tokens <= cfg.stable_tokens:  # an eval past the stable phase is already in the real decay
-                        t0 = time.perf_counter()
-                        probe["probe_loss"], spent = cooldown_probe(run, tokens, tokens_per_step)
-                        probed["probe_tokens"] += spent
-                        probed["probe_time_s"] += time.perf_counter() - t0
-                metrics = {"tokens": step * tokens_per_step, "step": step, "train_loss": window_loss / window_steps,
-                           "val_loss": val, "val_ppl": math.exp(min(val, 50)), "val_bpb": val / math.log(2) / bpt,
-                           "lr": lr, "tokens_per_s": tps,
-                           "mfu": fpt * tps / (peak * run.world), "peak_mem_mb": peak_memory_mb(run.device),
-                           "elapsed_s": elapsed, "train_flops": fpt * step * tokens_per_step, **sizes, **probed,
-                           **probe, **regime_metrics(val, run.data.meta["refs"]),
-                           **run.model.routing_stats()}  # an MoE's routing balance at the last eval batch
-                history.append({k: metrics[k] for k in ("tokens", "train_loss", "val_loss", "probe_loss")
-                                if k in metrics})
-                if run.rank == 0:
-                    log.info("step %5d | tokens %s/%s | loss %.4f | val %.4f | ppl %.1f | %s tok/s | mfu %.1f%%",
-                             step, f"{metrics['tokens']:,}", f"{total_steps * tokens_per_step:,}",
-                             metrics["train_loss"], val, metrics["val_ppl"], f"{tps:,.0f}", 100 * metrics["mfu"])
-                    if probe:
-                        log.info("probe at %s tokens: a cooldown of %s tokens reaches val %.4f",
-                                 f"{metrics['tokens']:,}", f"{probe_length(cfg, metrics['tokens']):,}",
-                                 probe["probe_loss"])
-                ckpt = None
-                if step % ckpt_every == 0 or step == total_steps:
-                    tag = f"step{step:08d}"
-                    with saving(os.path.join(ckpt_dir, tag), f"training stopped at {step * tokens_per_step:,} tokens "
-                                f"(val loss {val:.4f}); {kept(saved)}: free space and rerun the same command to go on"):
-                        ckpt = eng.save_checkpoint(run.engine, ckpt_dir, tag, {
-                            "step": step, "tokens_seen": step * tokens_per_step, "elapsed_s": elapsed,
-                            "history": history, "config": cfg.to_dict(), "rng": gather_rng(rng, run.world),
-                            "metrics": metrics, "tokenizer_hash": run.data.tokenizer_hash})
-                    last_ckpt, saved = ckpt, step * tokens_per_step
-                if report is not None and step < total_steps:
-                    report(metrics, ckpt)
-                if not math.isfinite(val):
-                    status, stop_reason = "diverged", f"non-finite val loss at step {step}"
-                    break
-                window_loss, window_steps, window_t = 0.0, 0, time.perf_counter()
-    except KeyboardInterrupt:
-        raise Interrupted(step * tokens_per_step, saved) from None
+             "flops_per_token": flops_per_token(cfg)}
+    p = Progress(tokens_per_step, max(1, math.ceil(cfg.train_tokens / tokens_per_step)), eval_every, ckpt_every,
+                 np.random.default_rng([cfg.seed, run.rank]), sizes, peak_flops(run.device, cfg.precision))
+    if state is not None:
+        p.step, p.elapsed, p.history = state["step"], state["elapsed_s"], state.get("history", [])
+        if run.rank < len(state["rng"]):
+            p.rng.bit_generator.state = state["rng"][run.rank]
+        p.metrics, p.saved = state.get("metrics", {}), state.get("tokens_seen")
+        log.info("resumed at step %d (%d tokens) from %s", p.step, p.tokens, src)
+    p.probed = {k: p.metrics.get(k, 0) for k in ("probe_tokens", "probe_time_s")} if cfg.probe_tokens else {}
+    p.pending = [t for t in cfg.probe_tokens if t > p.tokens]
+    return p
 
-    final = dict(metrics)
+
+def step_once(run: Run, p: Progress) -> bool:
+    """One optimizer step at the scheduled LR; False when the train loss is not finite (the run diverged)."""
+    from tinylm.machine import mark, write_marks
+    from tinylm.optim import set_lr
+
+    p.lr = set_lr(run.optimizer, run.cfg, p.tokens)
+    loss = train_step(run, lambda: sample_batch(run, run.data.train, p.rng))
+    p.step += 1
+    if run.rank == 0 and not p.started:  # start-up phases, for bench/overhead.py
+        p.started = True
+        mark("first_step")
+        write_marks(run.out_dir)
+    if not math.isfinite(loss):  # NaN/inf guard: stop with a recorded reason instead of wasting compute
+        p.status, p.stop_reason = "diverged", f"non-finite train loss ({loss}) at step {p.step}"
+        log.error(p.stop_reason)
+        return False
+    p.window_loss, p.window_steps = p.window_loss + loss, p.window_steps + 1
+    return True
+
+
+def eval_point(run: Run, p: Progress, report: Report | None) -> bool:
+    """An eval (and a wsd probe when one is due), its metrics logged, a checkpoint when one is due, the report;
+    False when the val loss is not finite (the run diverged)."""
+    from tinylm.machine import peak_memory_mb
+    from tinylm.optim import probe_length
+
+    cfg = run.cfg
+    dt = time.perf_counter() - p.window_t
+    p.elapsed += dt
+    val = evaluate(run)
+    tps = p.window_steps * p.tokens_per_step / dt
+    probe = {}
+    if p.pending and p.tokens >= p.pending[0] and p.step < p.total_steps:
+        p.pending = [t for t in p.pending if t > p.tokens]
+        if p.tokens <= cfg.stable_tokens:  # an eval past the stable phase is already in the real decay
+            t0 = time.perf_counter()
+            probe["probe_loss"], spent = cooldown_probe(run, p.tokens, p.tokens_per_step)
+            p.probed["probe_tokens"] += spent
+            p.probed["probe_time_s"] += time.perf_counter() - t0
+    fpt = p.sizes["flops_per_token"]
+    p.metrics = {"tokens": p.tokens, "step": p.step, "train_loss": p.window_loss / p.window_steps,
+                 "val_loss": val, "val_ppl": math.exp(min(val, 50)),
+                 "val_bpb": val / math.log(2) / run.data.meta["val_bytes_per_token"], "lr": p.lr,
+                 "tokens_per_s": tps, "mfu": fpt * tps / (p.peak * run.world),
+                 "peak_mem_mb": peak_memory_mb(run.device), "elapsed_s": p.elapsed, "train_flops": fpt * p.tokens,
+                 **p.sizes, **p.probed, **probe, **regime_metrics(val, run.data.meta["refs"]),
+                 **run.model.routing_stats()}  # an MoE's routing balance at the last eval batch
+    p.history.append({k: p.metrics[k] for k in ("tokens", "train_loss", "val_loss", "probe_loss") if k in p.metrics})
+    if run.rank == 0:
+        log.info("step %5d | tokens %s/%s | loss %.4f | val %.4f | ppl %.1f | %s tok/s | mfu %.1f%%",
+                 p.step, f"{p.tokens:,}", f"{p.total_steps * p.tokens_per_step:,}", p.metrics["train_loss"], val,
+                 p.metrics["val_ppl"], f"{tps:,.0f}", 100 * p.metrics["mfu"])
+        if probe:
+            log.info("probe at %s tokens: a cooldown of %s tokens reaches val %.4f", f"{p.tokens:,}",
+                     f"{probe_length(cfg, p.tokens):,}", probe["probe_loss"])
+    ckpt = save_progress(run, p, val) if p.step % p.ckpt_every == 0 or p.step == p.total_steps else None
+    if report is not None and p.step < p.total_steps:
+        report(p.metrics, ckpt)
+    if not math.isfinite(val):
+        p.status, p.stop_reason = "diverged", f"non-finite val loss at step {p.step}"
+        return False
+    p.window_loss, p.window_steps, p.window_t = 0.0, 0, time.perf_counter()
+    return True
+
+
+def save_progress(run: Run, p: Progress, val: float) -> str:
+    """A resumable checkpoint of the run at this step (engine state, data RNGs, history, latest metrics)."""
+    from tinylm import engine as eng
+
+    ckpt_dir, tag = os.path.join(run.out_dir, "ckpt"), f"step{p.step:08d}"
+    with saving(os.path.join(ckpt_dir, tag), f"training stopped at {p.tokens:,} tokens (val loss {val:.4f}); "
+                f"{kept(p.saved)}: free space and rerun the same command to go on"):
+        ckpt = eng.save_checkpoint(run.engine, ckpt_dir, tag, {
+            "step": p.step, "tokens_seen": p.tokens, "elapsed_s": p.elapsed, "history": p.history,
+            "config": run.cfg.to_dict(), "rng": gather_rng(p.rng, run.world), "metrics": p.metrics,
+            "tokenizer_hash": run.data.tokenizer_hash})
+    p.last_ckpt, p.saved = ckpt, p.tokens
+    return ckpt
+
+
+def finish(run: Run, p: Progress, report: Report | None) -> dict:
+    """The run's final metrics; a completed run's model, then metrics.json, then the end-of-run evals (a failure
+    there loses neither) and metrics.json again with them; the last report."""
+    from tinylm.checkpoint import save_pretrained
+
+    cfg, out_dir = run.cfg, run.out_dir
+    final = dict(p.metrics)
     # every result carries the scheduler's keys (Tune rejects a result without its metric): a run that diverged
     # before its first eval reports NaN, which ASHA ignores and Optuna records as FAIL
-    final.setdefault("tokens", step * tokens_per_step)
+    final.setdefault("tokens", p.tokens)
     for key in ("val_loss", "val_ppl", "val_bpb"):
         final.setdefault(key, float("nan"))
-    final.update(status=status, stop_reason=stop_reason, train_flops=fpt * step * tokens_per_step,
-                 train_time_s=elapsed, **sizes)
-    if metrics:
-        final.update(final_val_loss=metrics["val_loss"], final_val_ppl=metrics["val_ppl"],
-                     final_val_bpb=metrics["val_bpb"])
+    final.update(status=p.status, stop_reason=p.stop_reason, train_flops=p.sizes["flops_per_token"] * p.tokens,
+                 train_time_s=p.elapsed, **p.sizes)
+    if p.metrics:
+        final.update(final_val_loss=p.metrics["val_loss"], final_val_ppl=p.metrics["val_ppl"],
+                     final_val_bpb=p.metrics["val_bpb"])
     # the model and the metrics are on disk before the end-of-run evals: a failure there loses neither
-    if run.rank == 0 and status == "completed":
-        with saving(os.path.join(out_dir, "model"), f"{kept(saved)}: free space and rerun the same command to "
+    if run.rank == 0 and p.status == "completed":
+        with saving(os.path.join(out_dir, "model"), f"{kept(p.saved)}: free space and rerun the same command to "
                     "write the model from it"):
             save_pretrained(os.path.join(out_dir, "model"), run.model, cfg, run.data.tokenizer, extra=run.info)
     if run.rank == 0:  # one writer: ranks share out_dir on one node
-        with saving(os.path.join(out_dir, "metrics.json"), f"the run {status} at {final['tokens']:,} tokens "
-                    f"(val loss {final['val_loss']:.4f}); {kept(saved)}"):
+        with saving(os.path.join(out_dir, "metrics.json"), f"the run {p.status} at {final['tokens']:,} tokens "
+                    f"(val loss {final['val_loss']:.4f}); {kept(p.saved)}"):
             write_json(os.path.join(out_dir, "metrics.json"), final)
-    if status == "completed":
+    if p.status == "completed":
         try:
             final.update(end_of_run_evals(run))
         except Exception as e:  # noqa: BLE001 - recorded, and the CLI exits non-zero; the trained model stays
@@ -468,7 +530,7 @@ def train(cfg: Config, out_dir: str, report: Report | None = None, resume_from: 
     final["info"] = run.info
     if report is not None:
         # the last report carries a checkpoint: Ray Train V2 keeps no metrics for a run that reported none
-        report({k: v for k, v in final.items() if k != "info"} | run.info, last_ckpt)
+        report({k: v for k, v in final.items() if k != "info"} | run.info, p.last_ckpt)
     return final
 
 

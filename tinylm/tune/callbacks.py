@@ -1,67 +1,22 @@
-"""Tune callbacks: the PRD kill rule as a Stopper (one rule per sweep, shared with the MLflow callback across
-Tune's restores), one MLflow child run per trial, and the status a finished trial gets."""
+"""Tune callbacks: one MLflow child run per trial, and the status a finished trial gets (the kill rule's reasons,
+read from the sweep's ``tinylm.tune.stopping.SharedKillRule``)."""
 
 from __future__ import annotations
 
 import json
-import math
 import os
 
 from ray import tune
 
+from tinylm.kill_rule import KillRule
 from tinylm.layout import VARIANT
-from tinylm.rules import KillRule
-from tinylm.sweep import Sweep
+from tinylm.sweep.settings import Sweep
 from tinylm.tune.console import bar, say
 from tinylm.tune.grid import build_config, is_baseline
 from tinylm.tune.results import STATUS_DONE
 
 TUNE_KEYS = ("training_iteration", "time_this_iter_s", "timestamp", "pid", "iterations_since_restore",
              "time_since_restore", "time_total_s")  # Tune's bookkeeping, not metrics
-_RULES: dict[str, KillRule] = {}
-
-
-def shared_rule(key: str, state: dict) -> KillRule:
-    """Unpickle to ONE rule per sweep: Tune restores the stopper and the callbacks separately, and the
-    callback must see the stopper's kill reasons."""
-    if key not in _RULES:
-        rule = KillRule()
-        rule.__dict__.update(state)
-        rule.key = key
-        _RULES[key] = rule
-    return _RULES[key]
-
-
-class SharedKillRule(KillRule):
-    def __init__(self, key: str, **kwargs):
-        super().__init__(**kwargs)
-        self.key = key
-        _RULES[key] = self
-
-    def __reduce__(self):
-        return shared_rule, (self.key, {k: v for k, v in self.__dict__.items() if k != "key"})
-
-
-class KillStopper(tune.Stopper):
-    """The kill rule as a Tune Stopper. ``probing``: the trials carry wsd cooldown probes, and only a probe (the
-    loss a finished run of that length reaches) is compared with the baseline's probe at the same tokens."""
-
-    def __init__(self, rule: KillRule, probing: bool = False):
-        self.rule, self.probing = rule, probing
-
-    def __call__(self, trial_id: str, result: dict) -> bool:
-        if "val_ppl" not in result or result.get("status") in STATUS_DONE:
-            return False
-        if getattr(self, "probing", False):  # a stopper pickled before probes existed has no attribute
-            if "probe_loss" not in result:
-                return False
-            ppl = math.exp(min(float(result["probe_loss"]), 50.0))
-        else:
-            ppl = float(result["val_ppl"])
-        return self.rule.update(trial_id, int(result["tokens"]), ppl, bool(result.get("is_baseline"))) is not None
-
-    def stop_all(self) -> bool:
-        return False
 
 
 class TrackingCallback(tune.Callback):
@@ -73,9 +28,6 @@ class TrackingCallback(tune.Callback):
 
     def __getstate__(self):  # Tune pickles callbacks with the experiment state; the client is rebuilt
         return {**self.__dict__, "_tracker": None, "_runs": {}}
-
-    def __setstate__(self, state):  # a callback pickled before node tags existed has no _nodes
-        self.__dict__.update({"_nodes": {}, **state})
 
     @property
     def tracker(self):
@@ -166,4 +118,4 @@ def trial_status(trial_id: str, last: dict, rule: KillRule, asha: bool = True) -
     return "stopped_asha", f"stopped early by ASHA at {int(last.get('tokens', 0)):,} tokens"
 
 
-__all__ = ["KillStopper", "SharedKillRule", "TrackingCallback", "shared_rule", "trial_status"]
+__all__ = ["TrackingCallback", "trial_status"]

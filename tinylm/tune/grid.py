@@ -1,7 +1,7 @@
-"""The grid: Tune's param space for a grid over Config fields, and a sampled point back to a Config.
+"""The grid: Tune's param space for a sweep's ``Space``, and a sampled point back to a Config.
 
-Tune's param space holds every Config field (plus an optional ``VARIANT``: fields changed together); a trial
-builds ``Config(**base, **sampled)``. Every grid point is checked before anything is scheduled.
+Tune's param space holds every Config field (plus, for a Space with variants, the ``VARIANT`` key: fields changed
+together); a trial builds ``Config(**base, **sampled)``. Every grid point is checked before anything is scheduled.
 """
 
 from __future__ import annotations
@@ -9,7 +9,8 @@ from __future__ import annotations
 from ray import tune
 
 from tinylm.config import FIELDS, Config, check_keys
-from tinylm.layout import VARIANT  # a grid key whose values are dicts of Config fields
+from tinylm.layout import VARIANT  # Tune's key for the variants axis: its values are dicts of Config fields
+from tinylm.sweep.space import Space
 
 
 def build_config(sampled: dict) -> Config:
@@ -42,10 +43,12 @@ def grid_order(key: str, values: list, baseline: dict) -> list:
     return first + rest
 
 
-def grid_space(base: Config, space: dict, seeds: int, baseline: dict | None = None, shuffle: bool = False) -> dict:
+def grid_space(base: Config, space: Space | dict, seeds: int, baseline: dict | None = None,
+               shuffle: bool = False) -> dict:
     """Tune's param_space for a grid over ``space`` (× ``seeds``) on ``base``; every point is checked first.
     ``shuffle``: walk each axis baseline-first, the rest shuffled (``grid_order``), for sweeps that stop early."""
-    check_keys({k: v for k, v in space.items() if k != VARIANT})
+    space = Space.of(space)
+    check_keys(space.axes)
     for k, values in space.items():  # fail fast: every grid point must build a valid Config
         for v in values if isinstance(values, list) else []:
             build_config(base.to_dict() | ({k: v} if k != VARIANT else {VARIANT: v}))

@@ -10,7 +10,8 @@ import socket
 import ray
 
 from tinylm.config import ConfigError
-from tinylm.sweep import Sweep
+from tinylm.machine import free_port
+from tinylm.sweep.settings import Sweep
 
 
 def connect(sweep: Sweep) -> dict:
@@ -120,10 +121,4 @@ def plan_resources(cpus: int, gpus: int, workers: int = 0, gpus_per_trial: int =
             else {"cpu": 0, "tune_driver": 1}}
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-__all__ = ["check_address", "connect", "free_port", "plan_resources"]
+__all__ = ["check_address", "connect", "plan_resources"]

@@ -7,9 +7,10 @@ import os
 import numpy as np
 import pandas as pd
 
-from tinylm.layout import VARIANT, mask_uri
+from tinylm.layout import mask_uri
 from tinylm.ranking import trial_loss
-from tinylm.sweep import Sweep
+from tinylm.sweep.settings import Sweep
+from tinylm.sweep.space import Space
 
 STATUS_DONE = ("completed", "diverged")  # statuses of trials that ran to their end (their own report says so)
 STOPPED_EARLY = ("stopped_asha", "killed_rule")  # statuses of trials a scheduler ended before their last token
@@ -33,12 +34,12 @@ def ranked(table: pd.DataFrame) -> pd.DataFrame:
     return table.iloc[np.argsort(losses, kind="stable")].reset_index(drop=True)
 
 
-def print_results(sweep: Sweep, table: pd.DataFrame, space: dict) -> str:
+def print_results(sweep: Sweep, table: pd.DataFrame, space: Space | dict) -> str:
     from tinylm.tracking import ui_url
 
-    axes = [k for k in space if k in table.columns] + (["seed"] if sweep.seeds > 1 else [])
-    if VARIANT in space:
-        axes += sorted({k for v in space[VARIANT] for k in v} & set(table.columns))
+    space = Space.of(space)
+    axes = [k for k in space.axes if k in table.columns] + (["seed"] if sweep.seeds > 1 else [])
+    axes += sorted({k for v in space.variants or [] for k in v} & set(table.columns))
     cols = ["trial_id", *dict.fromkeys(axes), *[c for c in SHOW if c in table.columns], "status"]
     out_csv = write_csv(sweep, table)
     text = table[cols].to_string(index=False, float_format=lambda x: f"{x:,.4g}")

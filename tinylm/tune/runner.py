@@ -1,6 +1,6 @@
 """Running a sweep: the grid (and an optional Optuna refinement) as Tune runs, resumed when run again.
 
-    run_sweep(Sweep("glu"), BASE, {"glu_factor": [2.0, 2.66, 3.0, 4.0]})          # grid
+    run_sweep(Sweep("glu"), BASE, Space(glu_factor=[2.0, 2.66, 3.0, 4.0]))         # grid
     run_sweep(Sweep("glu", refine=20), BASE, SPACE)                                 # + Optuna around the best
 
 A restarted sweep resumes each trial from its last checkpoint. ``time_attr`` for ASHA is tokens seen.
@@ -25,29 +25,29 @@ from ray import tune
 
 from tinylm import layout
 from tinylm.config import Config
-from tinylm.layout import VARIANT
-from tinylm.sweep import Sweep
-from tinylm.tune.callbacks import KillStopper, SharedKillRule, TrackingCallback
+from tinylm.sweep.settings import Sweep
+from tinylm.sweep.space import Space
+from tinylm.tune.callbacks import TrackingCallback
 from tinylm.tune.console import Console
 from tinylm.tune.grid import grid_space
 from tinylm.tune.resources import connect
 from tinylm.tune.results import PLANNED, STATUS_DONE, results_table, write_csv
-from tinylm.tune.search import PruningOptunaSearch, optuna_space, record_grid_in_optuna, tell_grid_results
+from tinylm.tune.search import make_searcher, record_grid_in_optuna, refinement_space
 from tinylm.tune.state import SweepLock, check_grid, check_ray_storage, check_sqlite_stores, grid_spec
-from tinylm.tune.stopping import early_stop_warnings, make_scheduler, probes_for
+from tinylm.tune.stopping import KillStopper, SharedKillRule, early_stop_warnings, make_scheduler, probes_for
 from tinylm.tune.worker import SWEEP_ENTRY, trial_driver
 
 log = logging.getLogger("tinylm.tune")
 
 
-def run_sweep(sweep: Sweep, base: Config, space: dict, refine_space: dict | None = None) -> pd.DataFrame:
+def run_sweep(sweep: Sweep, base: Config, space: Space | dict, refine_space: dict | None = None) -> pd.DataFrame:
     """Run (or resume) a grid sweep, then optionally an Optuna refinement; returns the ranked results table.
 
     Args:
         sweep: sweep settings (name, results dir, seeds, ASHA / kill rule, cluster, tracking, optuna storage).
         base: the Config every trial starts from.
-        space: Config field -> list of values (a grid), or ``VARIANT`` -> list of dicts of fields.
-        refine_space: Config field -> Tune domain for Optuna (default: around the grid's numeric axes).
+        space: the grid (a ``tinylm.sweep.Space``, or a dict of Config field -> list of values).
+        refine_space: Config field -> Tune domain for --refine (default: around the grid's numeric axes).
 
     Refused before anything starts (``SweepStateError``, one line): another sweep holds the results folder, a
     sqlite store is corrupt, Ray's storage cannot be used, or the grid differs from the one the sweep being
@@ -55,6 +55,7 @@ def run_sweep(sweep: Sweep, base: Config, space: dict, refine_space: dict | None
     """
     from tinylm.tracking import check_tracking
 
+    space = Space.of(space)
     uri = sweep.uri()
     check_tracking(uri)  # fail before any compute when the tracking server is down
     base = base.replace(probes=probes_for(sweep, base))  # a wsd sweep with ASHA probes its rungs
@@ -69,7 +70,7 @@ def run_sweep(sweep: Sweep, base: Config, space: dict, refine_space: dict | None
             _check_grid(sweep, {}, refine=True, only=("samples",))
         for line in early_stop_warnings(sweep, base, space):
             log.warning(line)
-        sweep = replace(sweep, axes=tuple(k for k in space if k != VARIANT) + (("seed",) if sweep.seeds > 1 else ()))
+        sweep = replace(sweep, axes=tuple(space.axes) + (("seed",) if sweep.seeds > 1 else ()))
         console = Console(os.path.join(sweep.root, sweep.name, "output.log")) if sweep.console and Console.wanted() \
             else contextlib.nullcontext()
         with console:
@@ -93,17 +94,17 @@ def _check_grid(sweep: Sweep, param_space: dict, refine: bool, only: tuple[str, 
                resuming=tune.Tuner.can_restore(path), only=only)
 
 
-def _run_sweep(sweep: Sweep, base: Config, space: dict, refine_space: dict | None, uri: str,
+def _run_sweep(sweep: Sweep, base: Config, space: Space, refine_space: dict | None, uri: str,
                param_space: dict) -> pd.DataFrame:
     from tinylm.tracking import Tracker
 
     res = connect(sweep)
-    from tinylm.perf import git_info
+    from tinylm.machine import git_info
 
     tracker = Tracker(uri, experiment=sweep.name, artifact_root=os.path.join(sweep.root, "mlartifacts"))
     parent = tracker.start_sweep(
-        sweep_key=layout.sweep_key(sweep.name, sweep.root), params={"space": json.dumps(space, default=str)[:6000],
-                                                        "base": base.name, "scale": base.scale},
+        sweep_key=layout.sweep_key(sweep.name, sweep.root),
+        params={"space": json.dumps(dict(space.items()), default=str)[:6000], "base": base.name, "scale": base.scale},
         tags={"tinylm.sweep": sweep.name, **git_info()}, description=sweep.description, hypothesis=sweep.hypothesis)
     t0 = time.time()
     grid_done = False
@@ -113,7 +114,7 @@ def _run_sweep(sweep: Sweep, base: Config, space: dict, refine_space: dict | Non
         record_grid_in_optuna(sweep, table, param_space)
         grid_done = True
         if sweep.refine:
-            _fit(sweep, base, optuna_space(base, space, table, refine_space), res, parent, tracker, refine=True,
+            _fit(sweep, base, refinement_space(base, space, table, refine_space), res, parent, tracker, refine=True,
                  grid=table)
             table = results_table(sweep)
     except BaseException as e:  # noqa: BLE001 - whatever ended the sweep, no run may stay RUNNING
@@ -190,15 +191,8 @@ def _fit(sweep: Sweep, base: Config, param_space: dict, res: dict, parent: str, 
         1_000_000 if base.scale == "full" else max(1, base.train_tokens // 6)))
     scheduler = make_scheduler(sweep, base)
     search = None
-    if refine:
-        space = {k: v for k, v in param_space.items() if isinstance(v, tune.search.sample.Domain)}
-        # tell the study what the grid already measured (issue 12: re-running the grid's best points as "seeds"
-        # reproduced their losses and explored nothing): every refinement trial is a new point
-        n_known = tell_grid_results(sweep.storage(), name, space, grid)
-        log.info("refine study %s starts from %d grid results", name, n_known)
-        search = PruningOptunaSearch(space=space, metric="val_loss", mode="min",
-                                     storage=optuna.storages.RDBStorage(url=sweep.storage()), study_name=name)
-        param_space = {k: v for k, v in param_space.items() if not isinstance(v, tune.search.sample.Domain)}
+    if refine:  # the searcher --search names (tinylm.tune.search.SEARCHERS) over the refinement's domains
+        search, param_space = make_searcher(sweep, name, param_space, grid)
     trainable = tune.with_resources(trial_driver, res["trial_resources"])
     path = os.path.join(storage_root, name)
     callbacks = [TrackingCallback(sweep, rule, parent, phase="refine" if refine else "grid")]

@@ -1,10 +1,16 @@
-"""Optuna: the refinement search after the grid (a Tune searcher that records early stops as PRUNED), its space,
-and what the grid already measured, told to the studies (the grid's study and the refinement's)."""
+"""The refinement after the grid: its space (``refinement_space``) and its searcher, built by name from
+``SEARCHERS`` (``--search``: the Sweep's ``search`` setting): ``optuna`` (TPE, a Tune searcher that records early
+stops as PRUNED and is told the grid's results first) or ``random`` (Tune samples the same space). Also what the
+grid measured, recorded in the sweep's Optuna study whatever the searcher (the dashboard shows every sweep).
+
+A new search algorithm is one function ``(sweep, name, space, grid) -> Tune searcher or None`` in ``SEARCHERS``
+and its name in ``tinylm.sweep.settings.SEARCHERS`` (the flag's choices, checked before Ray starts)."""
 
 from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 
 import optuna
 import pandas as pd
@@ -14,7 +20,8 @@ from ray.tune.search.optuna import OptunaSearch
 from tinylm.config import FIELDS, Config, ConfigError
 from tinylm.layout import VARIANT
 from tinylm.ranking import plain
-from tinylm.sweep import Sweep
+from tinylm.sweep.settings import Sweep
+from tinylm.sweep.space import Space
 from tinylm.tune.results import STATUS_DONE, STOPPED_EARLY
 
 log = logging.getLogger("tinylm.tune")
@@ -46,16 +53,17 @@ def domain(name: str, spec):
     return kinds[spec[0]](*spec[1:])
 
 
-def optuna_space(base: Config, space: dict, grid: pd.DataFrame, refine_space: dict | None) -> dict:
+def refinement_space(base: Config, space: Space | dict, grid: pd.DataFrame, refine_space: dict | None) -> dict:
     """Refinement space: given, or log-uniform over [min/2, max*2] of each numeric grid axis around the best."""
+    space = Space.of(space)
     out = {k: v for k, v in base.to_dict().items()}
     if grid is not None and len(grid):
         best = grid.iloc[0]
-        out.update({k: best[k] for k in space if k in FIELDS and k in best})
+        out.update({k: best[k] for k in space.axes if k in FIELDS and k in best})
     if refine_space:
         out.update({k: domain(k, v) for k, v in refine_space.items()})
         return out
-    for k, values in space.items():
+    for k, values in space.axes.items():
         if k in FIELDS and isinstance(values, list) and all(isinstance(v, (int, float)) for v in values):
             lo, hi = min(values) / 2, max(values) * 2
             out[k] = (tune.qlograndint(max(1, int(lo)), int(hi), 1) if FIELDS[k].type in ("int", int)
@@ -120,4 +128,35 @@ def record_grid_in_optuna(sweep: Sweep, df: pd.DataFrame, param_space: dict) -> 
                         "stop_reason": str(row.get("stop_reason", ""))}))
 
 
-__all__ = ["PruningOptunaSearch", "domain", "optuna_space", "record_grid_in_optuna", "tell_grid_results"]
+def _optuna(sweep: Sweep, name: str, space: dict, grid: pd.DataFrame | None):
+    # tell the study what the grid already measured (re-running the grid's best points as "seeds" reproduced their
+    # losses and explored nothing): every refinement trial is a new point
+    n_known = tell_grid_results(sweep.storage(), name, space, grid)
+    log.info("refine study %s starts from %d grid results", name, n_known)
+    return PruningOptunaSearch(space=space, metric="val_loss", mode="min",
+                               storage=optuna.storages.RDBStorage(url=sweep.storage()), study_name=name)
+
+
+def _random(sweep: Sweep, name: str, space: dict, grid: pd.DataFrame | None):
+    return None  # Tune's own variant generator samples the domains left in the param space
+
+
+# name -> (sweep, study name, the refinement's domains, the grid's results) -> a Tune searcher (None: Tune samples
+# the domains itself, which then stay in the param space)
+SEARCHERS: dict[str, Callable] = {"optuna": _optuna, "random": _random}
+
+
+def make_searcher(sweep: Sweep, name: str, param_space: dict, grid: pd.DataFrame | None):
+    """The refinement's searcher (``sweep.search``) and the param space Tune gets beside it: a searcher takes the
+    domains out of it; without one Tune samples them where they are."""
+    if sweep.search not in SEARCHERS:
+        raise ConfigError(f"--search={sweep.search!r}; choose one of {', '.join(SEARCHERS)}")
+    domains = {k: v for k, v in param_space.items() if isinstance(v, tune.search.sample.Domain)}
+    search = SEARCHERS[sweep.search](sweep, name, domains, grid)
+    if search is None:
+        return None, param_space
+    return search, {k: v for k, v in param_space.items() if k not in domains}
+
+
+__all__ = ["SEARCHERS", "PruningOptunaSearch", "domain", "make_searcher", "record_grid_in_optuna", "refinement_space",
+           "tell_grid_results"]

@@ -1,5 +1,6 @@
-"""Early stopping: the ASHA scheduler a sweep uses, its rungs, the wsd probes at those rungs, and a replay of
-ASHA + the kill rule on recorded learning curves.
+"""Early stopping: the ASHA scheduler a sweep uses, its rungs, the wsd probes at those rungs, the PRD kill rule
+(``tinylm.kill_rule``) as a Tune Stopper (``KillStopper``; one ``SharedKillRule`` per sweep, which the MLflow
+callback reads across Tune's restores), and a replay of ASHA + the kill rule on recorded learning curves.
 
 Under a decaying LR schedule a mid-run loss favours small LRs (a large LR pays off once it decays), so an early
 comparison across an LR axis is biased (RESULTS.md, 2026-11-30). A ``schedule="wsd"`` sweep therefore gets a
@@ -22,10 +23,13 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from ray.tune import Stopper
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 
 from tinylm.config import Config
-from tinylm.layout import VARIANT
+from tinylm.kill_rule import KillRule
+from tinylm.sweep.space import Space
+from tinylm.tune.results import STATUS_DONE
 
 
 def rung_tokens(max_t: int, grace: int, reduction_factor: float, brackets: int = 1) -> list[int]:
@@ -55,10 +59,10 @@ def probes_for(sweep, base: Config) -> str:
 SCHEDULE_AXES = ("lr", "muon_lr", "schedule", "warmup_tokens", "min_lr_ratio", "decay_frac")
 
 
-def early_stop_warnings(sweep, base: Config, space: dict) -> list[str]:
+def early_stop_warnings(sweep, base: Config, space: Space | dict) -> list[str]:
     """What to tell the user before a sweep whose early stopping compares trials across an LR / schedule axis."""
     stops = sweep.asha or math.isfinite(sweep.kill_margin)
-    axes = set(space) | {k for point in space.get(VARIANT, []) for k in point}
+    axes = set(Space.of(space).fields())
     moved = [k for k in SCHEDULE_AXES if k in axes]
     if not stops or not moved:
         return []
@@ -104,6 +108,55 @@ def make_scheduler(sweep, base: Config, metric: str | None = None, mode: str | N
     return cls(time_attr="tokens", metric=metric, mode=mode, max_t=base.train_tokens,
                reduction_factor=sweep.reduction_factor, grace_period=grace_tokens(sweep, base),
                brackets=sweep.brackets)
+
+
+# --- the kill rule as a Tune Stopper -----------------------------------------------------------------------------
+_RULES: dict[str, KillRule] = {}
+
+
+def shared_rule(key: str, state: dict) -> KillRule:
+    """Unpickle to ONE rule per sweep: Tune restores the stopper and the callbacks separately, and the
+    callback must see the stopper's kill reasons."""
+    if key not in _RULES:
+        rule = KillRule()
+        rule.__dict__.update(state)
+        rule.key = key
+        _RULES[key] = rule
+    return _RULES[key]
+
+
+class SharedKillRule(KillRule):
+    """The sweep's one kill rule (``key``: the sweep), pickled by reference to ``shared_rule``."""
+
+    def __init__(self, key: str, **kwargs):
+        super().__init__(**kwargs)
+        self.key = key
+        _RULES[key] = self
+
+    def __reduce__(self):
+        return shared_rule, (self.key, {k: v for k, v in self.__dict__.items() if k != "key"})
+
+
+class KillStopper(Stopper):
+    """The kill rule as a Tune Stopper. ``probing``: the trials carry wsd cooldown probes, and only a probe (the
+    loss a finished run of that length reaches) is compared with the baseline's probe at the same tokens."""
+
+    def __init__(self, rule: KillRule, probing: bool = False):
+        self.rule, self.probing = rule, probing
+
+    def __call__(self, trial_id: str, result: dict) -> bool:
+        if "val_ppl" not in result or result.get("status") in STATUS_DONE:
+            return False
+        if self.probing:
+            if "probe_loss" not in result:
+                return False
+            ppl = math.exp(min(float(result["probe_loss"]), 50.0))
+        else:
+            ppl = float(result["val_ppl"])
+        return self.rule.update(trial_id, int(result["tokens"]), ppl, bool(result.get("is_baseline"))) is not None
+
+    def stop_all(self) -> bool:
+        return False
 
 
 # --- replay on recorded curves -----------------------------------------------------------------------------------

@@ -40,12 +40,12 @@ def _worker_loop(loop: dict) -> None:
     t_fn = time.time()
     import torch
 
-    from tinylm import perf
+    from tinylm import machine
 
-    perf.reset_marks(trial=loop["t_trial"], worker_fn=t_fn, import_torch=time.time())
+    machine.reset_marks(trial=loop["t_trial"], worker_fn=t_fn, import_torch=time.time())
     import tinylm.engine  # noqa: F401 - deepspeed: paid once per process
 
-    perf.mark("import_deepspeed")
+    machine.mark("import_deepspeed")
     from tinylm.train import train
 
     torch.set_num_threads(max(1, int(loop["threads"])))

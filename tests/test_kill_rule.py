@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from tinylm.rules import DEFAULT_MARGIN, KillRule, loss_margin, relative_margin
+from tinylm.kill_rule import DEFAULT_MARGIN, KillRule, loss_margin, relative_margin
 
 
 def feed(rule, trial, curve, baseline=False):

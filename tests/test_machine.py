@@ -10,7 +10,7 @@ import time
 
 import torch
 
-from tinylm import perf
+from tinylm import machine
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -23,14 +23,14 @@ def test_cpu_peak_is_measured_once_and_cached_per_threads_and_dtype(tmp_path, mo
     def fake(value):
         return lambda: calls.append(value) or value
 
-    first = perf.cpu_peak(torch.float32, measure=fake(100.0), reps=3)
-    again = perf.cpu_peak(torch.float32, measure=fake(1.0), reps=3)  # e.g. a later trial under load
+    first = machine.cpu_peak(torch.float32, measure=fake(100.0), reps=3)
+    again = machine.cpu_peak(torch.float32, measure=fake(1.0), reps=3)  # e.g. a later trial under load
     assert first == again == 100.0 and calls == [100.0] * 3
-    assert perf.cpu_peak(torch.bfloat16, measure=fake(7.0), reps=1) == 7.0  # its own key
+    assert machine.cpu_peak(torch.bfloat16, measure=fake(7.0), reps=1) == 7.0  # its own key
     n = torch.get_num_threads()
     try:
         torch.set_num_threads(1 if n != 1 else 2)
-        assert perf.cpu_peak(torch.float32, measure=fake(3.0), reps=1) == 3.0
+        assert machine.cpu_peak(torch.float32, measure=fake(3.0), reps=1) == 3.0
     finally:
         torch.set_num_threads(n)
     cache = json.loads((tmp_path / "peak.json").read_text())
@@ -41,23 +41,23 @@ def test_a_peak_measured_under_load_is_provisional(tmp_path, monkeypatch):
     monkeypatch.setenv("TINYLM_PEAK_CACHE", str(tmp_path / "peak.json"))
     busy = 4.0 * (os.cpu_count() or 1)
     monkeypatch.setattr(os, "getloadavg", lambda: (busy, busy, busy))
-    assert perf.cpu_peak(torch.float32, measure=lambda: 50.0, reps=1) == 50.0
-    assert perf.cpu_peak(torch.float32, measure=lambda: 90.0, reps=1) == 50.0  # still busy: keep the cached one
+    assert machine.cpu_peak(torch.float32, measure=lambda: 50.0, reps=1) == 50.0
+    assert machine.cpu_peak(torch.float32, measure=lambda: 90.0, reps=1) == 50.0  # still busy: keep the cached one
     monkeypatch.setattr(os, "getloadavg", lambda: (0.0, 0.0, 0.0))
-    assert perf.cpu_peak(torch.float32, measure=lambda: 40.0, reps=1) == 50.0  # quiet but lower: keep the higher
-    assert perf.cpu_peak(torch.float32, measure=lambda: 200.0, reps=1) == 200.0  # still provisional: re-measured
-    assert perf.cpu_peak(torch.float32, measure=lambda: 999.0, reps=1) == 200.0  # measured quiet: final
+    assert machine.cpu_peak(torch.float32, measure=lambda: 40.0, reps=1) == 50.0  # quiet but lower: keep the higher
+    assert machine.cpu_peak(torch.float32, measure=lambda: 200.0, reps=1) == 200.0  # still provisional: re-measured
+    assert machine.cpu_peak(torch.float32, measure=lambda: 999.0, reps=1) == 200.0  # measured quiet: final
 
 
 def test_peak_memory_window_resets_between_runs():
     cpu = torch.device("cpu")
-    perf.reset_peak_memory(cpu)
-    before = perf.peak_memory_mb(cpu)
+    machine.reset_peak_memory(cpu)
+    before = machine.peak_memory_mb(cpu)
     big = torch.ones(64 * 2**20 // 4)  # 64 MiB, touched
-    grown = perf.peak_memory_mb(cpu)
+    grown = machine.peak_memory_mb(cpu)
     del big
-    perf.reset_peak_memory(cpu)
-    after = perf.peak_memory_mb(cpu)
+    machine.reset_peak_memory(cpu)
+    after = machine.peak_memory_mb(cpu)
     assert grown > before + 40 and after < grown - 40
 
 

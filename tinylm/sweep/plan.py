@@ -1,7 +1,7 @@
 """``--dry-run``: the trials a sweep would run, what they cost here or on a cluster, and what they could claim.
 
-Pure functions of the Experiment and the base Config (no Ray, no stores): ``plan(exp, base, seeds)`` expands the
-grid exactly as ``tinylm.tune.grid_space`` does and describes every trial (shape, params, embedding share, real
+Pure functions of the Experiment and the base Config (no Ray, no stores): ``plan(exp, base, seeds)`` walks the
+grid as Tune does (``Space.points``) and describes every trial (shape, params, embedding share, real
 GLU factor, tokens, tokens per parameter, epochs of the corpus, FLOPs, estimated wall time); ``diagnose`` lists
 what makes the trials unable to answer the question (undertrained by design, data repeats, head size < 16, a GLU
 factor or embedding share the budget could not meet, smoke scale); ``print_plan`` prints both.
@@ -13,7 +13,6 @@ thread per trial (the local sweep's layout: one trial per core), fitted on the l
 from __future__ import annotations
 
 import glob
-import itertools
 import json
 import math
 import os
@@ -22,8 +21,9 @@ from pathlib import Path
 import pandas as pd
 
 from tinylm.budget import flops_per_token
-from tinylm.config import LAPTOP_RULES, Config
-from tinylm.layout import VARIANT
+from tinylm.config import FIELDS, LAPTOP_RULES, Config
+from tinylm.sweep.settings import MAX_SEEDS
+from tinylm.sweep.space import Space
 
 # Measured here (2026-11-30, tinylm.train on one thread, DeepSpeed fp32, block 128, batch 16,
 # laptop configs, CPU seconds per token between the first and last of 4 evals, so other jobs' load (~4-8 on 2 cores)
@@ -36,7 +36,6 @@ THROUGHPUT = {"const_s": -0.30e-6, "per_layer_s": 4.27e-6, "per_flop_s": 17.89e-
 TRIAL_OVERHEAD_S = 5.0  # per trial start-up after tinylm.tune's local-mode work (~30 s before it)
 RAY_START_S = 15.0  # ray.init + MLflow/Optuna stores, once per sweep
 GPU_FLOPS = 3.0e14  # one H100-class GPU at ~30 % of its bf16 peak: the cluster estimate's assumption
-SCALING_SWEEPS = ("arch", "width", "depth", "data_scale", "ladder")  # claims need >= 20 tokens per parameter
 # shown in their own columns
 SHOWN = ("seed", "n_embd", "n_layer", "n_head", "d_ff", "train_tokens", "eval_every_tokens", "warmup_tokens")
 CORPUS_BYTES = {"wiki-offline": 4.9e6, "shakespeare": 5.1e6, "sotu": 10.8e6}
@@ -77,18 +76,9 @@ def corpus_tokens(cfg: Config) -> tuple[float, bool]:
     return size * (1 - cfg.val_fraction) / 3.2, False
 
 
-def expand(space: dict, seeds: int, base: Config) -> list[dict]:
-    """The grid points (with their seed) in tinylm.tune's order: the cartesian product of the space's lists."""
-    keys = list(space)
-    lists = [space[k] if isinstance(space[k], list) else [space[k]] for k in keys]
-    out = []
-    for combo in itertools.product(*lists):
-        point = {}
-        for k, v in zip(keys, combo, strict=True):
-            point.update(v if k == VARIANT else {k: v})
-        for s in range(base.seed, base.seed + max(1, seeds)):
-            out.append(point | {"seed": s})
-    return out
+def expand(space: Space, seeds: int, base: Config) -> list[dict]:
+    """The grid points with their seed (``base.seed`` on), in Tune's order: each point's seeds together."""
+    return [p | {"seed": s} for p in Space.of(space).points() for s in range(base.seed, base.seed + max(1, seeds))]
 
 
 def describe(cfg: Config, point: dict) -> dict:
@@ -113,7 +103,7 @@ def describe(cfg: Config, point: dict) -> dict:
 
 
 def short_base(base: Config, rank_fraction: float) -> Config:
-    """The two-phase pipeline's phase-1 config (``tinylm.experiment.two_phase``): ``rank_fraction`` of the run (at
+    """The two-phase pipeline's phase-1 config (``tinylm.sweep.pipeline.two_phase``): ``rank_fraction`` of the run (at
     least one eval interval), its warmup capped at a quarter of that (a laptop warmup would fill most of it)."""
     short_tokens = max(base.eval_every_tokens, int(base.train_tokens * rank_fraction))
     return base.replace(train_tokens=short_tokens,
@@ -124,7 +114,7 @@ RUN_LENGTH = ("train_tokens", "warmup_tokens", "eval_every_tokens")
 
 
 def lr_point(base: Config, variant: dict, mult: float, fraction: float) -> dict:
-    """A variant's LR-tuning run (``tinylm.experiment.tune_lr``): its own rule LR (its ``lr``, else the base's)
+    """A variant's LR-tuning run (``tinylm.sweep.pipeline.tune_lr``): its own rule LR (its ``lr``, else the base's)
     x ``mult``; a variant that sets its own run length gets it shortened to ``fraction`` as ``short_base`` does."""
     v = dict(variant)
     if fraction < 1 and any(k in v for k in RUN_LENGTH):
@@ -137,12 +127,9 @@ def plan(exp, base: Config, seeds: int = 1, two_phase: bool = False, rank_fracti
          finalists: int = 2, lr_grid: tuple[float, ...] = (), lr_fraction: float = 1.0) -> pd.DataFrame:
     """One row per trial the sweep would start (two-phase: the ranking runs, then finalists x seeds; with an
     ``lr_grid``: first the LR-tuning runs, phase ``lr``, whose extensions past a grid edge are not known yet)."""
-    from tinylm.config import FIELDS
-    from tinylm.sweep import MAX_SEEDS
-
     space = exp.space_at(base.scale)
     rows = []
-    if lr_grid:  # tinylm.experiment.tune_lr: every variant x multiplier, one tuning seed, a fraction of the run
+    if lr_grid:  # tinylm.sweep.pipeline.tune_lr: every variant x multiplier, one tuning seed, a fraction of the run
         short = short_base(base, lr_fraction).replace(seed=base.seed + MAX_SEEDS)  # as tune_lr: no seed run's
         for p in expand(space, 1, short):
             for m in lr_grid:
@@ -174,8 +161,10 @@ def plan(exp, base: Config, seeds: int = 1, two_phase: bool = False, rank_fracti
     return pd.DataFrame(rows)
 
 
-def diagnose(table: pd.DataFrame, scale: str, name: str = "") -> list[str]:
-    """Why these trials could not support a claim (empty list: nothing found)."""
+def diagnose(table: pd.DataFrame, scale: str, exp=None) -> list[str]:
+    """Why these trials could not support a claim (empty list: nothing found). ``exp``: the Experiment, whose
+    ``fit_tokens_per_param`` (None: the most of its ``tokens_per_param_per_point``) is the tokens per parameter
+    its claim needs (a scaling fit: 20); without one, or below 1, 1."""
     out = []
     if scale == "smoke":
         out.append("SMOKE scale: mechanics only (head size 8, < 1 token per parameter): the results claim nothing "
@@ -183,7 +172,10 @@ def diagnose(table: pd.DataFrame, scale: str, name: str = "") -> list[str]:
     if not len(table):
         return out
     tpp = table["tokens_per_param"]
-    need = 20.0 if name in SCALING_SWEEPS else 1.0
+    fit = getattr(exp, "fit_tokens_per_param", None)
+    if fit is None:
+        fit = max(getattr(exp, "tokens_per_param_per_point", {}).values(), default=0.0)
+    need = max(1.0, float(fit))
     low = table[tpp < 0.97 * need]  # token counts are rounded to whole optimizer steps
     if len(low):
         hi = low["tokens_per_param"].max()
@@ -218,7 +210,7 @@ def _fmt_s(s: float) -> str:
 
 def print_plan(exp, base: Config, args, grid: tuple[float, ...] = ()) -> pd.DataFrame:
     """Print the plan, the wall-time estimates, the scale's rules and the diagnostics; returns the plan. ``grid``:
-    the LR multipliers the run tunes each variant over first (``tinylm.experiment.lr_grid_of``)."""
+    the LR multipliers the run tunes each variant over first (``tinylm.sweep.pipeline.lr_grid_of``)."""
     table = plan(exp, base, seeds=args.seeds, two_phase=args.two_phase, rank_fraction=args.rank_fraction,
                  finalists=args.finalists, lr_grid=() if args.two_phase else grid, lr_fraction=args.lr_fraction)
     cols = ["point", "seed", "d", "L", "heads", "head_size", "d_ff", "V", "params", "share_embed", "glu_real",
@@ -250,7 +242,7 @@ def print_plan(exp, base: Config, args, grid: tuple[float, ...] = ()) -> pd.Data
         print("\nlaptop scale rules (tinylm.config.LAPTOP_RULES):")
         for rule, _why in LAPTOP_RULES:
             print(f"  - {rule}")
-    diags = diagnose(table, base.scale, exp.name)
+    diags = diagnose(table, base.scale, exp)
     print("\ndiagnostics:" if diags else "\ndiagnostics: none (shapes, tokens per parameter and data are sane)")
     for d in diags:
         print(f"  ! {d}")

@@ -1,4 +1,4 @@
-"""The PRD kill rule, as a pure state machine (tinylm.tune wraps it in a Tune Stopper).
+"""The PRD kill rule, as a pure state machine (``tinylm.tune.stopping.KillStopper`` wraps it in a Tune Stopper).
 
 Stop a trial when its dev perplexity is at least ``margin`` worse than the baseline trial's at the same token
 count for ``window`` consecutive tokens. The baseline's perplexity at a token count is interpolated linearly

@@ -1,4 +1,6 @@
-"""Hardware numbers: peak FLOP/s for MFU, peak memory, and run provenance (git, host, device)."""
+"""What machine and code a run ran on: the hardware's peak FLOP/s (the MFU denominator) and peak memory, the
+device's name, a run's provenance (git commit and diff, host, device, torch), a free local port (for a process
+group or a local Ray), and the start-up phase marks bench/overhead.py reads."""
 
 from __future__ import annotations
 
@@ -142,6 +144,13 @@ def git_info() -> dict[str, str]:
 def provenance(device: torch.device) -> dict[str, str]:
     return {**git_info(), "hostname": socket.gethostname(), "device": device_name(device),
             "torch": torch.__version__}
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now (the OS picks it)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 # --- start-up phases (bench/overhead.py): wall-clock marks from trial start to the first optimizer step --------
