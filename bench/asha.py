@@ -93,7 +93,7 @@ def replay_settings(runs: dict[tuple, list[dict]], axes: list[str], orders: list
     import statistics
 
     from tinylm.kill_rule import KillRule
-    from tinylm.tune import Sweep
+    from tinylm.sweep import Sweep
     from tinylm.tune.stopping import KillStopper, make_scheduler, replay, rung_tokens
 
     full = sum(r[-1]["tokens"] for r in runs.values())
@@ -142,7 +142,7 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
 
     from tinylm import tune
-    from tinylm.sweep import Experiment
+    from tinylm.sweep import Experiment, Space, Sweep
 
     glu = Experiment(name="glu", preset="budget-10m", space={}, smoke=dict(lr=3e-3))
     base = glu.base("smoke").replace(train_tokens=args.tokens, eval_every_tokens=args.eval_every, evals="",
@@ -159,7 +159,7 @@ def main(argv: list[str] | None = None) -> None:
     full_name = args.full_name or f"asha-full-{grid}-{args.schedule}"
     halves = (("full", dict(asha=False, kill_margin=math.inf)),) + (() if args.only_full else (("asha", asha),))
     for name, kw in halves:
-        sweep = tune.Sweep(name=full_name if name == "full" else f"asha-{tag}", results_dir=root,
+        sweep = Sweep(name=full_name if name == "full" else f"asha-{tag}", results_dir=root,
                            max_concurrent=args.max_concurrent, baseline=baseline, **kw)
         if name == "full" and args.skip_full:
             runs[name] = (tune.results_table(sweep), math.nan)
@@ -167,13 +167,13 @@ def main(argv: list[str] | None = None) -> None:
         b = base.replace(probes=args.full_probes) if name == "full" and args.schedule == "wsd" else base
         t0 = time.time()
         try:
-            table = tune.run_sweep(sweep, b, space)
+            table = tune.run_sweep(sweep, b, Space(**space))
         finally:
             tune.shutdown()
         runs[name] = (table, time.time() - t0)
     from tinylm.tune.stopping import grace_tokens
 
-    s = tune.Sweep(name="x", **asha)
+    s = Sweep(name="x", **asha)
     print(f"\n{len(runs['full'][0])}-trial grid {' x '.join(space)}, {args.tokens:,} tokens each, {args.schedule}, "
           f"eval every {args.eval_every:,} ({base.n_embd}d x {base.n_layer}; ASHA grace "
           f"{grace_tokens(s, base):,} tokens, reduction factor {s.reduction_factor}, brackets "
@@ -191,7 +191,7 @@ def main(argv: list[str] | None = None) -> None:
               f"{' not charged' if name == 'full' else ''})  wall {wall:6.0f} s  stopped early {early:2d}/{len(table)}"
               f"  top-3 ({', '.join(space)}, val_loss) {top(table, list(space))}")
     print("how well a mid-run number ranks the full grid's final losses:")
-    print("\n".join(rank_quality(tune.Sweep(name=full_name, results_dir=root).uri(), runs["full"][0],
+    print("\n".join(rank_quality(Sweep(name=full_name, results_dir=root).uri(), runs["full"][0],
                                  ("probe_loss", "val_loss") if args.schedule == "wsd" else ("val_loss",))))
     if args.replay:
         import random
@@ -199,9 +199,9 @@ def main(argv: list[str] | None = None) -> None:
         from tinylm.tune.stopping import grid_sequence
 
         axes = list(space)
-        curves = recorded(tune.Sweep(name=full_name, results_dir=root).uri(), runs["full"][0], axes)
+        curves = recorded(Sweep(name=full_name, results_dir=root).uri(), runs["full"][0], axes)
         own = [tuple(float(p[a]) for a in axes)
-               for p in grid_sequence(tune.grid_space(base, space, 1, baseline, shuffle=True))]
+               for p in grid_sequence(tune.grid_space(base, Space(**space), 1, baseline, shuffle=True))]
         rng = random.Random(0)
         orders = [own] + [rng.sample(own, len(own)) for _ in range(args.replay)]
         T = args.tokens

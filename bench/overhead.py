@@ -78,14 +78,15 @@ def main(argv: list[str] | None = None) -> None:
 
     from tinylm import tune
     from tinylm.config import Config
+    from tinylm.sweep import Space, Sweep
 
     root = args.results or tempfile.mkdtemp(prefix="tinylm-overhead-")
     extra = {} if args.path == "auto" else {"local_mode": args.path == "local"}
-    sweep = tune.Sweep(name="overhead", results_dir=root, asha=False, kill_margin=math.inf, max_concurrent=1,
+    sweep = Sweep(name="overhead", results_dir=root, asha=False, kill_margin=math.inf, max_concurrent=1,
                        **extra)
     base = Config.from_name("debug", train_tokens=args.tokens, eval_every_tokens=args.tokens // 2,
                             eval_tokens=1024, evals="").replace(name="overhead")
-    space = {"lr": [round(3e-3 * (1 + 0.1 * i), 6) for i in range(args.trials)]}
+    space = Space(lr=[round(3e-3 * (1 + 0.1 * i), 6) for i in range(args.trials)])
     t0 = time.time()
     res = tune.connect(sweep)
     t_ray = time.time() - t0

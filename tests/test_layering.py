@@ -102,8 +102,8 @@ LAYERS: list[tuple[str, set[str]]] = [
     ("evals", {"evals", "evals.scorer", "evals.decode", "evals.suite", "evals.sources", "evals.arithmetic",
                "evals.association", "evals.commonsense", "evals.completion", "evals.lambada", "evals.qa",
                "evals.recall", "evals.squad"}),  # the benchmark library: train() runs it at the end of a run
-    ("train", {"train", "sanity"}),
     ("tracking", {"tracking", "tracking.schema", "tracking.store", "tracking.writer", "tracking.readers"}),
+    ("train", {"train", "train.sanity", "train.tracked"}),
     # a sweep's settings, flags and grid (no ray: the CLI parses and checks them before Ray starts); tune.*: Ray
     ("sweeps", {"sweep.settings", "sweep.space", "tune", "tune.grid", "tune.results", "tune.console", "tune.resources", "tune.worker",
                 "tune.callbacks", "tune.search", "tune.stopping", "tune.runner", "tune.state", "ablation"}),
@@ -293,7 +293,7 @@ def test_every_module_has_a_layer():
 def test_the_import_scan_sees_lazy_imports_and_private_names():
     imports = {(t, n, p, cli) for t, n, p, cli in package_imports("train")}
     assert ("engine", "", "", False) in imports  # `from tinylm import engine` inside setup(): the submodule
-    assert ("api", "run_experiment", "", True) in package_imports("train.cli")  # --track: the command's
+    assert ("train.tracked", "train_tracked", "", True) in package_imports("train.cli")  # --track: the command's
     assert {t for t, *_ in package_imports("")} >= {"api", "config"}  # tinylm/__init__'s import_module(name)
     assert ("decode", "evals.decode") == ("decode", _resolve("tinylm.evals.decode"))
     graph = {"a": {"b"}, "b": {"c", "a"}, "c": set(), "d": {"d"}}

@@ -53,12 +53,13 @@ def test_sweep_summary_masks_every_password_and_links_the_training_view(tmp_path
     link that opens the model training view (tracking.ui_url)."""
     import pandas as pd
 
-    from tinylm.tune import Sweep, print_results
+    from tinylm.sweep import Space, Sweep
+    from tinylm.tune import print_results
 
     sweep = Sweep("x", results_dir=str(tmp_path), tracking_uri="postgresql://me:s3cret@db/mlflow",
                   optuna_storage="postgresql://db/optuna?user=me&password=s3cret")
     table = pd.DataFrame({"trial_id": ["a"], "lr": [1e-3], "val_loss": [4.0], "status": ["completed"]})
-    msg = print_results(sweep, table, {"lr": [1e-3]})
+    msg = print_results(sweep, table, Space(lr=[1e-3]))
     assert "s3cret" not in msg and "me:***@db" in msg and "password=***" in msg
     assert "/#/experiments?workflowType=machine_learning" in msg
     assert (tmp_path / "x" / "results.csv").exists()
@@ -83,10 +84,11 @@ def test_results_footer_points_at_a_tracking_server_rather_than_mlflow_ui(tmp_pa
     """With an MLflow server the footer says to open it (``mlflow ui --backend-store-uri http://…`` would be wrong)."""
     import pandas as pd
 
-    from tinylm.tune import Sweep, print_results
+    from tinylm.sweep import Space, Sweep
+    from tinylm.tune import print_results
 
     table = pd.DataFrame([{"trial_id": "t_00000", "lr": 1e-3, "val_loss": 3.0, "status": "completed"}])
     sweep = Sweep("srv", results_dir=str(tmp_path), tracking_uri="http://user:secret@10.0.0.5:5000")
-    msg = print_results(sweep, table, {"lr": [1e-3]})
+    msg = print_results(sweep, table, Space(lr=[1e-3]))
     assert "MLflow        : open http://user:***@10.0.0.5:5000/#/experiments" in msg
     assert "mlflow ui" not in msg and "secret" not in msg

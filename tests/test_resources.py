@@ -67,11 +67,12 @@ def test_grid_order_puts_the_baseline_first_and_is_a_fixed_permutation():
 
 def test_grid_space_shuffles_only_when_trials_can_stop_early():
     from tinylm.config import Config
+    from tinylm.sweep import Space
     from tinylm.tune import grid_space
 
     base = Config.from_name("debug")
-    space = {"lr": [1e-3, 3e-3, 1e-2, 3e-2]}
+    space = Space(lr=[1e-3, 3e-3, 1e-2, 3e-2])
     plain = grid_space(base, space, seeds=1)
-    assert plain["lr"]["grid_search"] == space["lr"]
+    assert plain["lr"]["grid_search"] == space.axes["lr"]
     early = grid_space(base, space, seeds=1, baseline={"lr": 1e-2}, shuffle=True)
-    assert early["lr"]["grid_search"][0] == 1e-2 and sorted(early["lr"]["grid_search"]) == space["lr"]
+    assert early["lr"]["grid_search"][0] == 1e-2 and sorted(early["lr"]["grid_search"]) == space.axes["lr"]

@@ -11,7 +11,7 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler  # 
 
 from tinylm.config import Config  # noqa: E402
 from tinylm.kill_rule import KillRule  # noqa: E402
-from tinylm.tune import Sweep  # noqa: E402
+from tinylm.sweep import Sweep  # noqa: E402
 from tinylm.tune.stopping import (  # noqa: E402
     KillStopper,
     ProbeASHA,
@@ -165,10 +165,10 @@ def test_early_stopping_across_an_lr_axis_is_announced():
     from tinylm.sweep import Space
 
     cosine = Config.from_name("debug")
-    (msg,) = early_stop_warnings(Sweep(name="s"), cosine, {"lr": [1e-3, 3e-3], "glu_factor": [2.0, 4.0]})
+    (msg,) = early_stop_warnings(Sweep(name="s"), cosine, Space(lr=[1e-3, 3e-3], glu_factor=[2.0, 4.0]))
     assert "across lr" in msg and "schedule='cosine'" in msg and "--no-asha" in msg
     assert early_stop_warnings(Sweep(name="s"), cosine, Space(variants=[{"lr": 1e-3}, {"lr": 2e-3}]))
-    (msg,) = early_stop_warnings(Sweep(name="s"), wsd(probes="8192"), {"lr": [1e-3, 3e-3]})
+    (msg,) = early_stop_warnings(Sweep(name="s"), wsd(probes="8192"), Space(lr=[1e-3, 3e-3]))
     assert "cooldown probes" in msg
-    assert early_stop_warnings(Sweep(name="s"), cosine, {"glu_factor": [2.0, 4.0]}) == []  # no LR axis
-    assert early_stop_warnings(Sweep(name="s", asha=False, kill_margin=float("inf")), cosine, {"lr": [1e-3]}) == []
+    assert early_stop_warnings(Sweep(name="s"), cosine, Space(glu_factor=[2.0, 4.0])) == []  # no LR axis
+    assert early_stop_warnings(Sweep(name="s", asha=False, kill_margin=float("inf")), cosine, Space(lr=[1e-3])) == []

@@ -93,8 +93,9 @@ def test_a_stopped_sweep_leaves_no_run_running(tmp_path, error, parent_status):
     import optuna
 
     from tinylm.config import Config
+    from tinylm.sweep import Space, Sweep
     from tinylm.tracking import Tracker, load_runs
-    from tinylm.tune import Sweep, grid_space
+    from tinylm.tune import grid_space
     from tinylm.tune.runner import _close_stopped_sweep
 
     sweep = Sweep("tiny", results_dir=str(tmp_path), refine=2)
@@ -109,7 +110,7 @@ def test_a_stopped_sweep_leaves_no_run_running(tmp_path, error, parent_status):
     tracker.log_metrics(runs["a"], {"val_loss": 5.0, "tokens": 100}, step=100)
     tracker.finish_run(runs["a"], "completed", "", {"val_loss": 5.0, "tokens": 100})
     tracker.finish_run(runs["b"], "diverged", "non-finite loss")
-    _close_stopped_sweep(sweep, tracker, parent, error, grid_space(base, {"lr": [3e-3, 2e-3, 1e-3]}, 1))
+    _close_stopped_sweep(sweep, tracker, parent, error, grid_space(base, Space(lr=[3e-3, 2e-3, 1e-3]), 1))
     df = load_runs(sweep.uri(), sweep="tiny").set_index("trial_id")
     assert dict(df["status"]) == {"a": "completed", "b": "diverged", "c": "interrupted"}
     assert "run the same command to resume" in df.loc["c", "stop_reason"]
@@ -227,7 +228,7 @@ def _real_db(path):
     ("optuna.db", lambda p: p.write_bytes(b""), None),  # an empty file: sqlite makes it a database
 ])
 def test_corrupt_sqlite_store_refused_naming_the_file(tmp_path, name, make, problem):
-    from tinylm.tune import Sweep
+    from tinylm.sweep import Sweep
     from tinylm.tune.state import SweepStateError, check_sqlite_stores
 
     sweep = Sweep("tiny", results_dir=str(tmp_path))
@@ -279,6 +280,7 @@ def test_a_resumed_sweep_with_a_changed_grid_is_refused_naming_the_difference(tm
     used to read as "interrupted" on every rerun) is refused naming what changed; the same points in another
     order are the same grid; a new sweep (nothing to resume) records its grid."""
     from tinylm.config import Config
+    from tinylm.sweep import Space
     from tinylm.tune import grid_space
     from tinylm.tune.state import SweepStateError, check_grid, grid_spec
 
@@ -287,7 +289,7 @@ def test_a_resumed_sweep_with_a_changed_grid_is_refused_naming_the_difference(tm
     spec_file, exp_dir = str(tmp_path / "tiny" / "grid.json"), str(tmp_path / "ray" / "tiny")
 
     def spec(space, seeds=1, samples=1, **fields):
-        return grid_spec(grid_space(base.replace(**fields), space, seeds), samples)
+        return grid_spec(grid_space(base.replace(**fields), Space.of(space), seeds), samples)
 
     check_grid("tiny", spec_file, spec(created), exp_dir, resuming=False)
     cases = [  # (the rerun's grid, what the refusal names; None: accepted)

@@ -70,7 +70,7 @@ def test_seed_head_grid_fails_before_scheduling():
 
     exp = load(os.path.join(ROOT, "sweeps", "heads.py")).EXPERIMENT
     with pytest.raises(ConfigError, match=r"n_embd=320 is not divisible by n_head=12.*allowed n_head: \[1, 2, 4, 5, 8, 10, 16, 20, 32, 40, 64\]"):
-        grid_space(exp.base("full"), {"n_head": [5, 8, 12, 16]}, seeds=1)
+        grid_space(exp.base("full"), Space(n_head=[5, 8, 12, 16]), seeds=1)
 
 
 # --- the laptop scale: a replica of each experiment, not a shrunken copy ------------------------------------------

@@ -171,7 +171,9 @@ def test_results_table_ranks_trials_by_the_one_trial_loss(monkeypatch, tmp_path)
     runs = pd.DataFrame({"trial_id": list("abcde"), "val_loss": [3.0, 2.0, math.nan, 1.0, 2.0],
                          "final_val_loss": [1.5, math.nan, math.nan, math.nan, math.nan]})
     monkeypatch.setattr(tinylm.tracking, "load_runs", lambda uri, sweep: runs)
-    table = tune.results_table(tune.Sweep("s", results_dir=str(tmp_path)))
+    from tinylm.sweep import Sweep
+
+    table = tune.results_table(Sweep("s", results_dir=str(tmp_path)))
     assert list(table["trial_id"]) == ["d", "a", "b", "e", "c"] and list(table.index) == [0, 1, 2, 3, 4]
     assert table.iloc[0]["trial_id"] == runs.iloc[best_trial(runs.to_dict("records"))]["trial_id"]
 

@@ -127,29 +127,12 @@ def run_experiment(cfg: Config, out_dir: str | None = None, track: bool = False,
 
     results_dir = default_results(results_dir)
     out = os.path.abspath(out_dir or os.path.join(results_dir, "runs", f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"))
-    if not track:
-        final = train(cfg, out, force=force)
-    else:
-        from tinylm.layout import single_key
-        from tinylm.tracking import Tracker, check_tracking, default_uri
+    if track:
+        from tinylm.train.tracked import train_tracked
 
-        uri = default_uri(os.path.abspath(results_dir))
-        check_tracking(uri)  # before any compute, within the one timeout of every entry point
-        tracker = Tracker(uri, experiment="single-runs")
-        parent = tracker.start_sweep(single_key(out), params={}, tags={"tinylm.sweep": "single-runs"})
-        run_id = tracker.trial_run(parent, os.path.basename(out), cfg.to_dict())
-        numbers = lambda m: {k: v for k, v in m.items() if isinstance(v, (int, float))}
-        try:
-            final = train(cfg, out, report=lambda m, _ckpt: tracker.log_metrics(run_id, numbers(m),
-                                                                                 step=int(m.get("tokens", 0))),
-                          force=force)
-        except BaseException as e:
-            tracker.finish_run(run_id, "interrupted" if isinstance(e, KeyboardInterrupt) else "failed", repr(e)[:500])
-            tracker.finish_run(parent, "interrupted" if isinstance(e, KeyboardInterrupt) else "failed")
-            raise
-        tracker.set_tags(run_id, final["info"])
-        tracker.finish_run(run_id, final["status"], final["stop_reason"], numbers(final))
-        tracker.finish_run(parent, "completed")
+        final = train_tracked(cfg, out, results_dir, force=force)
+    else:
+        final = train(cfg, out, force=force)
     info = final.pop("info", {})
     return Result(cfg, final, out, info)
 

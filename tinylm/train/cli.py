@@ -6,7 +6,7 @@
     python -m tinylm.train --preset debug --sanity lr_range    # PRD phase 0: LR range test
     python -m tinylm.train --preset debug --track              # plus an MLflow run (tinylm.api.run_experiment)
 
-It sits over the library (``tinylm.train.train``, ``tinylm.sanity``, ``tinylm.api``); nothing imports it. Every
+It sits over the train package (``train``, ``sanity``, ``tracked``); nothing imports it. Every
 failure the user can act on is one line: a refused input or output folder (``--force`` takes over a folder that
 holds other files), a full disk, and Ctrl-C, which prints where it stopped and the command that goes on (exit 130).
 """
@@ -54,14 +54,13 @@ def main(argv: list[str] | None = None) -> dict:
     t0 = time.perf_counter()
     try:
         if args.sanity:
-            from tinylm import sanity
+            from tinylm.train import sanity
 
             return getattr(sanity, args.sanity)(cfg, out, force=args.force)
-        if args.track:  # the notebook API's path: one MLflow parent + child run around the same train()
-            from tinylm.api import run_experiment
+        if args.track:  # as tinylm.run_experiment(track=True): one MLflow parent + child run around train()
+            from tinylm.train.tracked import train_tracked
 
-            result = run_experiment(cfg, out_dir=out, track=True, results_dir=results_dir(), force=args.force)
-            final = {**result.metrics, "info": result.info}
+            final = train_tracked(cfg, out, results_dir(), force=args.force)
         else:
             final = train(cfg, out, force=args.force)
     except expected as e:  # SystemExit, not a traceback (which torch.distributed prefixes with [rank0] per line)

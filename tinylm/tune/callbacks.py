@@ -5,15 +5,18 @@ from __future__ import annotations
 
 import json
 import os
+from typing import TYPE_CHECKING
 
 from ray import tune
 
 from tinylm.kill_rule import KillRule
 from tinylm.layout import VARIANT
-from tinylm.sweep.settings import Sweep
 from tinylm.tune.console import bar, say
 from tinylm.tune.grid import build_config, is_baseline
 from tinylm.tune.results import STATUS_DONE
+
+if TYPE_CHECKING:  # a sweep's settings and grid, handed in by tinylm.sweep (which calls this package)
+    from tinylm.sweep.settings import Sweep
 
 TUNE_KEYS = ("training_iteration", "time_this_iter_s", "timestamp", "pid", "iterations_since_restore",
              "time_since_restore", "time_total_s")  # Tune's bookkeeping, not metrics

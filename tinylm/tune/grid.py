@@ -6,11 +6,15 @@ together); a trial builds ``Config(**base, **sampled)``. Every grid point is che
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from ray import tune
 
 from tinylm.config import FIELDS, Config, check_keys
 from tinylm.layout import VARIANT  # Tune's key for the variants axis: its values are dicts of Config fields
-from tinylm.sweep.space import Space
+
+if TYPE_CHECKING:  # a sweep's settings and grid, handed in by tinylm.sweep (which calls this package)
+    from tinylm.sweep.space import Space
 
 
 def build_config(sampled: dict) -> Config:
@@ -43,11 +47,11 @@ def grid_order(key: str, values: list, baseline: dict) -> list:
     return first + rest
 
 
-def grid_space(base: Config, space: Space | dict, seeds: int, baseline: dict | None = None,
+def grid_space(base: Config, space: Space, seeds: int, baseline: dict | None = None,
                shuffle: bool = False) -> dict:
     """Tune's param_space for a grid over ``space`` (× ``seeds``) on ``base``; every point is checked first.
     ``shuffle``: walk each axis baseline-first, the rest shuffled (``grid_order``), for sweeps that stop early."""
-    space = Space.of(space)
+    space = space
     check_keys(space.axes)
     for k, values in space.items():  # fail fast: every grid point must build a valid Config
         for v in values if isinstance(values, list) else []:

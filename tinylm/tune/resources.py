@@ -6,12 +6,15 @@ from __future__ import annotations
 import logging
 import os
 import socket
+from typing import TYPE_CHECKING
 
 import ray
 
 from tinylm.config import ConfigError
 from tinylm.machine import free_port
-from tinylm.sweep.settings import Sweep
+
+if TYPE_CHECKING:  # a sweep's settings and grid, handed in by tinylm.sweep (which calls this package)
+    from tinylm.sweep.settings import Sweep
 
 
 def connect(sweep: Sweep) -> dict:

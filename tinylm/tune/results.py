@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
 from tinylm.layout import mask_uri
 from tinylm.ranking import trial_loss
-from tinylm.sweep.settings import Sweep
-from tinylm.sweep.space import Space
+
+if TYPE_CHECKING:  # a sweep's settings and grid, handed in by tinylm.sweep (which calls this package)
+    from tinylm.sweep.settings import Sweep
+    from tinylm.sweep.space import Space
 
 STATUS_DONE = ("completed", "diverged")  # statuses of trials that ran to their end (their own report says so)
 STOPPED_EARLY = ("stopped_asha", "killed_rule")  # statuses of trials a scheduler ended before their last token
@@ -34,10 +37,10 @@ def ranked(table: pd.DataFrame) -> pd.DataFrame:
     return table.iloc[np.argsort(losses, kind="stable")].reset_index(drop=True)
 
 
-def print_results(sweep: Sweep, table: pd.DataFrame, space: Space | dict) -> str:
+def print_results(sweep: Sweep, table: pd.DataFrame, space: Space) -> str:
     from tinylm.tracking import ui_url
 
-    space = Space.of(space)
+    space = space
     axes = [k for k in space.axes if k in table.columns] + (["seed"] if sweep.seeds > 1 else [])
     axes += sorted({k for v in space.variants or [] for k in v} & set(table.columns))
     cols = ["trial_id", *dict.fromkeys(axes), *[c for c in SHOW if c in table.columns], "status"]

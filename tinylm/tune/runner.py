@@ -17,6 +17,7 @@ import shlex
 import sys
 import time
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
 import optuna
 import pandas as pd
@@ -25,8 +26,6 @@ from ray import tune
 
 from tinylm import layout
 from tinylm.config import Config
-from tinylm.sweep.settings import Sweep
-from tinylm.sweep.space import Space
 from tinylm.tune.callbacks import TrackingCallback
 from tinylm.tune.console import Console
 from tinylm.tune.grid import grid_space
@@ -37,16 +36,20 @@ from tinylm.tune.state import SweepLock, check_grid, check_ray_storage, check_sq
 from tinylm.tune.stopping import KillStopper, SharedKillRule, early_stop_warnings, make_scheduler, probes_for
 from tinylm.tune.worker import SWEEP_ENTRY, trial_driver
 
+if TYPE_CHECKING:  # a sweep's settings and grid, handed in by tinylm.sweep (which calls this package)
+    from tinylm.sweep.settings import Sweep
+    from tinylm.sweep.space import Space
+
 log = logging.getLogger("tinylm.tune")
 
 
-def run_sweep(sweep: Sweep, base: Config, space: Space | dict, refine_space: dict | None = None) -> pd.DataFrame:
+def run_sweep(sweep: Sweep, base: Config, space: Space, refine_space: dict | None = None) -> pd.DataFrame:
     """Run (or resume) a grid sweep, then optionally an Optuna refinement; returns the ranked results table.
 
     Args:
         sweep: sweep settings (name, results dir, seeds, ASHA / kill rule, cluster, tracking, optuna storage).
         base: the Config every trial starts from.
-        space: the grid (a ``tinylm.sweep.Space``, or a dict of Config field -> list of values).
+        space: the grid, a ``tinylm.sweep.Space``.
         refine_space: Config field -> Tune domain for --refine (default: around the grid's numeric axes).
 
     Refused before anything starts (``SweepStateError``, one line): another sweep holds the results folder, a
@@ -55,7 +58,7 @@ def run_sweep(sweep: Sweep, base: Config, space: Space | dict, refine_space: dic
     """
     from tinylm.tracking import check_tracking
 
-    space = Space.of(space)
+    space = space
     uri = sweep.uri()
     check_tracking(uri)  # fail before any compute when the tracking server is down
     base = base.replace(probes=probes_for(sweep, base))  # a wsd sweep with ASHA probes its rungs

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import optuna
 import pandas as pd
@@ -20,9 +21,11 @@ from ray.tune.search.optuna import OptunaSearch
 from tinylm.config import FIELDS, Config, ConfigError
 from tinylm.layout import VARIANT
 from tinylm.ranking import plain
-from tinylm.sweep.settings import Sweep
-from tinylm.sweep.space import Space
 from tinylm.tune.results import STATUS_DONE, STOPPED_EARLY
+
+if TYPE_CHECKING:  # a sweep's settings and grid, handed in by tinylm.sweep (which calls this package)
+    from tinylm.sweep.settings import Sweep
+    from tinylm.sweep.space import Space
 
 log = logging.getLogger("tinylm.tune")
 
@@ -53,9 +56,9 @@ def domain(name: str, spec):
     return kinds[spec[0]](*spec[1:])
 
 
-def refinement_space(base: Config, space: Space | dict, grid: pd.DataFrame, refine_space: dict | None) -> dict:
+def refinement_space(base: Config, space: Space, grid: pd.DataFrame, refine_space: dict | None) -> dict:
     """Refinement space: given, or log-uniform over [min/2, max*2] of each numeric grid axis around the best."""
-    space = Space.of(space)
+    space = space
     out = {k: v for k, v in base.to_dict().items()}
     if grid is not None and len(grid):
         best = grid.iloc[0]

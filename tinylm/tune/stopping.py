@@ -22,14 +22,17 @@ import itertools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from ray.tune import Stopper
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 
 from tinylm.config import Config
 from tinylm.kill_rule import KillRule
-from tinylm.sweep.space import Space
 from tinylm.tune.results import STATUS_DONE
+
+if TYPE_CHECKING:  # a sweep's settings and grid, handed in by tinylm.sweep (which calls this package)
+    from tinylm.sweep.space import Space
 
 
 def rung_tokens(max_t: int, grace: int, reduction_factor: float, brackets: int = 1) -> list[int]:
@@ -59,10 +62,10 @@ def probes_for(sweep, base: Config) -> str:
 SCHEDULE_AXES = ("lr", "muon_lr", "schedule", "warmup_tokens", "min_lr_ratio", "decay_frac")
 
 
-def early_stop_warnings(sweep, base: Config, space: Space | dict) -> list[str]:
+def early_stop_warnings(sweep, base: Config, space: Space) -> list[str]:
     """What to tell the user before a sweep whose early stopping compares trials across an LR / schedule axis."""
     stops = sweep.asha or math.isfinite(sweep.kill_margin)
-    axes = set(Space.of(space).fields())
+    axes = set(space.fields())
     moved = [k for k in SCHEDULE_AXES if k in axes]
     if not stops or not moved:
         return []
