@@ -439,8 +439,11 @@ def test_ctrl_c_on_the_real_command(tmp_path, child_env):
     args = ["--preset", "debug", "--train_tokens", "20000000", "--eval_every_tokens", "2048", "--eval_tokens", "1024"]
     err_path = tmp_path / "stderr.txt"
     with open(err_path, "w") as err_file:
+        # SIGINT at its default, as a command typed in a terminal has it: a test run started in the background
+        # (`cmd &` in a script) ignores SIGINT, and a child would inherit that and never see the Ctrl-C
         proc = subprocess.Popen([sys.executable, "-m", "tinylm.train", *args, "--out", str(out)], cwd=ROOT,
-                                env=child_env, stdout=subprocess.DEVNULL, stderr=err_file, text=True)
+                                env=child_env, stdout=subprocess.DEVNULL, stderr=err_file, text=True,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         deadline = time.time() + 240
         while time.time() < deadline and proc.poll() is None and not list(
                 (out / "ckpt").glob("*/tinylm_complete.json")):
