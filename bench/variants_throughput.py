@@ -18,20 +18,13 @@ import statistics
 import time
 
 import torch
+from throughput import plain_step as step  # bench/throughput.py's plain training step (bench/ is on sys.path)
 
 from tinylm.budget import flops_per_token, param_counts
 from tinylm.machine import measured_matmul_peak
 from tinylm.model import GPT
 from tinylm.optim import build_optimizer
 from tinylm.sweep import load
-
-
-def step(model: GPT, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor, clip: float) -> None:
-    _, loss = model(x, y)
-    loss.backward()
-    torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
-    opt.step()
-    opt.zero_grad(set_to_none=True)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -9,8 +9,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from tinylm.blocks.registry import mamba_param_count
 from tinylm.blocks.ssm import Mamba, SSMCache, selective_scan, selective_scan_ref
-from tinylm.budget import mamba_param_count
 from tinylm.model import tensor_generator
 
 

@@ -19,17 +19,14 @@ from dataclasses import dataclass, field
 
 from tinylm.blocks.registry import (  # torch-free: the block specs' counts, and which block a layer gets
     components,
-    dense_mlp_block,
-    layer_mixer,
-    mamba_param_count,
     mixer_layer_counts,
     mixer_spec,
     mlp_block,
 )
 from tinylm.errors import ConfigError
 
-__all__ = ["Arch", "Shape", "Solution", "block_counts", "embed_share", "expert_params", "flops_per_token",
-           "layer_mixer", "mamba_param_count", "mixer_layers", "num_params", "param_counts", "solve"]
+__all__ = ["Arch", "Shape", "Solution", "block_counts", "embed_share", "flops_per_token", "mixer_layers", "num_params",
+           "param_counts", "solve"]
 
 
 class Arch(typing.Protocol):
@@ -83,11 +80,6 @@ class Shape:
     @property
     def ffn_hidden(self) -> int:
         return self.d_ff
-
-
-def expert_params(cfg: Arch) -> int:
-    """Parameters of one dense MLP ``cfg.mlp`` (one expert of an MoE), from its registry spec."""
-    return dense_mlp_block(cfg).params(cfg)
 
 
 def block_counts(cfg: Arch, mixer: str = "attention") -> dict[str, int]:

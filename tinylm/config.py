@@ -51,29 +51,26 @@ def parse_tasks(tasks: typing.Sequence[str] | str) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-class _Choices(dict):
-    """Field -> allowed values: fixed ones, and those of the block registry (``mlp``, ``mixer``), read on every
-    lookup so that a block registered at run time (tinylm.blocks.registry.register) is a valid value."""
+class _Choices(typing.Mapping):
+    """Field -> allowed values: the fixed ones, and the block registry's (``mlp``, ``mixer``: every lookup reads
+    it, so a block registered at run time, tinylm.blocks.registry.register, is a valid value)."""
 
-    def _blocks(self) -> dict[str, tuple[str, ...]]:
+    def __init__(self, fixed: dict[str, tuple[str, ...]]):
+        self._fixed = fixed
+
+    def __getitem__(self, key: str) -> tuple[str, ...]:
         from tinylm.blocks.registry import config_choices  # torch-free
 
-        return config_choices()
+        return self._fixed[key] if key in self._fixed else config_choices()[key]
 
-    def __getitem__(self, key):
-        return self._blocks()[key] if key in ("mlp", "mixer") else super().__getitem__(key)
+    def __iter__(self):
+        return iter([*self._fixed, "mlp", "mixer"])
 
-    def __contains__(self, key) -> bool:
-        return key in ("mlp", "mixer") or super().__contains__(key)
-
-    def items(self):
-        return [*super().items(), *self._blocks().items()]
-
-    def keys(self):
-        return [*super().keys(), "mlp", "mixer"]
+    def __len__(self) -> int:
+        return len(self._fixed) + 2
 
 
-CHOICES: dict[str, tuple[str, ...]] = _Choices({
+CHOICES: typing.Mapping[str, tuple[str, ...]] = _Choices({
     "scale": ("smoke", "laptop", "full"),
     "tokenizer": ("bpe", "char", "gpt2"),
     "norm": ("layernorm", "rmsnorm"),
