@@ -20,6 +20,7 @@ import os
 from collections.abc import Callable
 
 from tinylm.config import Config
+from tinylm.sweep.experiment import SIZE_RULED
 from tinylm.sweep.space import Space
 
 TOKENS_PER_PARAM = 20.0  # the ladder's sizes, and the centre of each isoFLOP budget's sizes
@@ -64,8 +65,7 @@ def isoflop_space(scale: str, base: Config) -> Space:
         near = sorted(counted, key=lambda s: abs(math.log(s[1] / n_star)))[:4]
         for s, n in sorted(near, key=lambda s: s[1]):
             cfg = base.replace(**shape(*s)).with_tokens_per_param(c / (6 * n) / n)
-            out.append(shape(*s) | dict(train_tokens=cfg.train_tokens, eval_every_tokens=cfg.eval_every_tokens,
-                                        warmup_tokens=cfg.warmup_tokens, lr=cfg.lr))
+            out.append(shape(*s) | {k: getattr(cfg, k) for k in SIZE_RULED})
     return Space(variants=out)
 
 
