@@ -199,6 +199,34 @@ def test_recall_eval_scores_a_copier_one_and_a_non_copier_chance():
     assert perfect["acc"] == 1.0 and perfect["random"] == 1 / 49
     echo = recall.evaluate(Copier(echo=True), tok, docs)
     assert echo["acc"] < 0.1
+    # a tokenizer without EOT: the bare ``s + s``, the same scores
+    bare = recall.evaluate(Copier(echo=False), SimpleNamespace(), docs)
+    assert bare["acc"] == 1.0 and bare["random"] == 1 / 50
+
+
+def test_recall_eval_starts_each_sequence_with_eot():
+    """The sequences the model sees start with the tokenizer's EOT (a packed stream's document start), fill 2 L
+    positions, and the score reads the copy's L tokens."""
+    from types import SimpleNamespace
+
+    from tinylm.evals import recall
+
+    seen = []
+
+    class Spy(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.cfg, self.w = SimpleNamespace(vocab_size=20, block_size=16), torch.nn.Parameter(torch.zeros(1))
+
+        def forward(self, x):
+            seen.append(x.clone())
+            return torch.zeros(*x.shape, 20), None
+
+    out = recall.evaluate(Spy(), SimpleNamespace(eot_token=19), [d for d in recall.load() if d["length"] == 8])
+    x = torch.cat(seen)
+    assert x.shape == (recall.PER_LENGTH, 16) and (x[:, 0] == 19).all() and (x[:, 1:] != 19).all()
+    assert (x[:, 9:16] == x[:, 1:8]).all()  # the second copy, its last token left out
+    assert set(out) == {"acc_L8", "loss_L8", "acc", "random"}
 
 
 # --- the block registry ----------------------------------------------------------------------------------------

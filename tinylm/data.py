@@ -15,6 +15,9 @@ and a crash leaves nothing that is read (a folder damaged afterwards is rebuilt)
 fill (a BPE out of merges, a char vocabulary over twice the corpus's characters) or a char vocabulary that maps
 over 1 % of the text to UNK is refused there, before any model is built.
 
+Synthetic tasks (``synthetic:<task>``, ``SYNTHETIC_TASKS``): token streams generated from a fixed seed, with no
+corpus and no text tokenizer; see "synthetic tasks" below (``synthetic:copy``: the recall eval's copy task).
+
 Training-token budget: ``kept = min(available, cap * data_scale)`` where ``cap = max_tokens or available``.
 So ``max_tokens`` is a cap and ``data_scale`` a multiplier on it: a data-scale sweep sets ``max_tokens=B`` and
 ``data_scale`` in {1, 2, 4, 8} to train on B, 2B, 4B, 8B tokens. Without ``max_tokens``, ``data_scale <= 1`` keeps
@@ -361,13 +364,169 @@ def _load_local(spec: str) -> list[str]:
     return [p.strip() for p in re.split(r"\n\s*\n", texts[0]) if p.strip()]  # one file: one per paragraph
 
 
+# --- synthetic tasks ------------------------------------------------------------------------------------
+# ``dataset="synthetic:<task>"``: a token stream generated from a fixed seed instead of read from a corpus.
+#
+# ``synthetic:copy`` is the training twin of ``tinylm.evals.recall``: per example, L tokens drawn uniformly from
+# every id but EOT (the eval's pool: ids ``0 .. vocab_size - 2``), then the same L tokens again (no separator,
+# as the eval feeds ``s + s``), then EOT, which ends the example the way EOT ends a document of a text corpus. L
+# is drawn per example uniformly from 1 .. block_size // 2 (every copy that fits the context, 2 L <= block_size).
+# The examples are packed into one stream from which the trainer samples windows, as from any corpus.
+#
+# How it plugs into the pipeline: no documents, no tokenizer training. The tokenizer is a CharTokenizer over
+# ``vocab_size - 2`` placeholder symbols (id -> '!'..'~', then CJK code points), so unk = vocab_size - 2 is an
+# ordinary symbol id and EOT = vocab_size - 1: ``n_vocab == vocab_size`` exactly. ``cfg.tokenizer``,
+# ``num_documents`` and ``val_fraction`` are not read (any value is accepted; use tokenizer='char', which preflight
+# allows below 257 ids). Train and val are generated with different seeds (``SYNTHETIC_SEEDS``), so no val example
+# is a train example; val is always ``SYNTHETIC_VAL_TOKENS`` tokens. The train stream has ``cap * data_scale``
+# tokens where ``cap = max_tokens or train_tokens`` (rounded up to a whole example): the task is unlimited, so it
+# is generated to the size the run reads and a window is, on average, fresh data. Streams are generated in fixed
+# chunks, so a smaller budget is a prefix of a larger one. ``data_settings`` (the cache key and the fingerprint)
+# holds what the streams depend on: task, vocab_size, block_size, the train size, the seeds, the generator.
+#
+# What the val loss measures: only the second half of an example is predictable, the first half (and which L the
+# example has) is not, so the loss cannot fall below ~ln(vocab_size - 1) / 2 nats per token (half the tokens at
+# chance, half copied); a model that cannot copy sits at ~ln(vocab_size - 1). Training on this stream teaches the
+# copy and nothing else. bits per byte are meaningless here (the symbols are placeholders): compare val_loss.
+#
+# Why EOT between examples (measured at laptop scale, V = 256, RoPE attention): with no EOT in the stream
+# (s s s' s' ...), no model left the plateau in 6,000 steps (one run at 50 % EOT neither in 4,000); with EOT they did
+# after ~2-3k steps. A model trained so leans on the EOT (it copied ``[EOT] + s + s`` at L = 8 with 0.8-0.96 accuracy
+# and a bare ``s + s`` at 0.0-0.4), so the recall eval starts each sequence with EOT, as this stream does.
+SYNTHETIC_PREFIX = "synthetic:"
+SYNTHETIC_TASKS: dict[str, str] = {
+    "copy": "L uniform random tokens (EOT excluded), the same L again, EOT; L uniform in 1 .. block_size // 2"}
+SYNTHETIC_SEEDS = {"train": 0, "val": 1}  # numpy PCG64 seeds: val is never the train stream
+SYNTHETIC_VAL_TOKENS = 262_144  # the default eval_tokens: every eval window is drawn from these
+SYNTHETIC_GENERATOR = "numpy-pcg64/chunks-of-4096-examples/v1"  # bump when the generated streams change
+_CHUNK_EXAMPLES = 4096
+
+
+def synthetic_task(dataset: str) -> str | None:
+    """The task of a ``synthetic:<task>`` dataset (ConfigError in one line for an unknown one), else None."""
+    if not dataset.startswith(SYNTHETIC_PREFIX):
+        return None
+    task = dataset[len(SYNTHETIC_PREFIX):]
+    if task not in SYNTHETIC_TASKS:
+        raise ConfigError(f"dataset={dataset!r}: unknown synthetic task {task!r}; allowed: "
+                          f"{', '.join(SYNTHETIC_PREFIX + t for t in SYNTHETIC_TASKS)}")
+    return task
+
+
+def _check_synthetic(vocab_size: int, block_size: int = 2) -> None:
+    if vocab_size < 3:
+        raise ConfigError(f"vocab_size={vocab_size} is too small for a synthetic task: it needs >= 3 (two symbols "
+                          "+ EOT)")
+    if block_size < 2:
+        raise ConfigError(f"block_size={block_size} is too small for synthetic:copy: an example of L tokens and its "
+                          "copy needs 2 L <= block_size with L >= 1")
+
+
+def _synthetic_symbol(i: int) -> str:
+    cp = 0x21 + i if i < 94 else 0x4E00 + i - 94  # printable ASCII, then CJK ideographs; surrogates skipped
+    return chr(cp + 0x800 if cp >= 0xD800 else cp)
+
+
+def synthetic_tokenizer(vocab_size: int) -> CharTokenizer:
+    """The tokenizer of a synthetic task: ``vocab_size - 2`` placeholder symbols, unk (an ordinary symbol id here)
+    and EOT = ``vocab_size - 1``; ``n_vocab == vocab_size``."""
+    _check_synthetic(vocab_size)
+    return CharTokenizer([_synthetic_symbol(i) for i in range(vocab_size - 2)], name=f"synthetic-{vocab_size}")
+
+
+def _copy_chunks(vocab_size: int, block_size: int, seed: int, dtype: np.dtype) -> Iterable[np.ndarray]:
+    """Endless chunks of whole copy examples (``_CHUNK_EXAMPLES`` each): ``s``, ``s``, EOT with ``len(s)`` uniform
+    in 1 .. block_size // 2 and ``s`` uniform over ids 0 .. vocab_size - 2."""
+    rng = np.random.default_rng(seed)
+    eot = vocab_size - 1
+    while True:
+        lengths = rng.integers(1, block_size // 2 + 1, size=_CHUNK_EXAMPLES)
+        src = rng.integers(0, eot, size=int(lengths.sum()))
+        ends = np.cumsum(2 * lengths + 1)  # each example is 2 L + 1 tokens
+        first = np.repeat(ends - (2 * lengths + 1), lengths) + np.arange(src.size) - np.repeat(
+            np.cumsum(lengths) - lengths, lengths)  # where each token of each s goes
+        out = np.empty(int(ends[-1]), dtype=dtype)
+        out[first] = src
+        out[first + np.repeat(lengths, lengths)] = src
+        out[ends - 1] = eot
+        yield out
+
+
+def synthetic_stream(task: str, n_tokens: int, vocab_size: int, block_size: int, seed: int) -> Iterable[np.ndarray]:
+    """The first whole examples of the ``task`` stream from ``seed`` that hold at least ``n_tokens`` tokens, in
+    chunks (bounded memory); deterministic, and a smaller ``n_tokens`` gives a prefix of a larger one.
+
+    Args:
+        task: a key of ``SYNTHETIC_TASKS``.
+        n_tokens: at least this many tokens (the last example is kept whole).
+        vocab_size: ids 0 .. vocab_size - 2 are symbols, vocab_size - 1 is EOT.
+        block_size: the context; copies have 2 L <= block_size.
+        seed: ``SYNTHETIC_SEEDS["train"]`` or ``["val"]``.
+    """
+    if task not in SYNTHETIC_TASKS:
+        raise ConfigError(f"unknown synthetic task {task!r}; allowed: {', '.join(SYNTHETIC_TASKS)}")
+    _check_synthetic(vocab_size, block_size)
+    dtype = np.dtype(np.uint16 if vocab_size <= 2**16 else np.uint32)
+    total = 0
+    for chunk in _copy_chunks(vocab_size, block_size, seed, dtype):
+        if total >= n_tokens:
+            return
+        ends = np.flatnonzero(chunk == vocab_size - 1) + 1
+        if total + ends[-1] >= n_tokens:
+            chunk = chunk[:ends[np.searchsorted(ends, n_tokens - total)]]
+        total += len(chunk)
+        yield chunk
+
+
+def _synthetic_train_tokens(cfg: Config) -> int:
+    return max(1, int((cfg.max_tokens or cfg.train_tokens) * cfg.data_scale))
+
+
+def _build_synthetic_shards(cfg: Config, task: str, settings: dict, out: Path) -> None:
+    t0 = time.perf_counter()
+    tok = synthetic_tokenizer(cfg.vocab_size)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=".tmp-"))
+    try:
+        h = hashlib.sha256(json.dumps(settings, sort_keys=True).encode() + tokenizer_hash(tok).encode())
+        n, examples = {}, {}
+        for split, want in (("train", _synthetic_train_tokens(cfg)), ("val", SYNTHETIC_VAL_TOKENS)):
+            n[split] = examples[split] = 0
+            with open(tmp / f"{split}.bin", "wb") as f:
+                for chunk in synthetic_stream(task, want, cfg.vocab_size, cfg.block_size, SYNTHETIC_SEEDS[split]):
+                    chunk.tofile(f)
+                    h.update(chunk.tobytes())
+                    n[split] += len(chunk)
+                    examples[split] += int(np.count_nonzero(chunk == tok.eot_token))
+        dtype = np.dtype(np.uint16 if tok.n_vocab <= 2**16 else np.uint32)
+        meta = dict(corpus=cfg.dataset, source=f"{cfg.dataset} ({SYNTHETIC_TASKS[task]}; seeds {SYNTHETIC_SEEDS})",
+                    n_docs=examples["train"] + examples["val"], n_train_docs=examples["train"],
+                    n_val_docs=examples["val"], n_chars=0, n_train_tokens=n["train"],
+                    n_train_tokens_available=None,  # unlimited: generated to the budget
+                    n_val_tokens=n["val"], unk_fraction=0.0, dtype=dtype.name, tokenizer=tok.name,
+                    n_vocab=tok.n_vocab, tokenizer_hash=tokenizer_hash(tok), fingerprint=h.hexdigest(),
+                    settings=settings, build_seconds=round(time.perf_counter() - t0, 2))
+        save_tokenizer(tok, tmp / "tokenizer.json")
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
+        with contextlib.suppress(OSError):  # another process finished first: its identical shards stay
+            os.replace(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _unknown_dataset(dataset: str) -> ConfigError:
+    return ConfigError(f"dataset={dataset!r} is unknown; choose one of {', '.join(CORPORA)}, "
+                       f"or text:<path>, jsonl:<path>, {', '.join(SYNTHETIC_PREFIX + t for t in SYNTHETIC_TASKS)}")
+
+
 def check_dataset(dataset: str) -> None:
-    """Cheap checks before any data is read: a known corpus name, or local files that exist."""
+    """Cheap checks before any data is read: a known corpus name, local files that exist, or a known synthetic
+    task (``synthetic:copy``)."""
     if dataset.startswith(LOCAL_PREFIXES):
         _local_files(dataset)
+    elif dataset.startswith(SYNTHETIC_PREFIX):
+        synthetic_task(dataset)
     elif dataset not in CORPORA:
-        raise ConfigError(f"dataset={dataset!r} is unknown; choose one of {', '.join(CORPORA)}, "
-                          f"or text:<path>, jsonl:<path>")
+        raise _unknown_dataset(dataset)
 
 
 _LOADERS: dict[str, Callable[[], list[str]]] = {
@@ -403,9 +562,11 @@ def load_documents(dataset: str, num_documents: int = 0) -> tuple[list[str], str
         docs, source = _LOADERS[dataset](), CORPORA[dataset].source
     elif dataset in CORPORA:
         docs, source = _load_hub(dataset)
+    elif synthetic_task(dataset):
+        raise ConfigError(f"dataset={dataset!r} is a synthetic token stream, not documents: load_data(cfg) "
+                          "generates it")
     else:
-        raise ConfigError(f"dataset={dataset!r} is unknown; choose one of {', '.join(CORPORA)}, "
-                          f"or text:<path>, jsonl:<path>")
+        raise _unknown_dataset(dataset)
     if not docs:
         raise CorpusUnavailable(f"dataset={dataset!r} ({source}) has no non-empty documents")
     if 0 < num_documents < len(docs):
@@ -447,6 +608,8 @@ def get_tokenizer(cfg: Config, docs: list[str] | None = None, cache_dir: str | o
         cache_dir: defaults to ``$TINYLM_CACHE``.
     """
     tok_dir = Path(cache_dir or default_cache()) / "tokenizers"
+    if synthetic_task(cfg.dataset):
+        return synthetic_tokenizer(cfg.vocab_size)
     if cfg.tokenizer == "gpt2":
         path = tok_dir / "gpt2.json"
         if not path.exists():  # tiktoken.get_encoding("gpt2") downloads; npm js-tiktoken ships the same ranks
@@ -490,7 +653,13 @@ class TokenData:
 
 def data_settings(cfg: Config) -> dict:
     """Every input that changes the token streams: the shard cache key and part of the fingerprint. Local
-    files add their size and mtime so an edited file is re-tokenized."""
+    files add their size and mtime so an edited file is re-tokenized. A synthetic task has its own inputs (no
+    documents, no tokenizer; its lengths depend on block_size and, without max_tokens, its size on train_tokens)."""
+    task = synthetic_task(cfg.dataset)
+    if task:
+        return dict(dataset=cfg.dataset, vocab_size=cfg.vocab_size, block_size=cfg.block_size,
+                    train_tokens=_synthetic_train_tokens(cfg), val_tokens=SYNTHETIC_VAL_TOKENS,
+                    seeds=SYNTHETIC_SEEDS, generator=SYNTHETIC_GENERATOR, format=FORMAT_VERSION)
     s = {k: getattr(cfg, k) for k in ("dataset", "num_documents", "val_fraction", "tokenizer", "vocab_size",
                                       "max_tokens", "data_scale")}
     s["format"] = FORMAT_VERSION
@@ -623,7 +792,8 @@ def load_data(cfg: Config, cache_dir: str | os.PathLike | None = None) -> TokenD
 
     Args:
         cfg: uses dataset, num_documents, val_fraction, tokenizer, vocab_size, max_tokens, data_scale (see the
-            module docstring for the training-token budget).
+            module docstring for the training-token budget); a synthetic task uses dataset, vocab_size,
+            block_size, max_tokens or train_tokens, data_scale.
         cache_dir: tokenizers and shards go here (default ``$TINYLM_CACHE``); registry downloads always go to
             ``$TINYLM_CACHE`` so they happen once per machine.
     """
@@ -637,7 +807,12 @@ def load_data(cfg: Config, cache_dir: str | os.PathLike | None = None) -> TokenD
             log.warning("token cache %s is incomplete; rebuilding it", out)
             shutil.rmtree(out, ignore_errors=True)
         out.parent.mkdir(parents=True, exist_ok=True)
-        _build_shards(cfg, settings, out, cache)
+        task = synthetic_task(cfg.dataset)
+        if task:
+            _check_synthetic(cfg.vocab_size, cfg.block_size)
+            _build_synthetic_shards(cfg, task, settings, out)
+        else:
+            _build_shards(cfg, settings, out, cache)
         meta = json.loads((out / "meta.json").read_text())
     tok = load_tokenizer(out / "tokenizer.json")
     _check_vocab(cfg, tok)
@@ -663,6 +838,7 @@ def get_batch(data: np.ndarray, batch_size: int, block_size: int, rng: np.random
     return buf[:, :-1].contiguous(), buf[:, 1:].contiguous()
 
 
-__all__ = ["CORPORA", "Corpus", "CorpusUnavailable", "TokenData", "check_dataset", "data_settings", "default_cache",
-           "fetch_package", "get_batch", "get_tokenizer", "load_data", "load_documents", "load_tokenizer",
-           "save_tokenizer", "split_documents", "Tokenizer"]
+__all__ = ["CORPORA", "Corpus", "CorpusUnavailable", "SYNTHETIC_TASKS", "TokenData", "check_dataset", "data_settings",
+           "default_cache", "fetch_package", "get_batch", "get_tokenizer", "load_data", "load_documents",
+           "load_tokenizer", "save_tokenizer", "split_documents", "synthetic_stream", "synthetic_task",
+           "synthetic_tokenizer", "Tokenizer"]
