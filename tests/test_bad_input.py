@@ -204,6 +204,28 @@ def test_unwritable_output_folder_refused_before_data(tmp_path, monkeypatch):
         tr.train(debug(), str(tmp_path / "file" / "run"))
 
 
+def test_compile_without_a_cxx_compiler_refused_before_data_and_before_ray(tmp_path, monkeypatch):
+    """compile=True on CPU: torch inductor builds its kernels with a C++ compiler; with none on PATH (and no $CXX)
+    a run and a sweep that compiles stop in one line before data or Ray, and one that does not compile starts."""
+    from tinylm.sweep import Experiment, run
+
+    tr = _no_compute(monkeypatch)
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    monkeypatch.delenv("CXX", raising=False)
+    pattern = "compile=True on CPU needs a C\\+\\+ compiler .* or set compile=false"
+    with pytest.raises(ConfigError, match=pattern) as e:
+        tr.train(debug(compile=True, device="cpu"), str(tmp_path / "run"))
+    one_line(str(e.value))
+    monkeypatch.setitem(sys.modules, "tinylm.tune", None)  # importing Ray's module would fail the test
+    with pytest.raises(ConfigError, match=pattern):
+        run(Experiment(name="x", preset="debug", space={"compile": [False, True]}), scale="smoke",
+            results=str(tmp_path / "results"))
+    monkeypatch.setenv("CXX", sys.executable)  # any executable named by $CXX is what inductor would call
+    from tinylm.machine import cxx_compiler
+
+    assert cxx_compiler() == sys.executable
+
+
 def _corpus(path: Path, n_paras: int, seed: int = 0, words: str = "") -> Path:
     rng = np.random.default_rng(seed)
     words = (words or "the a cat dog sat on mat and ran far away quickly slowly red blue green house tree").split()

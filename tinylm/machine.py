@@ -146,6 +146,25 @@ def provenance(device: torch.device) -> dict[str, str]:
             "torch": torch.__version__}
 
 
+def cxx_compiler() -> str | None:
+    """The C++ compiler torch.compile's inductor backend builds CPU kernels with (``$CXX``, else g++, c++ or
+    clang++ on PATH), or None when there is none here."""
+    import shutil
+
+    names = ([os.environ["CXX"]] if os.environ.get("CXX") else []) + ["g++", "c++", "clang++"]
+    return next((path for path in map(shutil.which, names) if path), None)
+
+
+def check_compile(on_gpu: bool) -> None:
+    """ConfigError in one line when ``compile=True`` cannot work here: on CPU, inductor needs a C++ compiler."""
+    from tinylm.errors import ConfigError
+
+    if not on_gpu and cxx_compiler() is None:
+        raise ConfigError("compile=True on CPU needs a C++ compiler for torch.compile's inductor backend (g++, c++ or "
+                          "clang++ on PATH, or $CXX) and there is none here: install one (apt install g++) or set "
+                          "compile=false")
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on now (the OS picks it)."""
     with socket.socket() as sock:

@@ -256,8 +256,15 @@ def check_space(base: Config, space: Space, args: argparse.Namespace | None = No
     variants = space.variants or []
     points = [dict(v) for v in variants] + [{k: v} for k, values in space.axes.items() if isinstance(values, list)
                                             for v in values]
-    for dataset in {base.dataset} | {base.replace(**point).dataset for point in points}:
+    cfgs = [base] + [base.replace(**point) for point in points]
+    for dataset in {c.dataset for c in cfgs}:
         check_dataset(dataset)
+    if any(c.compile for c in cfgs):  # checked on this machine: a cluster's workers run the same image
+        import torch
+
+        from tinylm.machine import check_compile
+
+        check_compile(on_gpu=torch.cuda.is_available() and any(c.device != "cpu" for c in cfgs if c.compile))
     for name, (_, values) in zip(space.axis_names(), space.lists(), strict=True):
         if len(values) > 1:
             runs = [base.replace(**(dict(v) if name == "variant" else {name: v})).effective() for v in values]

@@ -95,6 +95,10 @@ def preflight(cfg: Config, out_dir: str, resume_from: str | None = None, resume:
     if cfg.precision == "fp16" and not (cuda and cfg.device != "cpu"):
         raise ConfigError("precision='fp16' needs a CUDA GPU (DeepSpeed has no fp16 on CPU); use precision=fp32 "
                           "(the fastest on CPU) or bf16")
+    if cfg.compile:
+        from tinylm.machine import check_compile
+
+        check_compile(on_gpu=cuda and cfg.device != "cpu")
     existing = unwritable_parent(out_dir)
     if existing:
         raise ConfigError(f"output folder {out_dir} cannot be created: {existing} is not a writable folder")
