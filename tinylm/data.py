@@ -482,6 +482,15 @@ def _synthetic_train_tokens(cfg: Config) -> int:
     return max(1, int((cfg.max_tokens or cfg.train_tokens) * cfg.data_scale))
 
 
+def _publish(tmp: Path, out: Path, tok, meta: dict) -> None:
+    """Write the tokenizer and ``meta.json`` beside the shards in ``tmp``, then make the folder ``out`` in one rename,
+    so a reader sees a complete cache or none (another process that finished first keeps its identical shards)."""
+    save_tokenizer(tok, tmp / "tokenizer.json")
+    (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
+    with contextlib.suppress(OSError):
+        os.replace(tmp, out)
+
+
 def _build_synthetic_shards(cfg: Config, task: str, settings: dict, out: Path) -> None:
     t0 = time.perf_counter()
     tok = synthetic_tokenizer(cfg.vocab_size)
@@ -505,10 +514,7 @@ def _build_synthetic_shards(cfg: Config, task: str, settings: dict, out: Path) -
                     n_val_tokens=n["val"], unk_fraction=0.0, dtype=dtype.name, tokenizer=tok.name,
                     n_vocab=tok.n_vocab, tokenizer_hash=tokenizer_hash(tok), fingerprint=h.hexdigest(),
                     settings=settings, build_seconds=round(time.perf_counter() - t0, 2))
-        save_tokenizer(tok, tmp / "tokenizer.json")
-        (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
-        with contextlib.suppress(OSError):  # another process finished first: its identical shards stay
-            os.replace(tmp, out)
+        _publish(tmp, out, tok, meta)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -765,10 +771,7 @@ def _build_shards(cfg: Config, settings: dict, out: Path, cache: Path) -> None:
                     n_val_tokens=n_val, unk_fraction=unk, dtype=dtype.name, tokenizer=tok.name, n_vocab=tok.n_vocab,
                     tokenizer_hash=tokenizer_hash(tok), fingerprint=h.hexdigest(), settings=settings,
                     build_seconds=round(time.perf_counter() - t0, 2))
-        save_tokenizer(tok, tmp / "tokenizer.json")
-        (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
-        with contextlib.suppress(OSError):  # another process finished first: its identical shards stay
-            os.replace(tmp, out)
+        _publish(tmp, out, tok, meta)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
