@@ -9,7 +9,8 @@ necessary for recall" (Zoology / MQAR, Arora et al. 2023, arXiv:2312.04927; "Rep
 
     python sweeps/recall.py --dry-run     # laptop: the 12 trials, their shapes and the time they will take here
     python sweeps/recall.py --analyze     # laptop: 3 mixers x context 64 / 128 x 2 seeds, recall per L, report
-                                          # (~75 min on 2 cores; the dry run says ~34: it prices attention)
+                                          # (~2.5 h on 2 cores: --seeds 1 took 74 min, shared; the dry
+                                          # run says ~34 min: its throughput model prices attention only)
     python sweeps/recall.py --scale full  # 10M params, V=12288, context 256 / 512 (L up to 256), 50M tokens per
                                           # trial (5 per parameter, as the ssm sweep), on a Ray cluster
     python sweeps/recall.py --scale smoke # mechanics only (seconds per trial; claims nothing)
