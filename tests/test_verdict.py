@@ -157,6 +157,6 @@ def test_a_comparison_of_runs_above_the_bigram_says_it_measures_plateau_escape()
     v = verdict.build(mixed, mixed["glu_factor"] == 4.0, "rule", equivalence_pct=5.0)
     assert v.effects[0].plateau == 1 and "1 of 6 runs" in v.headline()
     # references that differ between runs (a context axis) are given as their range, not one median
-    assert "bigram 4.000-5.500 nats, each run against its own" in v.headline()
+    assert "bigram 4.000-5.500 nats, each run against its own, from its val windows" in v.headline()
     old = prepare(raw)  # runs from before the references existed: no claim either way
     assert verdict.build(old, old["glu_factor"] == 4.0, "rule").regime == ""

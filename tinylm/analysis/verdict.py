@@ -177,14 +177,14 @@ def regime(df: pd.DataFrame) -> str:
     uni = pd.to_numeric(df.get("ref_unigram_loss"), errors="coerce").dropna() if "ref_unigram_loss" in df else bi[:0]
     loss = pd.to_numeric(df["loss"], errors="coerce").dropna()
     refs = (f"unigram {_span(uni)}, bigram {_span(bi)} nats" if len(uni) else f"bigram {_span(bi)} nats")
-    if bi.max() - bi.min() >= 5e-4:  # e.g. a context axis: each run is judged against its own windows' references
-        refs += ", each run against its own (they depend on its context and data)"
+    where = (", each run against its own, from its val windows (they depend on the context)"  # e.g. a context axis
+             if bi.max() - bi.min() >= 5e-4 else " on the same val windows")
     ends = f"runs end at {loss.min():.3f}-{loss.max():.3f} nats" if len(loss) else "no run has a final loss"
     n_above, n = int(above_bigram(df).sum()), int(df["ref_bigram_loss"].notna().sum())
     if not n_above:
-        return (f"Regime: every run ends below the bigram reference ({refs} on the same val windows; {ends}): past "
+        return (f"Regime: every run ends below the bigram reference ({refs}{where}; {ends}): past "
                 "the n-gram plateau.")
-    return (f"Regime: {n_above} of {n} runs end above the bigram reference ({refs} on the same val windows; {ends}). "
+    return (f"Regime: {n_above} of {n} runs end above the bigram reference ({refs}{where}; {ends}). "
             "Those runs are still leaving their early plateau: differences between them measure when each run "
             "escapes it (plateau escape), not the question asked. More training tokens per parameter move them past "
             "it (on the laptop GLU replica 20 tokens per parameter did; a smaller batch alone did not: RESULTS.md).")
