@@ -402,6 +402,11 @@ SYNTHETIC_GENERATOR = "numpy-pcg64/chunks-of-4096-examples/v1"  # bump when the 
 _CHUNK_EXAMPLES = 4096
 
 
+def token_dtype(n_vocab: int) -> np.dtype:
+    """The dtype of a token shard: uint16 while every id (< n_vocab) fits, else uint32."""
+    return np.dtype(np.uint16 if n_vocab <= 2**16 else np.uint32)
+
+
 def synthetic_task(dataset: str) -> str | None:
     """The task of a ``synthetic:<task>`` dataset (ConfigError in one line for an unknown one), else None."""
     if not dataset.startswith(SYNTHETIC_PREFIX):
@@ -466,7 +471,7 @@ def synthetic_stream(task: str, n_tokens: int, vocab_size: int, block_size: int,
     if task not in SYNTHETIC_TASKS:
         raise ConfigError(f"unknown synthetic task {task!r}; allowed: {', '.join(SYNTHETIC_TASKS)}")
     _check_synthetic(vocab_size, block_size)
-    dtype = np.dtype(np.uint16 if vocab_size <= 2**16 else np.uint32)
+    dtype = token_dtype(vocab_size)
     total = 0
     for chunk in _copy_chunks(vocab_size, block_size, seed, dtype):
         if total >= n_tokens:
@@ -506,7 +511,7 @@ def _build_synthetic_shards(cfg: Config, task: str, settings: dict, out: Path) -
                     h.update(chunk.tobytes())
                     n[split] += len(chunk)
                     examples[split] += int(np.count_nonzero(chunk == tok.eot_token))
-        dtype = np.dtype(np.uint16 if tok.n_vocab <= 2**16 else np.uint32)
+        dtype = token_dtype(tok.n_vocab)
         meta = dict(corpus=cfg.dataset, source=f"{cfg.dataset} ({SYNTHETIC_TASKS[task]}; seeds {SYNTHETIC_SEEDS})",
                     n_docs=examples["train"] + examples["val"], n_train_docs=examples["train"],
                     n_val_docs=examples["val"], n_chars=0, n_train_tokens=n["train"],
@@ -741,7 +746,7 @@ def _build_shards(cfg: Config, settings: dict, out: Path, cache: Path) -> None:
     train_docs, val_docs = split_documents(docs, cfg.val_fraction)
     tok = get_tokenizer(cfg, train_docs, cache)
     _check_vocab(cfg, tok)
-    dtype = np.dtype(np.uint16 if tok.n_vocab <= 2**16 else np.uint32)  # ids < n_vocab
+    dtype = token_dtype(tok.n_vocab)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=".tmp-"))
     try:
         # Known budget: stop encoding early (matters for TinyStories-sized corpora); else encode all first.
