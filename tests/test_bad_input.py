@@ -246,7 +246,7 @@ def test_refused_once_the_data_exists_before_the_model(paras, kw, pattern, tmp_p
         raise AssertionError("the model was built")
 
     monkeypatch.setenv("TINYLM_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr(tr, "GPT", no_model)
+    monkeypatch.setattr(tr.run, "GPT", no_model)  # setup builds it (tinylm/train/run.py)
     corpus = _corpus(tmp_path / "c.txt", paras)
     cfg = debug(dataset=f"text:{corpus}", tokenizer="char", vocab_size=64, num_documents=0,
                 **{"train_tokens": 8 * 1024 * 8, **kw})

@@ -250,7 +250,7 @@ def test_a_mostly_unk_vocab_stops_train_before_the_model(tmp_path, monkeypatch):
         raise AssertionError("the model was built")
 
     monkeypatch.setenv("TINYLM_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr(tr, "GPT", no_model)
+    monkeypatch.setattr(tr.run, "GPT", no_model)  # setup builds it (tinylm/train/run.py)
     cfg = Config.from_name("debug", dataset=f"text:{_letters_corpus(tmp_path / 'l.txt')}", tokenizer="char",
                            vocab_size=5, num_documents=0, train_tokens=2_048, eval_every_tokens=1_024)
     with pytest.raises(ConfigError, match=r"6\d% of the training text becomes UNK") as e:

@@ -98,12 +98,12 @@ LAYERS: list[tuple[str, set[str]]] = [
               "blocks.mlp", "blocks.moe",
               "blocks.ssm"}),
     ("parts", {"data", "tokenizer", "optim", "engine", "checkpoint", "machine", "kill_rule", "ranking", "regime",
-               "footprint"}),
+               "footprint", "ensemble"}),
     ("evals", {"evals", "evals.scorer", "evals.decode", "evals.suite", "evals.sources", "evals.arithmetic",
                "evals.association", "evals.commonsense", "evals.completion", "evals.lambada", "evals.qa",
                "evals.recall", "evals.squad"}),  # the benchmark library: train() runs it at the end of a run
     ("tracking", {"tracking", "tracking.schema", "tracking.store", "tracking.writer", "tracking.readers"}),
-    ("train", {"train", "train.sanity", "train.tracked"}),
+    ("train", {"train", "train.run", "train.sanity", "train.tracked", "train.ensemble"}),
     # a sweep's settings, flags and grid (no ray: the CLI parses and checks them before Ray starts); tune.*: Ray
     ("sweeps", {"sweep.settings", "sweep.space", "tune", "tune.grid", "tune.results", "tune.console", "tune.resources", "tune.worker",
                 "tune.callbacks", "tune.search", "tune.stopping", "tune.runner", "tune.state", "ablation"}),

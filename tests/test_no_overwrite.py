@@ -344,7 +344,7 @@ DISK_FULL = [  # (name, what fails, the path named, what the line says is kept)
      "training stopped at 1,024 tokens (val loss "),
     ("model", lambda mp, tr: mp.setattr("safetensors.torch.save_model", _enospc), "model",
      "the checkpoint at 2,048 tokens is kept: free space and rerun the same command to write the model from it"),
-    ("metrics", lambda mp, tr: mp.setattr(tr.json, "dump", _full_metrics(json.dump)), "metrics.json",
+    ("metrics", lambda mp, tr: mp.setattr(tr.run.json, "dump", _full_metrics(json.dump)), "metrics.json",
      "the run completed at 2,048 tokens (val loss "),
 ]
 

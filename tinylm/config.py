@@ -166,6 +166,9 @@ class Config:
     attention: str = "sdpa"
     compile: bool = False
     device: str = "auto"
+    # K seeds of this config trained as one batched model (tinylm.ensemble): members seed .. seed + K - 1, each
+    # its own row, MLflow run and Optuna value downstream; 1 = one model per trial
+    seeds_per_trial: int = 1
 
     def __post_init__(self) -> None:
         for f in fields(self):  # Config(n_layer="4") from code gets the same typed check as the CLI
@@ -256,6 +259,13 @@ class Config:
                  "'total' for a dense model (active = total)")):
             if not ok:
                 raise ConfigError(f"{name}={getattr(self, name)!r} must be {allowed}")
+        if not 1 <= self.seeds_per_trial <= MAX_MEMBERS:
+            raise ConfigError(f"seeds_per_trial={self.seeds_per_trial} must be in [1, {MAX_MEMBERS}]")
+        if self.seeds_per_trial > 1:
+            for name, ok, allowed in ensemble_limits(self):
+                if not ok:
+                    raise ConfigError(f"seeds_per_trial={self.seeds_per_trial} needs {name} {allowed} (got "
+                                      f"{getattr(self, name)!r}); use seeds_per_trial=1 for this run")
         if self.optimizer == "muon" and self.zero_stage > 0:
             raise ConfigError(f"optimizer='muon' needs whole weight matrices; zero_stage={self.zero_stage} shards "
                               "them. Use zero_stage=0 with muon, or optimizer in (adamw, lion)")
@@ -484,6 +494,33 @@ def laptop_lr(n_params: float) -> float:
 FIELDS: dict[str, dataclasses.Field] = {f.name: f for f in fields(Config)}
 _TYPES = typing.get_type_hints(Config)
 
+MAX_MEMBERS = 64  # seeds_per_trial: members of one batched model
+
+
+def ensemble_limits(cfg: Config) -> tuple[tuple[str, bool, str], ...]:
+    """(field, allowed?, what is allowed) for seeds_per_trial > 1. Members are clipped per member between
+    backward and the optimizer step, which needs each member's whole gradient in ``p.grad``: fp32 at ZeRO 0 (bf16
+    and ZeRO 1/2 keep flat partitions). An MoE keeps routing state on its modules, which a vmapped forward cannot;
+    cooldown probes branch the whole engine; activation checkpointing is not vmappable."""
+    return (("precision", cfg.precision == "fp32", "= 'fp32' (members are clipped per member on their fp32 "
+             "gradients)"),
+            ("zero_stage", cfg.zero_stage == 0, "= 0 (ZeRO 1/2 flatten the gradients the per-member clip needs)"),
+            ("n_experts", cfg.n_experts == 0, "= 0 (an MoE keeps routing state on its modules)"),
+            ("probes", not cfg.probes.strip(), "empty (a cooldown probe branches every member at once)"),
+            ("activation_checkpointing", not cfg.activation_checkpointing, "= False (not vmappable)"))
+
+
+def member_seeds(cfg: Config) -> list[int]:
+    """The seeds of a trial's members (``seeds_per_trial``): ``cfg.seed`` .. ``cfg.seed + seeds_per_trial - 1``."""
+    return [cfg.seed + k for k in range(cfg.seeds_per_trial)]
+
+
+def member_config(cfg: Config, k: int) -> Config:
+    """Member ``k`` of a batched trial as the solo run it equals: its own seed, one seed per trial. What its
+    results row, its model and its MLflow run record."""
+    return cfg.replace(seed=cfg.seed + k, seeds_per_trial=1)
+
+
 # Fields the budget solver derives when target_params > 0 (tinylm.budget.solve).
 SOLVED_DIMS = ("n_embd", "n_layer", "n_head", "d_ff")
 
@@ -583,4 +620,4 @@ def field_help() -> str:
 
 
 __all__ = ["ARCH_FIELDS", "CHOICES", "LAPTOP", "LAPTOP_RULES", "Config", "ConfigError", "PRESETS", "add_config_args",
-           "check_keys", "coerce", "config_from_args", "field", "laptop_lr"]
+           "check_keys", "coerce", "config_from_args", "field", "laptop_lr", "member_config", "member_seeds"]

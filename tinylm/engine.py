@@ -109,7 +109,8 @@ def ds_config(cfg: Config, world_size: int = 1) -> dict:
         "train_micro_batch_size_per_gpu": cfg.batch_size,
         "gradient_accumulation_steps": cfg.grad_accum,
         "train_batch_size": cfg.batch_size * cfg.grad_accum * world_size,
-        "gradient_clipping": cfg.grad_clip,
+        # an ensemble clips each member on its own (tinylm.ensemble.clip_per_member); DeepSpeed's clip is global
+        "gradient_clipping": cfg.grad_clip if cfg.seeds_per_trial == 1 else 0.0,
         "zero_optimization": {"stage": cfg.zero_stage},
         "steps_per_print": 10**9,  # we log ourselves
         "wall_clock_breakdown": False,

@@ -3,7 +3,10 @@
 - ``sweep_key(name, root)`` = ``<name>@<absolute results root>``: tinylm.tune tags the sweep's parent run with it,
   ``tinylm.export`` and the sweep scripts find the parent (and the trial folders) by it; ``single_key(out_dir)``
   = ``single:<absolute run folder>`` for a run tracked outside a sweep (``tinylm.api.run_experiment``).
-- ``trial_dir(root, sweep, trial_id)`` = ``<root>/<sweep>/trials/<trial id>``: a sweep trial's output folder.
+- ``trial_dir(root, sweep, trial_id)`` = ``<root>/<sweep>/trials/<trial id>``: a sweep trial's output folder. A
+  trial of K seeds trained as one batched model (``seeds_per_trial``) has a run per member, whose id is
+  ``member_id(trial_id, seed)`` = ``<trial id>.seed<seed>`` and whose folder is ``<trial folder>/members/seed<seed>``
+  (``member_dir``); ``MEMBERS`` is the report key holding the members' metrics (a JSON list).
 - ``stored_model(storage_root, sweep, trial_id)`` = ``<storage>/models/<sweep>/<trial id>``: where a trial that ran
   on a cluster (Ray storage a URI: every node has its own disk) publishes its trained model, so the head (export,
   evals) reads it from shared storage; ``publish_model`` / ``fetch_model`` copy it there and back (pyarrow's
@@ -36,6 +39,8 @@ from typing import Any
 VARIANT = "__variant"
 COMPLETE = "tinylm_complete.json"  # written after every rank finished saving a tag
 RESULTS_ENV = "TINYLM_RESULTS"  # the default results folder of every command
+MEMBERS = "members_json"  # in a batched trial's reports: each member's metrics, seed and status (a JSON list)
+_MEMBER = ".seed"  # member_id's separator (a Tune trial id holds no dot)
 
 
 # --- sweep keys and folders ----------------------------------------------------------------------------------
@@ -57,9 +62,22 @@ def parse_key(key: str) -> tuple[str, str, str] | None:
     return ("sweep", name, root) if at and name and root else None
 
 
+def member_id(trial_id: str, seed: int) -> str:
+    """The run id of the member of seed ``seed`` in a batched trial: ``<trial id>.seed<seed>``."""
+    return f"{trial_id}{_MEMBER}{seed}"
+
+
+def member_dir(trial_folder: str, seed: int) -> str:
+    """Where the member of seed ``seed`` of a batched trial writes its metrics.json and model/."""
+    return os.path.join(trial_folder, "members", f"seed{seed}")
+
+
 def trial_dir(root: str, sweep: str, trial_id: str) -> str:
-    """A sweep trial's output folder: ``<root>/<sweep>/trials/<trial id>``."""
-    return os.path.join(root, sweep, "trials", str(trial_id))
+    """A sweep trial's output folder: ``<root>/<sweep>/trials/<trial id>``; for a member id, the member's folder."""
+    trial, sep, seed = str(trial_id).partition(_MEMBER)
+    folder = os.path.join(root, sweep, "trials", trial)
+    return member_dir(folder, int(seed)) if sep and seed.isdigit() else os.path.join(root, sweep, "trials",
+                                                                                    str(trial_id))
 
 
 def stored_model(storage_root: str, sweep: str, trial_id: str) -> str:

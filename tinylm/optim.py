@@ -77,6 +77,9 @@ def split_params(model: nn.Module, muon: bool = False) -> dict[str, list[nn.Para
     ``embed``, except with ``muon``: Muon takes only the 3-D stacks a block declares, so an undeclared one raises
     ValueError. A parameter shared between modules (``wte`` tied to ``lm_head``) is listed once, as an embedding.
     """
+    stacked = getattr(model, "split_stacked", None)  # tinylm.ensemble: K members, each parameter where member 0's is
+    if callable(stacked):
+        return stacked(muon)
     special: set[int] = set()
     for mname, module in model.named_modules(remove_duplicate=False):
         if _is_embed_or_head(mname, module):
@@ -238,17 +241,20 @@ def _muon_stack_step(p: torch.Tensor, state: dict, group: dict[str, Any]) -> Non
     from torch.optim._muon import _adjust_lr, _zeropower_via_newtonschulz  # torch's own Muon arithmetic
 
     grad = p.grad
+    members = getattr(p, "_members", False)  # tinylm.ensemble: (K, out, in), each member's nn.Linear weight
     buf = state.get("momentum_buffer")
     if buf is None:
         buf = state["momentum_buffer"] = torch.zeros_like(grad, memory_format=torch.preserve_format)
     buf.lerp_(grad, 1 - group["momentum"])
     update = grad.lerp(buf, group["momentum"]) if group["nesterov"] else buf
     lr = float(group["lr"])
-    adjusted = _adjust_lr(lr, group["adjust_lr_fn"], torch.Size((p.size(2), p.size(1))))  # Linear's (out, in)
+    shape = p.shape[1:] if members else torch.Size((p.size(2), p.size(1)))  # nn.Linear's (out, in)
+    adjusted = _adjust_lr(lr, group["adjust_lr_fn"], shape)
     p.mul_(1 - lr * group["weight_decay"])
     for e in range(p.size(0)):
-        ortho = _zeropower_via_newtonschulz(update[e].mT, group["ns_coefficients"], group["ns_steps"], group["eps"])
-        p[e].add_(ortho.mT, alpha=-adjusted)
+        u = update[e] if members else update[e].mT
+        ortho = _zeropower_via_newtonschulz(u, group["ns_coefficients"], group["ns_steps"], group["eps"])
+        p[e].add_(ortho if members else ortho.mT, alpha=-adjusted)
 
 
 # --- construction --------------------------------------------------------------------------------------------------

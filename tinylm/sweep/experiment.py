@@ -217,6 +217,15 @@ def check_options(args: argparse.Namespace) -> None:
                           "without '%'")
     # before Experiment.base, which takes the scale as an argument (--set scale=full was a TypeError there)
     check_sets(args.set if isinstance(args.set, dict) else dict(p.split("=", 1) for p in args.set if "=" in p))
+    k = args.seeds_per_trial
+    if k > 1:
+        final = max(3, args.seeds) if args.two_phase else args.seeds
+        if final % k:
+            raise ConfigError(f"--seeds-per-trial={k} does not divide the {final} seeds of the seed runs: every "
+                              f"trial trains the same number of seeds; use --seeds a multiple of {k}")
+        if args.refine:
+            raise ConfigError(f"--seeds-per-trial={k} with --refine={args.refine}: a refinement trial is one Optuna "
+                              "sample of one seed; drop --refine, or use --seeds-per-trial 1")
     if args.until_conclusive and args.max_seeds < args.seeds:
         raise ConfigError(f"--max-seeds={args.max_seeds} is below --seeds={args.seeds}: --until-conclusive adds seeds "
                           f"after the first {args.seeds}; raise --max-seeds")
@@ -257,6 +266,8 @@ def check_space(base: Config, space: Space, args: argparse.Namespace | None = No
     points = [dict(v) for v in variants] + [{k: v} for k, values in space.axes.items() if isinstance(values, list)
                                             for v in values]
     cfgs = [base] + [base.replace(**point) for point in points]
+    if args is not None and getattr(args, "seeds_per_trial", 1) > 1:  # what a batched trial cannot run, named now
+        cfgs = [c.replace(seeds_per_trial=args.seeds_per_trial) for c in cfgs]
     for dataset in {c.dataset for c in cfgs}:
         check_dataset(dataset)
     if any(c.compile for c in cfgs):  # checked on this machine: a cluster's workers run the same image

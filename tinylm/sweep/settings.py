@@ -104,6 +104,12 @@ class Sweep:
                             cli_default=layout.results_dir)
     seeds: int = flag(1, f"repeat every grid point with this many seeds (at most {MAX_SEEDS}; {MAX_TRIALS:,} trials "
                       "in all)", check=(int_at_least(1), "an int >= 1"))
+    seeds_per_trial: int = flag(1, "train this many of a grid point's seeds as one batched model per trial "
+                                "(tinylm.ensemble; each seed stays its own run, row and Optuna value; it must "
+                                "divide --seeds; phases of one seed train one model). Pays where a step is "
+                                "overhead-bound (a GPU); on this CPU it does not (RESULTS.md)",
+                                check=(lambda v: isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= 64,
+                                       "an int from 1 to 64"))
     refine: int = flag(0, "refinement trials after the grid, chosen by --search (0 = none)",
                        check=(int_at_least(0), "an int >= 0 (0 = no refinement)"))
     search: str = flag("optuna", "the searcher of the refinement: optuna (TPE; its study in --optuna-storage, told "

@@ -239,9 +239,19 @@ class Tracker:
         return sorted(search_runs(self.client, [exp], filt), key=lambda r: r.info.start_time)
 
     def trial_statuses(self, parent_run_id: str) -> dict[str, str]:
-        """trial id -> tinylm status of every child of a sweep's parent run ("running" until a trial ended)."""
-        return {r.data.tags.get(TAG_TRIAL_ID, ""): r.data.tags.get(TAG_STATUS, "running")
-                for r in self.child_runs(parent_run_id)}
+        """trial id -> tinylm status of every child of a sweep's parent run ("running" until a trial ended). The
+        members of a batched trial (tag ``ray_trial_id`` = the Tune trial, their own trial ids ``<trial>.seed<s>``)
+        also give their Tune trial one status: running while any member runs, else interrupted if any was, else
+        the first member's."""
+        out: dict[str, str] = {}
+        unfinished = {"running": 0, "interrupted": 1}
+        for r in self.child_runs(parent_run_id):
+            tid, status = r.data.tags.get(TAG_TRIAL_ID, ""), r.data.tags.get(TAG_STATUS, "running")
+            out[tid] = status
+            tune_id = r.data.tags.get("ray_trial_id", tid)
+            if tune_id != tid and unfinished.get(status, 2) < unfinished.get(out.get(tune_id, ""), 3):
+                out[tune_id] = status
+        return out
 
     def close_open_children(self, parent_run_id: str, status: str, stop_reason: str) -> int:
         """End every child of the parent that is still running (a sweep that stopped before they ended), so no

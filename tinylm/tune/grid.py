@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 from ray import tune
 
-from tinylm.config import FIELDS, Config, check_keys
+from tinylm.config import FIELDS, Config, ConfigError, check_keys
 from tinylm.layout import VARIANT  # Tune's key for the variants axis: its values are dicts of Config fields
 
 if TYPE_CHECKING:  # a sweep's settings and grid, handed in by tinylm.sweep (which calls this package)
@@ -61,8 +61,15 @@ def grid_space(base: Config, space: Space, seeds: int, baseline: dict | None = N
         if isinstance(values, list) and shuffle:
             values = grid_order(k, values, baseline or {})
         out[k] = tune.grid_search(values) if isinstance(values, list) else values
-    if seeds > 1:
-        out["seed"] = tune.grid_search(list(range(base.seed, base.seed + seeds)))
+    # K seeds per trial (seeds_per_trial): a trial per K consecutive seeds, its members the rest; a phase of one
+    # seed (an LR-tuning run, an --until-conclusive round) trains one model
+    members = base.seeds_per_trial if seeds > 1 else 1
+    if seeds % members:
+        raise ConfigError(f"seeds_per_trial={members} does not divide --seeds={seeds}: every trial trains the same "
+                          f"number of seeds; use --seeds a multiple of {members}, or seeds_per_trial dividing {seeds}")
+    out["seeds_per_trial"] = members
+    if seeds > members:
+        out["seed"] = tune.grid_search(list(range(base.seed, base.seed + seeds, members)))
     return out
 
 

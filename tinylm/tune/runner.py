@@ -62,6 +62,8 @@ def run_sweep(sweep: Sweep, base: Config, space: Space, refine_space: dict | Non
     uri = sweep.uri()
     check_tracking(uri)  # fail before any compute when the tracking server is down
     base = base.replace(probes=probes_for(sweep, base))  # a wsd sweep with ASHA probes its rungs
+    if sweep.seeds_per_trial > 1:  # --seeds-per-trial K: K seeds of a grid point as one batched model per trial
+        base = base.replace(seeds_per_trial=sweep.seeds_per_trial)
     # raises on bad configs before anything is scheduled; baseline first and shuffled when trials can stop early
     param_space = grid_space(base, space, sweep.seeds, baseline=sweep.baseline,
                              shuffle=sweep.asha or math.isfinite(sweep.kill_margin))

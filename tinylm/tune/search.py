@@ -110,11 +110,18 @@ def record_grid_in_optuna(sweep: Sweep, df: pd.DataFrame, param_space: dict) -> 
                                 direction="minimize", load_if_exists=True)
     seen = {t.user_attrs.get("ray_trial_id") for t in study.get_trials(deepcopy=False)}
     axes = [k for k, v in param_space.items() if isinstance(v, dict) and "grid_search" in v]
+
+    def choices(k: str) -> list:
+        # a batched trial's grid holds its first seed; its members' rows carry their own (tinylm.ensemble): the
+        # choices are every member's seed, the same at every call (Optuna refuses a changed distribution)
+        grid = list(param_space[k]["grid_search"])
+        return [s + j for s in grid for j in range(sweep.seeds_per_trial)] if k == "seed" else grid
+
     for _, row in df[df["phase"] == "grid"].iterrows():
         if row["trial_id"] in seen:
             continue
         params = {k: plain(row[k]) for k in axes if k in row and k != VARIANT}
-        dists = {k: optuna.distributions.CategoricalDistribution(list(param_space[k]["grid_search"])) for k in params}
+        dists = {k: optuna.distributions.CategoricalDistribution(choices(k)) for k in params}
         loss = float(row["val_loss"]) if pd.notna(row.get("val_loss")) else None
         if row["status"] == "completed" and loss is not None and math.isfinite(loss):
             state = optuna.trial.TrialState.COMPLETE

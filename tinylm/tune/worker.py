@@ -29,7 +29,7 @@ from ray.train.torch import TorchConfig, TorchTrainer
 from ray.tune.integration.ray_train import TuneReportCallback
 
 from tinylm import layout
-from tinylm.config import Config
+from tinylm.config import Config, member_seeds
 from tinylm.tune.grid import build_config, is_baseline
 
 SWEEP_ENTRY = "__sweep"  # the param-space entry that carries the sweep's settings to every trial (runner._fit)
@@ -83,10 +83,15 @@ def _worker_loop(loop: dict) -> None:
 
     try:
         train(cfg, loop["out_dir"], report=report, resume_from=resume, should_stop=_tune_stopping if local else None)
-        model = os.path.join(loop["out_dir"], "model")
-        if rank == 0 and layout.is_shared_storage(loop["storage_root"]) and os.path.isdir(model):
-            # on a cluster the trial folder is on this node's disk only: the model goes where the head reads it
-            layout.publish_model(model, loop["storage_root"], loop["sweep"], loop["trial_id"])
+        if rank == 0 and layout.is_shared_storage(loop["storage_root"]):
+            # on a cluster the trial folder is on this node's disk only: the models go where the head reads them
+            # (a batched trial's members each under their own id, as their runs are)
+            ids = [loop["trial_id"]] if cfg.seeds_per_trial == 1 else [
+                layout.member_id(loop["trial_id"], s) for s in member_seeds(cfg)]
+            for run_id in ids:
+                model = os.path.join(layout.trial_dir(loop["root"], loop["sweep"], run_id), "model")
+                if os.path.isdir(model):
+                    layout.publish_model(model, loop["storage_root"], loop["sweep"], run_id)
     finally:
         if local:  # before Train's local controller tears down torch's group behind DeepSpeed's back
             tinylm.engine.end_distributed()
@@ -133,7 +138,8 @@ def trial_driver(config: dict) -> None:
     s = config[SWEEP_ENTRY]
     cfg = build_config(config)
     trial_id = tune.get_context().get_trial_id()
-    base = dict(cfg=cfg.to_dict(), out_dir=layout.trial_dir(s["root"], s["name"], trial_id), t_trial=time.time(),
+    base = dict(cfg=cfg.to_dict(), out_dir=layout.trial_dir(s["root"], s["name"], trial_id), root=s["root"],
+                t_trial=time.time(),
                 threads=s["cpus_per_worker"], is_baseline=is_baseline(cfg, s["baseline"]),
                 gpu_fraction=s["gpu_per_worker"], local=s["local"], storage_root=s["storage_root"], sweep=s["name"],
                 trial_id=trial_id)

@@ -1,0 +1,161 @@
+"""K seeds of one config trained as one batched model (``Config.seeds_per_trial``), applied from outside the model.
+
+``Ensemble(cfg)`` builds the K members as plain ``GPT``s (member k: ``cfg.seed + k``, so its init is the solo run's
+tensor for tensor: tinylm.model seeds every tensor from (seed, its name)), stacks their parameters with
+``torch.func.stack_module_state`` (each parameter gains a leading member dimension) and runs one member's module
+through ``vmap(functional_call)``: ``model.py`` stays one plain model, as torchtitan applies parallelism to
+single-device model code. Members share nothing: a batched matmul computes each member from its own slice, the
+loss is the sum of the members' mean losses (so each member's gradient is its solo gradient), and what couples
+parameters across members in a plain optimizer step is handled per member here:
+
+- gradient clipping: ``clip_per_member`` (each member's own global norm);
+- a non-finite loss: ``quarantine`` zeroes that member's gradients, so one diverged member cannot reach the
+  optimizer state of the others (AdamW and Lion are elementwise; Muon orthogonalises each member's matrix on its
+  own, tinylm.optim);
+- the optimizer: parameter groups follow member 0's roles (``split_stacked``).
+
+Pure PyTorch (no DeepSpeed, no Ray): ``tinylm.train.ensemble`` runs it through the usual engine.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import warnings
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call, stack_module_state, vmap
+
+from tinylm.config import Config, member_config, member_seeds
+from tinylm.model import GPT
+
+# CPU's flash-attention kernel has no vmap batching rule, so vmap runs it once per member (measured on this CPU: as
+# fast as the math kernel batched, 605-616 vs 640-659 ms for a K = 8 step); the warning would repeat in every log
+warnings.filterwarnings("ignore", message=r".*batching rule for aten::_scaled_dot_product_flash_attention_for_cpu")
+SEP = "::"  # a parameter's dotted name as a ParameterDict key (a key cannot hold '.')
+
+
+class Ensemble(nn.Module):
+    """``losses, loss = ensemble(x, y)``: x, y of shape (K, B, T) (each member its own batch) or (B, T) (the same
+    batch for every member, as an eval); ``losses`` (K,) are the members' mean cross-entropies (detached), ``loss``
+    their sum, what backward takes. ``member(k)`` is member k as a ``GPT`` (its own copy of the weights)."""
+
+    def __init__(self, cfg: Config):
+        super().__init__()
+        self.cfg = cfg
+        self.k = cfg.seeds_per_trial
+        members = [GPT(member_config(cfg, k)) for k in range(self.k)]
+        params, buffers = stack_module_state(members)  # tied weights appear once (wte; lm_head follows it)
+        self.names = list(params)
+        self.stacked = nn.ParameterDict({n.replace(".", SEP): nn.Parameter(p) for n, p in params.items()})
+        for p in self.stacked.values():
+            p._members = True  # Muon orthogonalises each member's matrix on its own (tinylm.optim)
+        self._buffers_of = {n.replace(".", SEP): b for n, b in buffers.items()}  # identical across members
+        for n, b in self._buffers_of.items():
+            self.register_buffer(n, b[0].clone(), persistent=False)
+        self._roles = _member_roles(members[0], cfg)
+        base = copy.deepcopy(members[0]).to("meta")  # the skeleton functional_call runs; holds no weights
+        if cfg.tie_embeddings:  # .to() gave the head its own (meta) tensor: tie it again, as GPT does
+            base.lm_head.weight = base.transformer.wte.weight
+        object.__setattr__(self, "_base", base)  # not a submodule: its (meta) parameters are nobody's to train
+
+        def logits(params, buffers, x):
+            return functional_call(self._base, (params, buffers), (x,))[0]
+
+        self._logits = logits
+
+    def _state(self) -> tuple[dict, dict]:
+        params = {n: self.stacked[n.replace(".", SEP)] for n in self.names}
+        buffers = {n.replace(SEP, "."): getattr(self, n) for n in self._buffers_of}
+        return params, buffers
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        params, buffers = self._state()
+        shared = x.dim() == 2
+        randomness = "different" if self.cfg.dropout > 0 else "error"
+        fn = vmap(self._logits, in_dims=(0, None, None if shared else 0), randomness=randomness)
+        logits = fn(params, buffers, x)  # (K, B, T, V)
+        # the loss outside vmap: one flat cross-entropy is much faster than vmap's batched log-softmax
+        targets = (y.expand(self.k, *y.shape) if shared else y).reshape(-1)
+        per_token = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), targets, ignore_index=-1,
+                                    reduction="none").view(self.k, -1)
+        counted = (targets.view(self.k, -1) != -1).sum(1).clamp(min=1)
+        losses = per_token.sum(1) / counted
+        return losses.detach(), losses.sum()
+
+    @torch.no_grad()
+    def member(self, k: int) -> GPT:
+        """Member ``k`` as a plain GPT of ``member_config(cfg, k)`` holding a copy of its current weights."""
+        model = GPT(member_config(self.cfg, k)).to(next(iter(self.stacked.values())).device)
+        own = dict(model.named_parameters())
+        for n in self.names:
+            own[n].copy_(self.stacked[n.replace(".", SEP)][k])
+        return model
+
+    def split_stacked(self, muon: bool = False) -> dict[str, list[nn.Parameter]]:
+        """``tinylm.optim.split_params`` for the stacked parameters: each goes where member 0's goes."""
+        out: dict[str, list[nn.Parameter]] = {"matrix": [], "embed": [], "vector": []}
+        for n in self.names:
+            out[self._roles[n]].append(self.stacked[n.replace(".", SEP)])
+        return out
+
+    def routing_stats(self) -> dict[str, float]:  # the train loop asks every model; an ensemble is dense
+        return {}
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+
+def _member_roles(model: GPT, cfg: Config) -> dict[str, str]:
+    """A member's parameter name -> its optimizer bucket (matrix / embed / vector), from tinylm.optim's rules."""
+    from tinylm.optim import split_params
+
+    ids = {id(p): n for n, p in model.named_parameters()}
+    return {ids[id(p)]: bucket for bucket, ps in split_params(model, muon=cfg.optimizer == "muon").items()
+            for p in ps}
+
+
+@torch.no_grad()
+def grad_norms(model: Ensemble) -> torch.Tensor:
+    """Each member's global gradient 2-norm, (K,) float32 (a missing gradient counts as zero)."""
+    sq = None
+    for p in model.stacked.values():
+        if p.grad is None:
+            continue
+        s = p.grad.detach().float().pow(2).reshape(model.k, -1).sum(1)
+        sq = s if sq is None else sq + s
+    return torch.zeros(model.k) if sq is None else sq.sqrt()
+
+
+@torch.no_grad()
+def clip_per_member(model: Ensemble, max_norm: float) -> torch.Tensor:
+    """Clip each member's gradients to its own global norm ``max_norm`` (the rule of torch's clip_grad_norm_ and
+    DeepSpeed's: scale by max_norm / (norm + 1e-6) when that is < 1). Returns the norms before clipping."""
+    norms = grad_norms(model)
+    if max_norm > 0:
+        coef = (max_norm / (norms + 1e-6)).clamp(max=1.0)
+        for p in model.stacked.values():
+            if p.grad is not None:
+                p.grad.mul_(coef.to(p.grad.device, p.grad.dtype).view(-1, *[1] * (p.grad.dim() - 1)))
+    return norms
+
+
+@torch.no_grad()
+def quarantine(model: Ensemble, dead: torch.Tensor) -> None:
+    """Zero the gradients of the members marked in ``dead`` (K,) bool: a diverged member stops moving the
+    optimizer state it shares a tensor with (every member's slice is its own, but a NaN gradient would still be
+    stepped); the live members' gradients are untouched."""
+    if not bool(dead.any()):
+        return
+    for p in model.stacked.values():
+        if p.grad is not None:
+            p.grad[dead.to(p.grad.device)] = 0.0
+
+
+def finite(losses: torch.Tensor) -> list[bool]:
+    return [math.isfinite(v) for v in losses.tolist()]
+
+
+__all__ = ["Ensemble", "clip_per_member", "finite", "grad_norms", "member_config", "member_seeds", "quarantine"]
