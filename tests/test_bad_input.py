@@ -518,6 +518,10 @@ SWEEP_REFUSED = [
     (dict(rank_fraction=1.5), "--rank-fraction=1.5"), (dict(set=["lr"]), "--set expects FIELD=VALUE"),
     (dict(set=["lr=nan"]), "lr='nan' is not a finite number"), (dict(set=["nope=1"]), r"unknown Config field"),
     (dict(set=["n_head=4", "n_embd=128", "n_layer=2"]), "n_head=4, n_embd=128, n_layer=2: with target_params="),
+    (dict(seeds=3, seeds_per_trial=2), "--seeds-per-trial=2 does not divide the 3 seeds"),
+    (dict(seeds=4, seeds_per_trial=0), "--seeds-per-trial=0 must be an int from 1 to 64"),
+    (dict(seeds=2, seeds_per_trial=2, refine=2), "--seeds-per-trial=2 with --refine=2"),
+    (dict(seeds=2, seeds_per_trial=2, set=["precision=bf16"]), "seeds_per_trial=2 needs precision = 'fp32'"),
 ]
 
 

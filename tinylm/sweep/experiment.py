@@ -220,7 +220,7 @@ def check_options(args: argparse.Namespace) -> None:
     k = args.seeds_per_trial
     if k > 1:
         final = max(3, args.seeds) if args.two_phase else args.seeds
-        if final % k:
+        if final > 1 and final % k:  # one seed: one model per trial (as the LR phase's runs)
             raise ConfigError(f"--seeds-per-trial={k} does not divide the {final} seeds of the seed runs: every "
                               f"trial trains the same number of seeds; use --seeds a multiple of {k}")
         if args.refine:
