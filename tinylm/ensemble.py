@@ -56,18 +56,24 @@ class Ensemble(nn.Module):
         for n, b in self._buffers_of.items():
             self.register_buffer(n, b[0].clone(), persistent=False)
         self._roles = _member_roles(members[0], cfg)
-        base = copy.deepcopy(members[0]).to("meta")  # the skeleton functional_call runs; holds no weights
-        if cfg.tie_embeddings:  # .to() gave the head its own (meta) tensor: tie it again, as GPT does
-            base.lm_head.weight = base.transformer.wte.weight
+        # the skeleton functional_call runs (meta: it holds no weights), its head an identity: the vmapped forward
+        # returns each member's final hidden states, and each member's logits and loss are taken one member at a
+        # time outside vmap, as its solo run takes them. (The K members' logits at once are K x B x T x V floats,
+        # 100 MB at the GLU replica's K = 8: written and read back from memory, not cache, they cost more than the
+        # batching saved.)
+        base = copy.deepcopy(members[0]).to("meta")
+        base.lm_head = nn.Identity()
         object.__setattr__(self, "_base", base)  # not a submodule: its (meta) parameters are nobody's to train
+        self.head = "transformer.wte.weight" if cfg.tie_embeddings else "lm_head.weight"
+        self._body = [n for n in self.names if n != "lm_head.weight"]
 
-        def logits(params, buffers, x):
+        def hidden(params, buffers, x):
             return functional_call(self._base, (params, buffers), (x,))[0]
 
-        self._logits = logits
+        self._hidden = hidden
 
     def _state(self) -> tuple[dict, dict]:
-        params = {n: self.stacked[n.replace(".", SEP)] for n in self.names}
+        params = {n: self.stacked[n.replace(".", SEP)] for n in self._body}
         buffers = {n.replace(SEP, "."): getattr(self, n) for n in self._buffers_of}
         return params, buffers
 
@@ -75,14 +81,15 @@ class Ensemble(nn.Module):
         params, buffers = self._state()
         shared = x.dim() == 2
         randomness = "different" if self.cfg.dropout > 0 else "error"
-        fn = vmap(self._logits, in_dims=(0, None, None if shared else 0), randomness=randomness)
-        logits = fn(params, buffers, x)  # (K, B, T, V)
-        # the loss outside vmap: one flat cross-entropy is much faster than vmap's batched log-softmax
-        targets = (y.expand(self.k, *y.shape) if shared else y).reshape(-1)
-        per_token = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), targets, ignore_index=-1,
-                                    reduction="none").view(self.k, -1)
-        counted = (targets.view(self.k, -1) != -1).sum(1).clamp(min=1)
-        losses = per_token.sum(1) / counted
+        h = vmap(self._hidden, in_dims=(0, None, None if shared else 0), randomness=randomness)(params, buffers, x)
+        head = self.stacked[self.head.replace(".", SEP)]  # (K, V, C)
+        losses = []
+        for k in range(self.k):  # GPT.forward's head and loss, on member k's hidden states
+            logits = F.linear(h[k], head[k])
+            targets = y if shared else y[k]
+            losses.append(F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1),
+                                          ignore_index=-1))
+        losses = torch.stack(losses)
         return losses.detach(), losses.sum()
 
     @torch.no_grad()
