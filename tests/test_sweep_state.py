@@ -314,6 +314,13 @@ def test_a_resumed_sweep_with_a_changed_grid_is_refused_naming_the_difference(tm
         assert "--results" in msg and "move" in msg
     # a refused rerun leaves the record as it was; a new sweep (the experiment moved away) records its own
     assert json.loads(open(spec_file).read()) == spec(created)
+    # a Config field added since the sweep was created (its grid.json lacks it) is the same grid at its default
+    older = {k: v for k, v in spec(created).items() if k != "seeds_per_trial"}
+    (tmp_path / "older.json").write_text(json.dumps(older))
+    check_grid("tiny", str(tmp_path / "older.json"), spec(created), exp_dir, resuming=True)
+    with pytest.raises(SweepStateError, match="seeds_per_trial unset -> 2"):
+        check_grid("tiny", str(tmp_path / "older.json"), spec(created, seeds=4, seeds_per_trial=2), exp_dir,
+                   resuming=True)
     check_grid("tiny", spec_file, spec({"lr": [5e-3]}), exp_dir, resuming=False)
     check_grid("tiny", spec_file, spec({"lr": [5e-3]}), exp_dir, resuming=True)
     # ``only``: the refinement's number of trials is checked before the sweep starts, nothing is written

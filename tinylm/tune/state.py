@@ -247,6 +247,11 @@ def check_grid(name: str, spec_file: str, spec: dict, experiment_dir: str, resum
                 old = json.load(f)
         except (OSError, ValueError):
             old = None
+        if old is not None:  # a Config field added since the sweep was created, at its default: the same trials
+            from tinylm.config import FIELDS
+
+            old = {**{k: v for k, v in spec.items() if k not in old and k in FIELDS and v == FIELDS[k].default},
+                   **old}
         if old is not None and only:
             old, spec = {k: old.get(k) for k in only}, {k: spec.get(k) for k in only}
         if old is not None and old != spec:
