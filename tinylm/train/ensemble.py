@@ -3,7 +3,7 @@
 ``train`` hands such a config here; the contract is ``train``'s (preflight, the DeepSpeed engine, checkpoints in
 tokens, reports, Ctrl-C, a failed save that keeps what was computed), with every member a run of its own:
 
-- member k is the solo run of seed ``cfg.seed + k`` (``tinylm.ensemble.member_config``): the same init, its own
+- member k is the solo run of seed ``cfg.seed + k`` (``tinylm.config.member_config``): the same init, its own
   data order (the solo run's generator), its own gradient clipping, and its own NaN guard: a member whose loss is
   not finite is marked diverged, its gradients are zeroed from then on, and the others go on unchanged;
 - at every eval each member gets the metrics a solo run reports (its own val loss on the same val windows);
@@ -32,8 +32,7 @@ import torch
 
 from tinylm.config import Config, ConfigError, member_config, member_seeds
 from tinylm.ensemble import clip_per_member, quarantine
-from tinylm.layout import MEMBERS as MEMBERS_KEY
-from tinylm.layout import member_dir as _member_dir
+from tinylm.layout import MEMBERS, member_dir
 from tinylm.regime import EVAL_SEED, regime_metrics
 from tinylm.train.run import (
     Interrupted,
@@ -51,14 +50,9 @@ from tinylm.train.run import (
 log = logging.getLogger("tinylm.train")
 
 
-def member_dir(out_dir: str, seed: int) -> str:
-    """Where member ``seed`` of a trial writes its ``metrics.json`` and ``model/`` (``tinylm.layout.member_dir``)."""
-    return _member_dir(out_dir, seed)
-
-
 @dataclass
 class Members:
-    """Where a batched trial is between steps: the schedule (``tinylm.train.schedule``), then per member."""
+    """Where a batched trial is between steps: the schedule (``tinylm.train.run.schedule``), then per member."""
 
     tokens_per_step: int  # per member, across every rank
     total_steps: int
@@ -225,7 +219,7 @@ def summary(p: Members, rows: list[dict] | None = None, live: list[int] | None =
             out[key] = int(round(out[key]))
     members = [{**rows[k], "seed": p.seeds[k], "status": p.status[k], "stop_reason": p.stop_reason[k]}
                for k in range(p.k)]
-    return {**out, "members_live": len(live), MEMBERS_KEY: json.dumps(members, default=float)}
+    return {**out, "members_live": len(live), MEMBERS: json.dumps(members, default=float)}
 
 
 def save_members(run: Run, p: Members) -> str:
@@ -300,7 +294,8 @@ def finish_members(run: Run, p: Members, report: Report | None) -> dict:
                  stop_reason="" if live else "; ".join(f"seed {s}: {r}" for s, r in zip(p.seeds, p.stop_reason,
                                                                                         strict=True) if r))
     if run.rank == 0:
-        write_json(os.path.join(out_dir, "metrics.json"), {**trial, "members": finals})
+        write_json(os.path.join(out_dir, "metrics.json"), {**{k: v for k, v in trial.items() if k != MEMBERS},
+                                                            "members": finals})
     trial["info"] = run.info
     if report is not None:
         report({k: v for k, v in trial.items() if k != "info"} | run.info, p.last_ckpt)
@@ -330,4 +325,4 @@ def train_ensemble(cfg: Config, out_dir: str, report: Report | None = None, resu
     return finish_members(run, p, report)
 
 
-__all__ = ["MEMBERS_KEY", "member_dir", "train_ensemble"]
+__all__ = ["train_ensemble"]

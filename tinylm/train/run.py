@@ -31,7 +31,7 @@ Report = Callable[[dict, "str | None"], None]
 # what a run writes into its folder; a run that starts from scratch claims a folder holding nothing else
 
 
-OWN_ENTRIES = ("run_info.json", "metrics.json", "model", "ckpt", "probe", "startup.json", "lr_range.csv",
+OWN_ENTRIES = ("run_info.json", "metrics.json", "model", "members", "ckpt", "probe", "startup.json", "lr_range.csv",
                "lr_range.png")
 
 
