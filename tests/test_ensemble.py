@@ -265,3 +265,18 @@ def test_a_batched_sweep_reads_as_separate_seed_trials(tmp_path):
     assert model.endswith(os.path.join("members", f"seed{seed}", "model")) and os.path.isfile(
         os.path.join(model, "model.safetensors"))
     assert "(2 of 2 seeds live) | completed" in p.stdout
+
+
+@pytest.mark.numerics
+@pytest.mark.parametrize("optimizer", ["lion", "muon"])
+def test_lion_and_muon_members_match_their_solo_runs(optimizer, tmp_path):
+    """Through train() and the DeepSpeed engine: Lion, and Muon on each member's matrices (a 3-D member stack)
+    with AdamW on the rest, give every member its solo run's curve."""
+    kw = dict(train_tokens=40 * 512, eval_every_tokens=20 * 512, optimizer=optimizer,
+              lr=3e-4 if optimizer == "lion" else 1e-3)
+    _, reports = train_run(debug(seeds_per_trial=2, **kw), tmp_path / "ens")
+    for k in range(2):
+        sfinal, sreports = train_run(debug(seed=k, **kw), tmp_path / f"solo{k}")
+        want = [r["val_loss"] for r in sreports[:-1]] + [sfinal["val_loss"]]
+        got = [members_of(r)[k]["val_loss"] for r in reports]
+        assert got == pytest.approx(want, abs=1e-4), f"{optimizer} seed {k}"
