@@ -174,8 +174,7 @@ def test_a_diverging_member_leaves_the_others_unchanged(tmp_path, monkeypatch):
     final, reports = train_run(cfg, tmp_path / "poisoned")
     assert final["status"] == "completed" and final["members_live"] == 2
     rows = members_of(final)
-    assert rows[1]["status"] == "diverged" and "non-finite train loss" in rows[1]["stop_reason"]
-    assert rows[1]["stop_reason"].endswith("at step 13")
+    assert rows[1]["status"] == "diverged" and rows[1]["stop_reason"] == "non-finite train loss at step 13"
     for k in (0, 2):
         assert rows[k]["status"] == "completed"
         got = [members_of(r)[k]["val_loss"] for r in reports]

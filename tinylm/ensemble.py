@@ -133,7 +133,7 @@ def grad_norms(model: Ensemble) -> torch.Tensor:
             continue
         s = p.grad.detach().float().pow(2).reshape(model.k, -1).sum(1)
         sq = s if sq is None else sq + s
-    return torch.zeros(model.k) if sq is None else sq.sqrt()
+    return torch.zeros(model.k, device=next(iter(model.stacked.values())).device) if sq is None else sq.sqrt()
 
 
 @torch.no_grad()
@@ -151,14 +151,12 @@ def clip_per_member(model: Ensemble, max_norm: float) -> torch.Tensor:
 
 @torch.no_grad()
 def quarantine(model: Ensemble, dead: torch.Tensor) -> None:
-    """Zero the gradients of the members marked in ``dead`` (K,) bool: a diverged member stops moving the
-    optimizer state it shares a tensor with (every member's slice is its own, but a NaN gradient would still be
-    stepped); the live members' gradients are untouched."""
-    if not bool(dead.any()):
-        return
+    """Zero the gradients of the members marked in ``dead`` (K,) bool, on the device and without a host sync: a
+    diverged member's NaN gradients never reach its optimizer state (each member's slice of every tensor is its
+    own, so they could not reach the others' anyway); the live members' gradients are untouched."""
     for p in model.stacked.values():
         if p.grad is not None:
-            p.grad[dead.to(p.grad.device)] = 0.0
+            p.grad.masked_fill_(dead.to(p.grad.device).view(-1, *[1] * (p.grad.dim() - 1)), 0.0)
 
 
 def finite(losses: torch.Tensor) -> list[bool]:

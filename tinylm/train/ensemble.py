@@ -71,7 +71,8 @@ class Members:
     stop_reason: list = field(default_factory=list)
     saved: int | None = None
     last_ckpt: str | None = None
-    window_loss: np.ndarray | None = None
+    window_loss: torch.Tensor | None = None  # (K,) on the device: summed train losses since the last eval
+    dead_at: torch.Tensor | None = None  # (K,) on the device: the step of a member's first non-finite loss, or -1
     window_steps: int = 0
     window_t: float = field(default_factory=time.perf_counter)
 
@@ -99,10 +100,12 @@ def start(run: Run, resume_from: str | None, resumed_from: dict) -> Members:
     k = len(seeds)
     p = Members(**schedule(run), seeds=seeds, rngs=[np.random.default_rng([s, run.rank]) for s in seeds],
                 history=[[] for _ in seeds], metrics=[{} for _ in seeds], status=["running"] * k,
-                stop_reason=[""] * k, window_loss=np.zeros(k))
+                stop_reason=[""] * k, window_loss=torch.zeros(k, dtype=torch.float64, device=run.device),
+                dead_at=torch.full((k,), -1, dtype=torch.long, device=run.device))
     if state is not None:
         p.step, p.elapsed, p.history, p.metrics = state["step"], state["elapsed_s"], state["history"], state["metrics"]
         p.status, p.stop_reason, p.saved = state["status"], state["stop_reason"], state.get("tokens_seen")
+        p.dead_at = torch.tensor(state["dead_at"], dtype=torch.long, device=run.device)
         for rng, states in zip(p.rngs, state["rngs"], strict=True):
             if run.rank < len(states):
                 rng.bit_generator.state = states[run.rank]
@@ -119,29 +122,33 @@ def member_batches(run: Run, split: np.ndarray, p: Members) -> tuple[torch.Tenso
 
 
 def step_members(run: Run, p: Members) -> None:
-    """One optimizer step of every member; a member whose train loss is not finite is marked diverged here and its
-    gradients are zeroed before the clip and the step (now and at every later step)."""
+    """One optimizer step of every member, with no host sync (a GPU keeps queueing work): a member whose train loss
+    is not finite gets its step recorded in ``dead_at`` on the device and its gradients zeroed before the clip and
+    the step, now and at every later step; ``mark_diverged`` reads it at the next eval."""
     from tinylm.optim import set_lr
 
     p.lr = set_lr(run.optimizer, run.cfg, p.tokens)
-    total = np.zeros(p.k)
+    total = torch.zeros(p.k, dtype=torch.float64, device=run.device)
     for _ in range(run.cfg.grad_accum):
         x, y = member_batches(run, run.data.train, p)
         losses, loss = run.engine(x, y)
         run.engine.backward(loss)
-        losses = losses.double().cpu().numpy()
-        total += losses
+        total += losses.double()
         if run.engine.is_gradient_accumulation_boundary():
-            for k in np.flatnonzero(~np.isfinite(total)):
-                if p.status[k] == "running":
-                    p.status[k] = "diverged"
-                    p.stop_reason[k] = f"non-finite train loss ({total[k]}) at step {p.step + 1}"
-            quarantine(run.model, torch.tensor([s == "diverged" for s in p.status]))
+            p.dead_at = torch.where(~torch.isfinite(total) & (p.dead_at < 0), p.step + 1, p.dead_at)
+            quarantine(run.model, p.dead_at >= 0)
             clip_per_member(run.model, run.cfg.grad_clip)
         run.engine.step()
     p.step += 1
     p.window_loss += total / run.cfg.grad_accum
     p.window_steps += 1
+
+
+def mark_diverged(p: Members) -> None:
+    """Members whose train loss went non-finite since the last look are diverged, with the step (one host sync)."""
+    for k, at in enumerate(p.dead_at.tolist()):
+        if at >= 0 and p.status[k] == "running":
+            p.status[k], p.stop_reason[k] = "diverged", f"non-finite train loss at step {at}"
 
 
 @torch.no_grad()
@@ -156,15 +163,15 @@ def evaluate_members(run: Run) -> np.ndarray:
     rng = np.random.default_rng(EVAL_SEED)
     n = max(1, run.cfg.eval_tokens // (run.cfg.batch_size * run.cfg.block_size))
     mine = eval_share(n, run.rank, run.world)
-    sums = np.zeros(run.cfg.seeds_per_trial)
+    sums = torch.zeros(run.cfg.seeds_per_trial, dtype=torch.float64, device=run.device)
     for i in range(n):
         if i in mine:
             x, y = sample_batch(run, run.data.val, rng)  # (B, T): the same windows for every member
-            sums += run.engine(x, y)[0].double().cpu().numpy()
+            sums += run.engine(x, y)[0].double()
         else:
             get_batch(run.data.val, run.cfg.batch_size, run.cfg.block_size, rng)
     run.engine.train()
-    return np.array([eng.all_reduce_sum(float(v), run.device) for v in sums]) / n
+    return np.array([eng.all_reduce_sum(v, run.device) for v in sums.tolist()]) / n
 
 
 def eval_members(run: Run, p: Members, report: Report | None) -> None:
@@ -172,16 +179,18 @@ def eval_members(run: Run, p: Members, report: Report | None) -> None:
     mean, with each member's metrics in ``members_json``). A member whose val loss is not finite is diverged."""
     from tinylm.machine import peak_memory_mb
 
+    mark_diverged(p)
     dt = time.perf_counter() - p.window_t
     p.elapsed += dt
     vals = evaluate_members(run)
+    train_loss = (p.window_loss / max(1, p.window_steps)).tolist()
     tps = p.window_steps * p.tokens_per_step / max(dt, 1e-9)  # each member's tokens/s; the trial did K times that
     fpt = p.sizes["flops_per_token"]
     for k in range(p.k):
         if p.status[k] != "running":
             continue  # a diverged member's metrics stay those of its last good eval
         val = float(vals[k])
-        p.metrics[k] = {"tokens": p.tokens, "step": p.step, "train_loss": p.window_loss[k] / p.window_steps,
+        p.metrics[k] = {"tokens": p.tokens, "step": p.step, "train_loss": train_loss[k],
                         "val_loss": val, "val_ppl": math.exp(min(val, 50)),
                         "val_bpb": val / math.log(2) / run.data.meta["val_bytes_per_token"], "lr": p.lr,
                         "tokens_per_s": tps, "trial_tokens_per_s": tps * p.k,
@@ -201,7 +210,7 @@ def eval_members(run: Run, p: Members, report: Report | None) -> None:
     ckpt = save_members(run, p) if p.step % p.ckpt_every == 0 or p.step == p.total_steps else None
     if report is not None and p.step < p.total_steps and p.live:
         report(summary(p), ckpt)
-    p.window_loss, p.window_steps, p.window_t = np.zeros(p.k), 0, time.perf_counter()
+    p.window_loss, p.window_steps, p.window_t = torch.zeros_like(p.window_loss), 0, time.perf_counter()
 
 
 def summary(p: Members, rows: list[dict] | None = None, live: list[int] | None = None) -> dict:
@@ -234,7 +243,7 @@ def save_members(run: Run, p: Members) -> str:
         ckpt = eng.save_checkpoint(run.engine, ckpt_dir, tag, {
             "step": p.step, "tokens_seen": p.tokens, "elapsed_s": p.elapsed, "history": p.history,
             "config": run.cfg.to_dict(), "seeds": p.seeds, "rngs": [gather_rng(r, run.world) for r in p.rngs],
-            "metrics": p.metrics, "status": p.status, "stop_reason": p.stop_reason,
+            "metrics": p.metrics, "status": p.status, "stop_reason": p.stop_reason, "dead_at": p.dead_at.tolist(),
             "tokenizer_hash": run.data.tokenizer_hash})
     p.last_ckpt, p.saved = ckpt, p.tokens
     return ckpt
@@ -248,6 +257,7 @@ def finish_members(run: Run, p: Members, report: Report | None) -> dict:
     from tinylm.evals import efficiency, run_suite
 
     cfg, out_dir = run.cfg, run.out_dir
+    mark_diverged(p)
     live = p.live
     p.status = ["completed" if s == "running" else s for s in p.status]  # the loop ran to its end for them
     finals = []
