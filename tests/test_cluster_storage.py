@@ -91,7 +91,7 @@ def test_each_trial_is_tagged_with_the_nodes_it_ran_on():
 
     tags = []
     cb = TrackingCallback(Sweep("glu"), KillRule(), "parent")
-    cb._tracker, cb._runs = SimpleNamespace(set_tags=lambda run, t: tags.append((run, t))), {"t_1": "run-1"}
+    cb._tracker, cb._runs = SimpleNamespace(set_tags=lambda run, t: tags.append((run, t))), {"t_1": [(None, "run-1")]}
     trial = SimpleNamespace(trial_id="t_1")
     for node in ("node-a", "node-a", None, "node-b"):
         cb._note_node(trial, node)
