@@ -234,6 +234,11 @@ def print_plan(exp, base: Config, args, grid: tuple[float, ...] = ()) -> pd.Data
           f"{TRIAL_OVERHEAD_S:g} s start-up per trial; throughput model: {THROUGHPUT['source']}); "
           f"on one GPU at {GPU_FLOPS:.0e} FLOP/s: {_fmt_s(float(table['est_gpu_s'].sum()))} of compute "
           f"({table['flops'].sum():.3g} FLOPs)")
+    k = getattr(args, "seeds_per_trial", 1)
+    if k > 1:
+        print(f"--seeds-per-trial {k}: the seed runs (seeds*) train {k} seeds per trial as one batched model, each "
+              "seed still its own row; the estimate counts them as separate trials (on this CPU a batched member "
+              "runs at about one model's speed: RESULTS.md)")
     if not exp.early_stopping or args.no_asha:
         print("no ASHA: every trial runs to the end")
     else:
