@@ -72,6 +72,13 @@ def main(argv: list[str] | None = None) -> dict:
             "params_total", "tokens_per_s", "mfu", "latency_ms_b1_l128", "peak_mem_mb")  # refs: tinylm.regime
     print(json.dumps({k: final.get(k) for k in keys}, indent=1, default=str))
     wall = f"wall time {time.perf_counter() - t0:.1f} s"
+    if cfg.seeds_per_trial > 1:  # the numbers above are the mean of the members that completed
+        from tinylm.layout import MEMBERS
+
+        members = json.loads(final.get(MEMBERS) or "[]")
+        print(f"{len(members)} seeds as one batched model (the numbers above: their mean): " + "; ".join(
+            f"seed {m['seed']} {m['status']} val {m.get('val_loss', float('nan')):.4f}" for m in members)
+            + f"; each in {out}/members/seed<s>/")
     if final.get("status") != "completed":
         raise SystemExit(f"error: the run {final.get('status')}: {final.get('stop_reason')}; no model was saved "
                          f"({wall}; metrics in {out}/metrics.json)")
