@@ -279,3 +279,17 @@ def test_lion_and_muon_members_match_their_solo_runs(optimizer, tmp_path):
         want = [r["val_loss"] for r in sreports[:-1]] + [sfinal["val_loss"]]
         got = [members_of(r)[k]["val_loss"] for r in reports]
         assert got == pytest.approx(want, abs=1e-4), f"{optimizer} seed {k}"
+
+
+def test_the_train_command_trains_a_batched_trial(tmp_path, child_env):
+    import subprocess
+    import sys
+
+    out = tmp_path / "run"
+    p = subprocess.run([sys.executable, "-m", "tinylm.train", "--preset", "debug", "--seeds_per_trial", "2",
+                        "--train_tokens", "4096", "--eval_every_tokens", "2048", "--out", str(out)],
+                       capture_output=True, text=True, timeout=600, env=child_env)
+    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
+    assert "2 seeds as one batched model" in p.stdout and "seed 1 completed val" in p.stdout
+    for seed in (0, 1):
+        assert (out / "members" / f"seed{seed}" / "model" / "model.safetensors").is_file()
