@@ -55,7 +55,7 @@ class Run:
     cfg: Config
     out_dir: str
     engine: object
-    model: GPT
+    model: GPT  # a tinylm.ensemble.Ensemble of seeds_per_trial members when that is > 1
     optimizer: torch.optim.Optimizer
     data: object
     device: torch.device
