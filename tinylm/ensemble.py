@@ -3,15 +3,16 @@
 ``Ensemble(cfg)`` builds the K members as plain ``GPT``s (member k: ``cfg.seed + k``, so its init is the solo run's
 tensor for tensor: tinylm.model seeds every tensor from (seed, its name)), stacks their parameters with
 ``torch.func.stack_module_state`` (each parameter gains a leading member dimension) and runs one member's module
-through ``vmap(functional_call)``: ``model.py`` stays one plain model, as torchtitan applies parallelism to
+through ``vmap(functional_call)`` up to its final hidden states; each member's head and loss are then taken on their
+own, as its solo run takes them. ``model.py`` stays one plain model, as torchtitan applies parallelism to
 single-device model code. Members share nothing: a batched matmul computes each member from its own slice, the
-loss is the sum of the members' mean losses (so each member's gradient is its solo gradient), and what couples
-parameters across members in a plain optimizer step is handled per member here:
+loss is the sum of the members' mean losses (so each member's gradient is its solo gradient), and what a plain
+optimizer step would couple across members is done per member here:
 
 - gradient clipping: ``clip_per_member`` (each member's own global norm);
-- a non-finite loss: ``quarantine`` zeroes that member's gradients, so one diverged member cannot reach the
-  optimizer state of the others (AdamW and Lion are elementwise; Muon orthogonalises each member's matrix on its
-  own, tinylm.optim);
+- a non-finite loss: ``quarantine`` zeroes that member's gradients on the device, so its NaNs never reach its
+  optimizer state (each member's slice of every tensor is its own: AdamW and Lion are elementwise, and Muon
+  orthogonalises each member's matrix on its own, tinylm.optim);
 - the optimizer: parameter groups follow member 0's roles (``split_stacked``).
 
 Pure PyTorch (no DeepSpeed, no Ray): ``tinylm.train.ensemble`` runs it through the usual engine.
@@ -20,7 +21,6 @@ Pure PyTorch (no DeepSpeed, no Ray): ``tinylm.train.ensemble`` runs it through t
 from __future__ import annotations
 
 import copy
-import math
 import warnings
 
 import torch
@@ -159,8 +159,4 @@ def quarantine(model: Ensemble, dead: torch.Tensor) -> None:
             p.grad.masked_fill_(dead.to(p.grad.device).view(-1, *[1] * (p.grad.dim() - 1)), 0.0)
 
 
-def finite(losses: torch.Tensor) -> list[bool]:
-    return [math.isfinite(v) for v in losses.tolist()]
-
-
-__all__ = ["Ensemble", "clip_per_member", "finite", "grad_norms", "member_config", "member_seeds", "quarantine"]
+__all__ = ["Ensemble", "clip_per_member", "grad_norms", "member_config", "member_seeds", "quarantine"]
