@@ -13,7 +13,8 @@ check: ``train`` hands only K > 1 to the batched loop.
 
     python bench/ensemble.py                                  # K = 1, 2, 3, 4, 8 at batch 16; checks, K = 4
     python bench/ensemble.py --k 8 32 --batch 2 --rounds 3 --check-steps 0
-    python bench/ensemble.py --device cuda --threads 0        # on a GPU
+    python bench/ensemble.py --device cuda --threads 0 --k 8 32 --params 1e6   # on a GPU: the issue's 1M and 10M
+    python bench/ensemble.py --device cuda --threads 0 --k 8 32 --params 1e7 --batch 32
 
 Prints; asserts nothing.
 """
@@ -32,11 +33,18 @@ import time
 import torch
 
 
-def replica(batch: int, block: int | None, lr_mult: float) -> object:
+def replica(batch: int, block: int | None, lr_mult: float, params: float = 0) -> object:
+    """The GLU sweep's laptop baseline (glu 4.0, 143k params); with ``params``, the full experiment's baseline
+    (V = 16k, 3k below 5M; 35 % embedding, SwiGLU 4.0) re-solved at that many parameters (the issue's 1M, 10M)."""
     from tinylm.sweep.experiment import load
 
     exp = load("glu")
-    base = exp.base("laptop").replace(**exp.baseline_at("laptop"), batch_size=batch)
+    if params:  # below ~5M a 16k vocabulary cannot hold 35 % of the parameters at a usable width: 3k there
+        vocab = {} if params >= 5e6 else {"vocab_size": 3072}
+        base = exp.base("full").replace(**exp.baseline_at("full"), **vocab, target_params=int(params),
+                                        batch_size=batch)
+    else:
+        base = exp.base("laptop").replace(**exp.baseline_at("laptop"), batch_size=batch)
     base = base.replace(lr=base.lr * lr_mult)
     return base.replace(block_size=block) if block else base
 
@@ -134,6 +142,8 @@ def main() -> None:
     ap.add_argument("--k", type=int, nargs="+", default=[2, 3, 4, 8],
                     help="members per trial to time beside K = 1")
     ap.add_argument("--batch", type=int, default=16, help="micro-batch in sequences (the replica's: 16)")
+    ap.add_argument("--params", type=float, default=0,
+                    help="the full GLU baseline re-solved at this many parameters (1e6, 1e7) instead of the replica")
     ap.add_argument("--block", type=int, default=0, help="sequence length (0 = the replica's)")
     ap.add_argument("--steps", type=int, default=20, help="optimizer steps timed per round")
     ap.add_argument("--rounds", type=int, default=3)
@@ -141,13 +151,15 @@ def main() -> None:
     ap.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     ap.add_argument("--check-steps", type=int, default=200, help="steps of the equivalence checks (0 = skip)")
     ap.add_argument("--check-k", type=int, default=4)
-    ap.add_argument("--lr-mult", type=float, default=4.0,
-                    help="LR as a multiple of the size rule's (4: what the main job's LR phase picks for glu 4.0)")
+    ap.add_argument("--lr-mult", type=float, default=None,
+                    help="LR as a multiple of the config's (default: 4 for the replica, what the main job's LR phase "
+                         "picks for glu 4.0; 1 with --params)")
     a = ap.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
     logging.getLogger("tinylm").setLevel(logging.WARNING)
-    cfg = replica(a.batch, a.block, a.lr_mult).replace(device=a.device)
+    mult = a.lr_mult if a.lr_mult is not None else (1.0 if a.params else 4.0)
+    cfg = replica(a.batch, a.block, mult, a.params).replace(device=a.device)
     with tempfile.TemporaryDirectory(prefix="tinylm-ensemble-") as out:
         speed(cfg, a.k, a.steps, a.rounds, out)
         if a.check_steps:
