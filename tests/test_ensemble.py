@@ -293,3 +293,19 @@ def test_the_train_command_trains_a_batched_trial(tmp_path, child_env):
     assert "2 seeds as one batched model" in p.stdout and "seed 1 completed val" in p.stdout
     for seed in (0, 1):
         assert (out / "members" / f"seed{seed}" / "model" / "model.safetensors").is_file()
+
+
+def test_failed_end_of_run_evals_keep_every_members_model(tmp_path, monkeypatch):
+    """As a solo run's: the evals fail after the models and metrics are written; the trial says so per seed."""
+    import tinylm.evals
+
+    def broken(*a, **k):
+        raise RuntimeError("no latency today")
+
+    monkeypatch.setattr(tinylm.evals, "efficiency", broken)
+    final, _ = train_run(debug(seeds_per_trial=2, train_tokens=4096, eval_every_tokens=2048), tmp_path / "ens")
+    assert final["status"] == "completed" and final["evals_error"].startswith("seed 0: RuntimeError: no latency")
+    for seed in (0, 1):
+        where = tmp_path / "ens" / "members" / f"seed{seed}"
+        assert (where / "model" / "model.safetensors").is_file()
+        assert "no latency today" in json.loads((where / "metrics.json").read_text())["evals_error"]

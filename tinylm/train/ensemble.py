@@ -300,6 +300,9 @@ def finish_members(run: Run, p: Members, report: Report | None) -> dict:
         if run.rank == 0:
             write_json(os.path.join(where, "metrics.json"), finals[k])
     trial = summary(p, finals, live)
+    failed = [f"seed {seed}: {f['evals_error']}" for seed, f in zip(p.seeds, finals, strict=True) if "evals_error" in f]
+    if failed:  # as a solo run's: the command exits non-zero, the models and metrics stay
+        trial["evals_error"] = "; ".join(failed)
     trial.update(status="completed" if live else ("stopped" if "stopped" in p.status else "diverged"),
                  stop_reason="" if live else "; ".join(f"seed {s}: {r}" for s, r in zip(p.seeds, p.stop_reason,
                                                                                         strict=True) if r))
