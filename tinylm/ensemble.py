@@ -15,6 +15,9 @@ optimizer step would couple across members is done per member here:
   orthogonalises each member's matrix on its own, tinylm.optim);
 - the optimizer: parameter groups follow member 0's roles (``split_stacked``).
 
+With ``dropout`` > 0 each member draws its own masks (vmap's ``randomness="different"``), not its solo run's: the
+members stay independent, but match their solo runs only in distribution.
+
 Pure PyTorch (no DeepSpeed, no Ray): ``tinylm.train.ensemble`` runs it through the usual engine.
 """
 
