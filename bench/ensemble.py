@@ -13,8 +13,11 @@ check: ``train`` hands only K > 1 to the batched loop.
 
     python bench/ensemble.py                                  # K = 1, 2, 3, 4, 8 at batch 16; checks, K = 4
     python bench/ensemble.py --k 8 32 --batch 2 --rounds 3 --check-steps 0
-    python bench/ensemble.py --device cuda --threads 0 --k 8 32 --params 1e6   # on a GPU: the issue's 1M and 10M
+    python bench/ensemble.py --device cuda --threads 0 --k 8 32 --params 1e6 --processes 8   # on a GPU: 1M, 10M
     python bench/ensemble.py --device cuda --threads 0 --k 8 32 --params 1e7 --batch 32
+
+``--processes N`` also times the alternative batching must beat: N separate one-model processes at once on the
+same device (``--trials-per-gpu N``; on CPU, N trials sharing the cores), their tokens/s summed.
 
 Prints; asserts nothing.
 """
@@ -74,7 +77,7 @@ def rate(step, tokens_per_step: int, steps: int) -> float:
     return steps * tokens_per_step / (time.perf_counter() - t0)
 
 
-def speed(cfg, ks: list[int], steps: int, rounds: int, out: str) -> None:
+def speed(cfg, ks: list[int], steps: int, rounds: int, out: str) -> float:
     from tinylm.budget import flops_per_token
     from tinylm.machine import peak_flops
 
@@ -94,6 +97,7 @@ def speed(cfg, ks: list[int], steps: int, rounds: int, out: str) -> None:
         r = statistics.median(rates)
         print(f"  K = {k:>2}: {r:>10,.0f} member-tokens/s  {r / solo:5.2f}x one model  "
               f"MFU {100 * fpt * r / peak:5.1f} %  (rounds: {', '.join(f'{x:,.0f}' for x in rates)})")
+    return solo
 
 
 def checks(cfg, k: int, steps: int, out: str) -> None:
@@ -137,6 +141,40 @@ def checks(cfg, k: int, steps: int, out: str) -> None:
           f"(statuses: {', '.join(r['status'] for r in rows)})")
 
 
+def processes(argv: list[str], n: int, steps: int, solo: float, fpt: float, peak: float) -> None:
+    """The alternative batching must beat (``--trials-per-gpu n``): n separate processes, each training one model at
+    once on the same device (on a GPU each gets 1/n of its memory); their tokens/s summed."""
+    import subprocess
+
+    cmd = [sys.executable, os.path.abspath(__file__), *argv, "--worker-steps", str(steps), "--worker-share", str(n)]
+    # without this process's group (init_distributed put its port in the environment): each makes its own
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR",
+                                                             "MASTER_PORT")}
+    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
+             for _ in range(n)]
+    rates = []
+    for proc in procs:
+        out, _ = proc.communicate(timeout=3600)
+        rates += [float(line.split()[1]) for line in out.splitlines() if line.startswith("WORKER_RATE ")]
+    if len(rates) < n:
+        print(f"\n{n} processes at once: only {len(rates)} reported a rate (see their stderr by running one alone)")
+        return
+    total = sum(rates)
+    print(f"\n{n} processes at once, one model each (as --trials-per-gpu {n}), {steps} steps each: "
+          f"{total:,.0f} tokens/s summed = {total / solo:.2f}x one model alone, MFU {100 * fpt * total / peak:.1f} % "
+          f"(each: {', '.join(f'{r:,.0f}' for r in rates)}); the in-process rows above are the batched alternative")
+
+
+def worker(cfg, steps: int, share: int) -> None:
+    """One of ``processes``: K = 1 steps, then its rate on one line."""
+    if share > 1 and torch.cuda.is_available() and cfg.device != "cpu":
+        torch.cuda.set_per_process_memory_fraction(0.95 / share)
+    with tempfile.TemporaryDirectory(prefix="tinylm-ensemble-worker-") as out:
+        step = stepper(cfg, 1, out)
+        r = rate(step, cfg.batch_size * cfg.block_size, steps)
+    print(f"WORKER_RATE {r}", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--k", type=int, nargs="+", default=[2, 3, 4, 8],
@@ -154,14 +192,31 @@ def main() -> None:
     ap.add_argument("--lr-mult", type=float, default=None,
                     help="LR as a multiple of the config's (default: 4 for the replica, what the main job's LR phase "
                          "picks for glu 4.0; 1 with --params)")
+    ap.add_argument("--processes", type=int, default=0,
+                    help="also time this many separate one-model processes at once (the --trials-per-gpu "
+                         "alternative), summed (0 = skip)")
+    ap.add_argument("--worker-steps", type=int, default=0, help=argparse.SUPPRESS)  # one of --processes
+    ap.add_argument("--worker-share", type=int, default=1, help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
     logging.getLogger("tinylm").setLevel(logging.WARNING)
     mult = a.lr_mult if a.lr_mult is not None else (1.0 if a.params else 4.0)
     cfg = replica(a.batch, a.block, mult, a.params).replace(device=a.device)
+    if a.worker_steps:
+        return worker(cfg, a.worker_steps, a.worker_share)
     with tempfile.TemporaryDirectory(prefix="tinylm-ensemble-") as out:
-        speed(cfg, a.k, a.steps, a.rounds, out)
+        solo = speed(cfg, a.k, a.steps, a.rounds, out)
+        if a.processes:
+            from tinylm.budget import flops_per_token
+            from tinylm.machine import peak_flops
+
+            argv = list(sys.argv[1:])
+            device = torch.device("cuda" if cfg.device != "cpu" and torch.cuda.is_available() else "cpu")
+            # one device's peak; on a CPU the processes run on separate cores, each with one core's peak
+            cores = min(a.processes, os.cpu_count() or 1) if device.type == "cpu" else 1
+            processes(argv, a.processes, a.steps * a.rounds, solo, flops_per_token(cfg),
+                      cores * peak_flops(device, cfg.precision))
         if a.check_steps:
             checks(cfg, a.check_k, a.check_steps, out)
     sys.stdout.flush()
