@@ -125,7 +125,7 @@ def checks(cfg, k: int, steps: int, out: str) -> None:
     def poisoned(run, p):
         if p.step == steps // 2:
             with torch.no_grad():
-                run.model.stacked["transformer::wte::weight"][1].fill_(float("nan"))
+                run.model.param("transformer.wte.weight")[1].fill_(float("nan"))
         step(run, p)
 
     te.step_members = poisoned

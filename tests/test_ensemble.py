@@ -99,7 +99,7 @@ def test_an_optimizer_step_is_each_members_own(optimizer):
         sopt = build_optimizer(solo, member_config(cfg, k))
         own = dict(solo.named_parameters())
         for n in ens.names:
-            own[n].grad = ens.stacked[n.replace(".", "::")].grad[k].clone()
+            own[n].grad = ens.param(n).grad[k].clone()
         sopt.step()
     opt.step()
     for k, solo in enumerate(solos):
@@ -160,7 +160,7 @@ class _Poison:
     def __call__(self, run, p):
         if p.step == self.at:
             with torch.no_grad():
-                run.model.stacked["transformer::wte::weight"][self.k].fill_(float("nan"))
+                run.model.param("transformer.wte.weight")[self.k].fill_(float("nan"))
         self.step(run, p)
 
 

@@ -55,9 +55,9 @@ class Ensemble(nn.Module):
         self.stacked = nn.ParameterDict({n.replace(".", SEP): nn.Parameter(p) for n, p in params.items()})
         for p in self.stacked.values():
             p._members = True  # Muon orthogonalises each member's matrix on its own (tinylm.optim)
-        self._buffers_of = {n.replace(".", SEP): b for n, b in buffers.items()}  # identical across members
-        for n, b in self._buffers_of.items():
-            self.register_buffer(n, b[0].clone(), persistent=False)
+        for n, b in buffers.items():  # identical across members (RoPE's tables): one copy
+            self.register_buffer(n.replace(".", SEP), b[0].clone(), persistent=False)
+        self._buffer_names = list(buffers)
         self._roles = _member_roles(members[0], cfg)
         # the skeleton functional_call runs (meta: it holds no weights), its head an identity: the vmapped forward
         # returns each member's final hidden states, and each member's logits and loss are taken one member at a
@@ -75,9 +75,13 @@ class Ensemble(nn.Module):
 
         self._hidden = hidden
 
+    def param(self, name: str) -> nn.Parameter:
+        """The stacked (K, ...) parameter of a member's parameter ``name`` (dotted, as in ``GPT``)."""
+        return self.stacked[name.replace(".", SEP)]
+
     def _state(self) -> tuple[dict, dict]:
-        params = {n: self.stacked[n.replace(".", SEP)] for n in self._body}
-        buffers = {n.replace(SEP, "."): getattr(self, n) for n in self._buffers_of}
+        params = {n: self.param(n) for n in self._body}
+        buffers = {n: getattr(self, n.replace(".", SEP)) for n in self._buffer_names}
         return params, buffers
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -85,7 +89,7 @@ class Ensemble(nn.Module):
         shared = x.dim() == 2
         randomness = "different" if self.cfg.dropout > 0 else "error"
         h = vmap(self._hidden, in_dims=(0, None, None if shared else 0), randomness=randomness)(params, buffers, x)
-        head = self.stacked[self.head.replace(".", SEP)]  # (K, V, C)
+        head = self.param(self.head)  # (K, V, C)
         losses = []
         for k in range(self.k):  # GPT.forward's head and loss, on member k's hidden states
             logits = F.linear(h[k], head[k])
@@ -101,21 +105,15 @@ class Ensemble(nn.Module):
         model = GPT(member_config(self.cfg, k)).to(next(iter(self.stacked.values())).device)
         own = dict(model.named_parameters())
         for n in self.names:
-            own[n].copy_(self.stacked[n.replace(".", SEP)][k])
+            own[n].copy_(self.param(n)[k])
         return model
 
     def split_stacked(self, muon: bool = False) -> dict[str, list[nn.Parameter]]:
         """``tinylm.optim.split_params`` for the stacked parameters: each goes where member 0's goes."""
         out: dict[str, list[nn.Parameter]] = {"matrix": [], "embed": [], "vector": []}
         for n in self.names:
-            out[self._roles[n]].append(self.stacked[n.replace(".", SEP)])
+            out[self._roles[n]].append(self.param(n))
         return out
-
-    def routing_stats(self) -> dict[str, float]:  # the train loop asks every model; an ensemble is dense
-        return {}
-
-    def num_params(self) -> int:
-        return sum(p.numel() for p in self.parameters())
 
 
 def _member_roles(model: GPT, cfg: Config) -> dict[str, str]:

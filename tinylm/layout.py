@@ -75,9 +75,9 @@ def member_dir(trial_folder: str, seed: int) -> str:
 def trial_dir(root: str, sweep: str, trial_id: str) -> str:
     """A sweep trial's output folder: ``<root>/<sweep>/trials/<trial id>``; for a member id, the member's folder."""
     trial, sep, seed = str(trial_id).partition(_MEMBER)
-    folder = os.path.join(root, sweep, "trials", trial)
-    return member_dir(folder, int(seed)) if sep and seed.isdigit() else os.path.join(root, sweep, "trials",
-                                                                                    str(trial_id))
+    if sep and seed.isdigit():
+        return member_dir(os.path.join(root, sweep, "trials", trial), int(seed))
+    return os.path.join(root, sweep, "trials", str(trial_id))
 
 
 def stored_model(storage_root: str, sweep: str, trial_id: str) -> str:

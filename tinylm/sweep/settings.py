@@ -22,6 +22,7 @@ from dataclasses import MISSING, dataclass, field, fields, replace
 from typing import Any
 
 from tinylm import layout
+from tinylm.config import MAX_MEMBERS
 from tinylm.kill_rule import DEFAULT_MARGIN
 
 # The searchers of the refinement (--search); tinylm.tune.search.SEARCHERS builds each (it imports ray, this does not)
@@ -108,8 +109,8 @@ class Sweep:
                                 "(tinylm.ensemble; each seed stays its own run, row and Optuna value; it must "
                                 "divide --seeds; phases of one seed train one model). Pays where a step is "
                                 "overhead-bound (a GPU); on this CPU it does not (RESULTS.md)",
-                                check=(lambda v: isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= 64,
-                                       "an int from 1 to 64"))
+                                check=(lambda v: isinstance(v, int) and not isinstance(v, bool)
+                                       and 1 <= v <= MAX_MEMBERS, f"an int from 1 to {MAX_MEMBERS}"))
     refine: int = flag(0, "refinement trials after the grid, chosen by --search (0 = none)",
                        check=(int_at_least(0), "an int >= 0 (0 = no refinement)"))
     search: str = flag("optuna", "the searcher of the refinement: optuna (TPE; its study in --optuna-storage, told "

@@ -19,13 +19,17 @@ import numpy as np
 import torch
 
 from tinylm.config import Config
-from tinylm.regime import EVAL_SEED, regime_metrics
+from tinylm.regime import EVAL_SEED
 from tinylm.train.run import (
     Interrupted,
     Report,
     Run,
     SaveError,
+    efficiency_metrics,
+    eval_batches,
+    eval_metrics,
     eval_share,
+    final_metrics,
     gather_rng,
     kept,
     load_resume_state,
@@ -35,6 +39,8 @@ from tinylm.train.run import (
     saving,
     schedule,
     setup,
+    suite_metrics,
+    val_windows,
     write_json,
 )
 
@@ -60,20 +66,12 @@ def evaluate(run: Run) -> float:
     pass is collective (parameters are gathered), so a rank with one batch fewer runs one more, uncounted.
     """
     from tinylm import engine as eng
-    from tinylm.data import get_batch
 
     run.engine.eval()
     rng = np.random.default_rng(EVAL_SEED)  # tinylm.regime scores its references on these same windows
-    n = max(1, run.cfg.eval_tokens // (run.cfg.batch_size * run.cfg.block_size))
-    mine = eval_share(n, run.rank, run.world)
-    losses = []
-    for i in range(n):
-        if i in mine:
-            x, y = sample_batch(run, run.data.val, rng)
-            losses.append(run.engine(x, y)[1].item())
-        else:  # another rank's batch: drawn all the same, so the generator stays in step
-            get_batch(run.data.val, run.cfg.batch_size, run.cfg.block_size, rng)
-    if run.cfg.zero_stage == 3 and len(mine) < math.ceil(n / run.world):
+    n = eval_batches(run.cfg)
+    losses = [run.engine(x, y)[1].item() for x, y in val_windows(run, rng)]
+    if run.cfg.zero_stage == 3 and len(losses) < math.ceil(n / run.world):
         run.engine(*sample_batch(run, run.data.val, rng))
     run.engine.train()
     return eng.all_reduce_sum(float(np.sum(losses)), run.device) / n  # world 1: exactly np.mean(losses)
@@ -192,7 +190,6 @@ def step_once(run: Run, p: Progress) -> bool:
 def eval_point(run: Run, p: Progress, report: Report | None) -> bool:
     """An eval (and a wsd probe when one is due), its metrics logged, a checkpoint when one is due, the report;
     False when the val loss is not finite (the run diverged)."""
-    from tinylm.machine import peak_memory_mb
     from tinylm.optim import probe_length
 
     cfg = run.cfg
@@ -208,14 +205,10 @@ def eval_point(run: Run, p: Progress, report: Report | None) -> bool:
             probe["probe_loss"], spent = cooldown_probe(run, p.tokens, p.tokens_per_step)
             p.probed["probe_tokens"] += spent
             p.probed["probe_time_s"] += time.perf_counter() - t0
-    fpt = p.sizes["flops_per_token"]
-    p.metrics = {"tokens": p.tokens, "step": p.step, "train_loss": p.window_loss / p.window_steps,
-                 "val_loss": val, "val_ppl": math.exp(min(val, 50)),
-                 "val_bpb": val / math.log(2) / run.data.meta["val_bytes_per_token"], "lr": p.lr,
-                 "tokens_per_s": tps, "mfu": fpt * tps / (p.peak * run.world),
-                 "peak_mem_mb": peak_memory_mb(run.device), "elapsed_s": p.elapsed, "train_flops": fpt * p.tokens,
-                 **p.sizes, **p.probed, **probe, **regime_metrics(val, run.data.meta["refs"]),
-                 **run.model.routing_stats()}  # an MoE's routing balance at the last eval batch
+    p.metrics = {**eval_metrics(run, tokens=p.tokens, step=p.step, train_loss=p.window_loss / p.window_steps,
+                                val=val, lr=p.lr, tps=tps, mfu=p.sizes["flops_per_token"] * tps / (p.peak * run.world),
+                                elapsed=p.elapsed, sizes=p.sizes),
+                 **p.probed, **probe, **run.model.routing_stats()}  # an MoE's routing balance at the last batch
     p.history.append({k: p.metrics[k] for k in ("tokens", "train_loss", "val_loss", "probe_loss") if k in p.metrics})
     if run.rank == 0:
         log.info("step %5d | tokens %s/%s | loss %.4f | val %.4f | ppl %.1f | %s tok/s | mfu %.1f%%",
@@ -255,17 +248,8 @@ def finish(run: Run, p: Progress, report: Report | None) -> dict:
     from tinylm.checkpoint import save_pretrained
 
     cfg, out_dir = run.cfg, run.out_dir
-    final = dict(p.metrics)
-    # every result carries the scheduler's keys (Tune rejects a result without its metric): a run that diverged
-    # before its first eval reports NaN, which ASHA ignores and Optuna records as FAIL
-    final.setdefault("tokens", p.tokens)
-    for key in ("val_loss", "val_ppl", "val_bpb"):
-        final.setdefault(key, float("nan"))
-    final.update(status=p.status, stop_reason=p.stop_reason, train_flops=p.sizes["flops_per_token"] * p.tokens,
-                 train_time_s=p.elapsed, **p.sizes)
-    if p.metrics:
-        final.update(final_val_loss=p.metrics["val_loss"], final_val_ppl=p.metrics["val_ppl"],
-                     final_val_bpb=p.metrics["val_bpb"])
+    final = final_metrics(p.metrics, tokens=p.tokens, trained=p.tokens, status=p.status, stop_reason=p.stop_reason,
+                          elapsed=p.elapsed, sizes=p.sizes)
     # the model and the metrics are on disk before the end-of-run evals: a failure there loses neither
     if run.rank == 0 and p.status == "completed":
         with saving(os.path.join(out_dir, "model"), f"{kept(p.saved)}: free space and rerun the same command to "
@@ -320,18 +304,9 @@ def cooldown_probe(run: Run, tokens: int, tokens_per_step: int) -> tuple[float, 
 
 def end_of_run_evals(run: Run) -> dict:
     """Latency at batch 1 (L=128/512), inference tokens/s, and the eval tasks named in ``cfg.evals``."""
-    from tinylm.evals import efficiency, run_suite
-
-    out = {}
-    model = run.model
-    eff = efficiency(model, run.cfg, device=run.device)
-    eff["infer_peak_mem_mb"] = eff.pop("peak_mem_mb", float("nan"))  # training's peak stays peak_mem_mb
-    out.update(eff)
-    if run.cfg.evals:
-        tasks = "all" if run.cfg.evals == "all" else run.cfg.evals.split(",")
-        out.update(run_suite(model, run.data.tokenizer, tasks=tasks, n=run.cfg.eval_n, device=run.device,
-                             seed=run.cfg.seed))
-    model.train()
+    out = {**efficiency_metrics(run.model, run.cfg, run.device),
+           **suite_metrics(run.model, run.cfg, run.data.tokenizer, run.device)}
+    run.model.train()
     return out
 
 

@@ -33,17 +33,24 @@ import torch
 from tinylm.config import Config, ConfigError, member_config, member_seeds
 from tinylm.ensemble import clip_per_member, quarantine
 from tinylm.layout import MEMBERS, member_dir
-from tinylm.regime import EVAL_SEED, regime_metrics
+from tinylm.regime import EVAL_SEED
 from tinylm.train.run import (
     Interrupted,
     Report,
     Run,
+    efficiency_metrics,
+    eval_batches,
+    eval_metrics,
+    final_metrics,
+    gather_rng,
     kept,
     load_resume_state,
     preflight,
     saving,
     schedule,
     setup,
+    suite_metrics,
+    val_windows,
     write_json,
 )
 
@@ -156,29 +163,18 @@ def evaluate_members(run: Run) -> np.ndarray:
     """Each member's mean val loss over the fixed val windows every run is scored on (``tinylm.train.evaluate``'s
     batches: one generator seeded EVAL_SEED, shared among ranks), (K,) float64."""
     from tinylm import engine as eng
-    from tinylm.data import get_batch
-    from tinylm.train.run import eval_share, sample_batch
 
     run.engine.eval()
-    rng = np.random.default_rng(EVAL_SEED)
-    n = max(1, run.cfg.eval_tokens // (run.cfg.batch_size * run.cfg.block_size))
-    mine = eval_share(n, run.rank, run.world)
     sums = torch.zeros(run.cfg.seeds_per_trial, dtype=torch.float64, device=run.device)
-    for i in range(n):
-        if i in mine:
-            x, y = sample_batch(run, run.data.val, rng)  # (B, T): the same windows for every member
-            sums += run.engine(x, y)[0].double()
-        else:
-            get_batch(run.data.val, run.cfg.batch_size, run.cfg.block_size, rng)
+    for x, y in val_windows(run, np.random.default_rng(EVAL_SEED)):  # (B, T): the same windows for every member
+        sums += run.engine(x, y)[0].double()
     run.engine.train()
-    return np.array([eng.all_reduce_sum(v, run.device) for v in sums.tolist()]) / n
+    return np.array([eng.all_reduce_sum(v, run.device) for v in sums.tolist()]) / eval_batches(run.cfg)
 
 
 def eval_members(run: Run, p: Members, report: Report | None) -> None:
     """An eval of every member, their metrics, a checkpoint when one is due, and the report (the live members'
     mean, with each member's metrics in ``members_json``). A member whose val loss is not finite is diverged."""
-    from tinylm.machine import peak_memory_mb
-
     mark_diverged(p)
     dt = time.perf_counter() - p.window_t
     p.elapsed += dt
@@ -190,13 +186,10 @@ def eval_members(run: Run, p: Members, report: Report | None) -> None:
         if p.status[k] != "running":
             continue  # a diverged member's metrics stay those of its last good eval
         val = float(vals[k])
-        p.metrics[k] = {"tokens": p.tokens, "step": p.step, "train_loss": train_loss[k],
-                        "val_loss": val, "val_ppl": math.exp(min(val, 50)),
-                        "val_bpb": val / math.log(2) / run.data.meta["val_bytes_per_token"], "lr": p.lr,
-                        "tokens_per_s": tps, "trial_tokens_per_s": tps * p.k,
-                        "mfu": fpt * tps * p.k / (p.peak * run.world), "peak_mem_mb": peak_memory_mb(run.device),
-                        "elapsed_s": p.elapsed, "train_flops": fpt * p.tokens, "seeds_per_trial": p.k,
-                        **p.sizes, **regime_metrics(val, run.data.meta["refs"])}
+        p.metrics[k] = {**eval_metrics(run, tokens=p.tokens, step=p.step, train_loss=train_loss[k], val=val, lr=p.lr,
+                                       tps=tps, mfu=fpt * tps * p.k / (p.peak * run.world), elapsed=p.elapsed,
+                                       sizes=p.sizes),
+                        "trial_tokens_per_s": tps * p.k, "seeds_per_trial": p.k}
         p.history[k].append({key: p.metrics[k][key] for key in ("tokens", "train_loss", "val_loss")})
         if not math.isfinite(val):
             p.status[k], p.stop_reason[k] = "diverged", f"non-finite val loss at step {p.step}"
@@ -235,7 +228,6 @@ def save_members(run: Run, p: Members) -> str:
     """A resumable checkpoint of every member (stacked weights and optimizer state, their generators, histories,
     statuses and latest metrics)."""
     from tinylm import engine as eng
-    from tinylm.train.run import gather_rng
 
     ckpt_dir, tag = os.path.join(run.out_dir, "ckpt"), f"step{p.step:08d}"
     with saving(os.path.join(ckpt_dir, tag), f"training stopped at {p.tokens:,} tokens; {kept(p.saved)}: free space "
@@ -254,7 +246,6 @@ def finish_members(run: Run, p: Members, report: Report | None) -> dict:
     the end-of-run evals per completed member (latency once: the members share the architecture), the trial's
     ``metrics.json`` (the mean, and ``members``) and the last report."""
     from tinylm.checkpoint import save_pretrained
-    from tinylm.evals import efficiency, run_suite
 
     cfg, out_dir = run.cfg, run.out_dir
     mark_diverged(p)
@@ -262,16 +253,9 @@ def finish_members(run: Run, p: Members, report: Report | None) -> dict:
     p.status = ["completed" if s == "running" else s for s in p.status]  # the loop ran to its end for them
     finals = []
     for k, seed in enumerate(p.seeds):
-        final = dict(p.metrics[k])
-        final.setdefault("tokens", p.tokens)
-        for key in ("val_loss", "val_ppl", "val_bpb"):
-            final.setdefault(key, float("nan"))
-        final.update(status=p.status[k], stop_reason=p.stop_reason[k], train_time_s=p.elapsed, seed=seed,
-                     train_flops=p.sizes["flops_per_token"] * final["tokens"], **p.sizes)
-        if p.metrics[k]:
-            final.update(final_val_loss=p.metrics[k]["val_loss"], final_val_ppl=p.metrics[k]["val_ppl"],
-                         final_val_bpb=p.metrics[k]["val_bpb"])
-        finals.append(final)
+        final = final_metrics(p.metrics[k], tokens=p.tokens, trained=p.metrics[k].get("tokens", p.tokens),
+                              status=p.status[k], stop_reason=p.stop_reason[k], elapsed=p.elapsed, sizes=p.sizes)
+        finals.append({**final, "seed": seed})
     eff = None
     for k, seed in enumerate(p.seeds):
         where = member_dir(out_dir, seed)
@@ -287,14 +271,8 @@ def finish_members(run: Run, p: Members, report: Report | None) -> dict:
         if model is None:
             continue
         try:
-            if eff is None:
-                eff = efficiency(model, member_config(cfg, k), device=run.device)
-                eff["infer_peak_mem_mb"] = eff.pop("peak_mem_mb", float("nan"))
-            finals[k].update(eff)
-            if cfg.evals:
-                tasks = "all" if cfg.evals == "all" else cfg.evals.split(",")
-                finals[k].update(run_suite(model, run.data.tokenizer, tasks=tasks, n=cfg.eval_n, device=run.device,
-                                           seed=seed))
+            eff = eff or efficiency_metrics(model, member_config(cfg, k), run.device)
+            finals[k].update(eff, **suite_metrics(model, member_config(cfg, k), run.data.tokenizer, run.device))
         except Exception as e:  # noqa: BLE001 - recorded; the trained model stays
             finals[k]["evals_error"] = f"{type(e).__name__}: {str(e)[:500]}"
         if run.rank == 0:

@@ -21,7 +21,7 @@ from tinylm.budget import flops_per_token, param_counts
 from tinylm.config import ARCH_FIELDS, Config, ConfigError
 from tinylm.layout import jsonable, unwritable_parent, write_failure
 from tinylm.model import GPT
-from tinylm.regime import cached_reference_losses
+from tinylm.regime import cached_reference_losses, regime_metrics
 
 log = logging.getLogger("tinylm.train")
 # report(metrics, checkpoint_dir | None): Ray's report on a cluster, a logger or nothing locally
@@ -266,6 +266,76 @@ def eval_share(n: int, rank: int, world: int) -> range:
     """The indices of the ``n`` val batches that ``rank`` of ``world`` evaluates: every ``world``-th one from its
     rank, so the ranks cover each batch exactly once and differ by at most one batch."""
     return range(rank, n, world)
+
+
+def eval_batches(cfg: Config) -> int:
+    """How many val batches an eval scores: ``eval_tokens`` in whole batches, at least one."""
+    return max(1, cfg.eval_tokens // (cfg.batch_size * cfg.block_size))
+
+
+def val_windows(run: Run, rng: np.random.Generator) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """This rank's share of the fixed val batches every eval scores (``rng`` seeded ``tinylm.regime.EVAL_SEED``, on
+    whose windows the n-gram references are scored too). Every rank draws all ``eval_batches`` from ``rng``, so the
+    set does not depend on the world size, and gets its own (``eval_share``); ``rng`` is then past them all."""
+    from tinylm.data import get_batch
+
+    n = eval_batches(run.cfg)
+    mine = eval_share(n, run.rank, run.world)
+    for i in range(n):
+        if i in mine:
+            yield sample_batch(run, run.data.val, rng)
+        else:  # another rank's batch: drawn all the same, so the generator stays in step
+            get_batch(run.data.val, run.cfg.batch_size, run.cfg.block_size, rng)
+
+
+def eval_metrics(run: Run, *, tokens: int, step: int, train_loss: float, val: float, lr: float, tps: float,
+                 mfu: float, elapsed: float, sizes: dict) -> dict:
+    """What every eval reports about one model (a run, or one member of a batched trial): losses, perplexity, bits
+    per byte, throughput, memory, FLOPs so far, its sizes and the n-gram references."""
+    from tinylm.machine import peak_memory_mb
+
+    return {"tokens": tokens, "step": step, "train_loss": train_loss, "val_loss": val,
+            "val_ppl": math.exp(min(val, 50)), "val_bpb": val / math.log(2) / run.data.meta["val_bytes_per_token"],
+            "lr": lr, "tokens_per_s": tps, "mfu": mfu, "peak_mem_mb": peak_memory_mb(run.device),
+            "elapsed_s": elapsed, "train_flops": sizes["flops_per_token"] * tokens, **sizes,
+            **regime_metrics(val, run.data.meta["refs"])}
+
+
+def final_metrics(metrics: dict, *, tokens: int, trained: int, status: str, stop_reason: str, elapsed: float,
+                  sizes: dict) -> dict:
+    """One model's final metrics from its latest eval's (``metrics``, empty before the first): every result carries
+    the scheduler's keys (Tune rejects a result without its metric), so a model that diverged before its first eval
+    reports NaN, which ASHA ignores and Optuna records as FAIL; ``trained``: the tokens its FLOPs count."""
+    final = dict(metrics)
+    final.setdefault("tokens", tokens)
+    for key in ("val_loss", "val_ppl", "val_bpb"):
+        final.setdefault(key, float("nan"))
+    final.update(status=status, stop_reason=stop_reason, train_flops=sizes["flops_per_token"] * trained,
+                 train_time_s=elapsed, **sizes)
+    if metrics:
+        final.update(final_val_loss=metrics["val_loss"], final_val_ppl=metrics["val_ppl"],
+                     final_val_bpb=metrics["val_bpb"])
+    return final
+
+
+def efficiency_metrics(model: GPT, cfg: Config, device: torch.device) -> dict:
+    """Latency at batch 1 (L=128/512) and inference tokens/s; its memory as ``infer_peak_mem_mb`` (training's peak
+    stays ``peak_mem_mb``)."""
+    from tinylm.evals import efficiency
+
+    eff = efficiency(model, cfg, device=device)
+    eff["infer_peak_mem_mb"] = eff.pop("peak_mem_mb", float("nan"))
+    return eff
+
+
+def suite_metrics(model: GPT, cfg: Config, tokenizer, device: torch.device) -> dict:
+    """The eval tasks named in ``cfg.evals`` (none: empty), seeded by ``cfg.seed``."""
+    from tinylm.evals import run_suite
+
+    if not cfg.evals:
+        return {}
+    tasks = "all" if cfg.evals == "all" else cfg.evals.split(",")
+    return run_suite(model, tokenizer, tasks=tasks, n=cfg.eval_n, device=device, seed=cfg.seed)
 
 
 def load_resume_state(run: Run, resume_from: str | None, resumed_from: dict) -> dict | None:

@@ -42,10 +42,6 @@ class TrackingCallback(tune.Callback):
                                     artifact_root=os.path.join(self.sweep.root, "mlartifacts"))
         return self._tracker
 
-    def _run(self, trial) -> str:
-        """The MLflow run of a one-model trial; for a batched trial (seeds_per_trial > 1), its first member's."""
-        return self._member_runs(trial)[0][1]
-
     def _member_runs(self, trial) -> list[tuple[int | None, str]]:
         """(seed, run id) of every run the trial writes: one (None, run) for a one-model trial; one per member of a
         batched trial, each its own child run (trial id ``member_id(trial, seed)``, params = the member's solo
