@@ -6,15 +6,17 @@ job's replica (the GLU sweep's laptop baseline: glu 4.0, 143k params, batch 16 x
 timed in interleaved rounds (1, K..., 1, K..., medians), one thread by default. MFU = flops_per_token x
 member-tokens/s / the device's peak (``tinylm.machine.peak_flops``, as every run reports it).
 
-Equivalence, through ``tinylm.train.train`` (fp32): every member of a K-member trial against its solo run after
-``--check-steps`` optimizer steps (max |val loss difference|), and a member forced to diverge (its embedding set
-to NaN halfway) against the same trial without it (the other members' val losses must not move). K = 1 needs no
+Equivalence, through ``tinylm.train.train`` (``--precision``, ``--zero-stage``): every member of a K-member trial
+against its solo run after ``--check-steps`` optimizer steps (max |val loss difference|), and a member forced to
+diverge (its embedding set to NaN halfway) against the same trial without it (the other members' val losses must not
+move). K = 1 needs no
 check: ``train`` hands only K > 1 to the batched loop.
 
     python bench/ensemble.py                                  # K = 1, 2, 3, 4, 8 at batch 16; checks, K = 4
     python bench/ensemble.py --k 8 32 --batch 2 --rounds 3 --check-steps 0
     python bench/ensemble.py --device cuda --threads 0 --k 8 32 --params 1e6 --processes 8   # on a GPU: 1M, 10M
     python bench/ensemble.py --device cuda --threads 0 --k 8 32 --params 1e7 --batch 32
+    python bench/ensemble.py --device cuda --threads 0 --k 8 32 --params 1e7 --precision bf16 --zero-stage 2
 
 ``--processes N`` also times the alternative batching must beat: N separate one-model processes at once on the
 same device (``--trials-per-gpu N``; on CPU, N trials sharing the cores), their tokens/s summed.
@@ -117,7 +119,8 @@ def checks(cfg, k: int, steps: int, out: str) -> None:
     solo = [train(base.replace(seed=base.seed + i), os.path.join(out, f"solo{i}"))["val_loss"] for i in range(k)]
     t_solo = time.perf_counter() - t0
     gaps = [abs(a - b) for a, b in zip(members(batched), solo, strict=True)]
-    print(f"\nequivalence after {steps} steps ({tokens:,} tokens per member, fp32, LR {base.lr:.3g}): K = {k} members "
+    print(f"\nequivalence after {steps} steps ({tokens:,} tokens per member, {base.precision}, ZeRO {base.zero_stage}, "
+          f"LR {base.lr:.3g}): K = {k} members "
           f"vs their solo runs: max |val loss difference| {max(gaps):.2e} (each: {', '.join(f'{g:.1e}' for g in gaps)})"
           f"; wall {t_batched:.0f} s batched vs {t_solo:.0f} s for the {k} solo runs in turn")
     step = te.step_members
@@ -187,6 +190,9 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--threads", type=int, default=1, help="torch threads (0 = leave torch's default)")
     ap.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    ap.add_argument("--precision", default="fp32", choices=("fp32", "bf16"),
+                    help="bf16: DeepSpeed's bf16 (fp32 master weights); members' gradients handed over")
+    ap.add_argument("--zero-stage", type=int, default=0, choices=(0, 1, 2))
     ap.add_argument("--check-steps", type=int, default=200, help="steps of the equivalence checks (0 = skip)")
     ap.add_argument("--check-k", type=int, default=4)
     ap.add_argument("--lr-mult", type=float, default=None,
@@ -202,7 +208,8 @@ def main() -> None:
         torch.set_num_threads(a.threads)
     logging.getLogger("tinylm").setLevel(logging.WARNING)
     mult = a.lr_mult if a.lr_mult is not None else (1.0 if a.params else 4.0)
-    cfg = replica(a.batch, a.block, mult, a.params).replace(device=a.device)
+    cfg = replica(a.batch, a.block, mult, a.params).replace(device=a.device, precision=a.precision,
+                                                              zero_stage=a.zero_stage)
     if a.worker_steps:
         return worker(cfg, a.worker_steps, a.worker_share)
     with tempfile.TemporaryDirectory(prefix="tinylm-ensemble-") as out:

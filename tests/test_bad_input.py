@@ -521,7 +521,7 @@ SWEEP_REFUSED = [
     (dict(seeds=3, seeds_per_trial=2), "--seeds-per-trial=2 does not divide the 3 seeds"),
     (dict(seeds=4, seeds_per_trial=0), "--seeds-per-trial=0 must be an int from 1 to 64"),
     (dict(seeds=2, seeds_per_trial=2, refine=2), "--seeds-per-trial=2 with --refine=2"),
-    (dict(seeds=2, seeds_per_trial=2, set=["precision=bf16"]), "seeds_per_trial=2 needs precision = 'fp32'"),
+    (dict(seeds=2, seeds_per_trial=2, set=["precision=fp16"]), r"seeds_per_trial=2 needs precision in \('fp32', 'bf16'\)"),
 ]
 
 

@@ -254,6 +254,12 @@ def test_ds_config_is_derived_from_the_config():
     plain = ds_config(debug())
     assert "bf16" not in plain and "fp16" not in plain and plain["zero_optimization"] == {"stage": 0}
     assert ds_config(debug(precision="fp16"))["fp16"]["enabled"] is True
+    # a batched trial at bf16 / ZeRO 1/2 accumulates its micro-batches itself: one DeepSpeed micro-batch per step
+    handoff = ds_config(debug(batch_size=4, grad_accum=3, zero_stage=1, seeds_per_trial=2), world_size=2)
+    assert handoff["gradient_accumulation_steps"] == 1 and handoff["train_micro_batch_size_per_gpu"] == 12
+    assert handoff["train_batch_size"] == 4 * 3 * 2 and handoff["gradient_clipping"] == 0.0
+    batched = ds_config(debug(batch_size=4, grad_accum=3, seeds_per_trial=2))  # fp32 ZeRO 0: clipped on p.grad
+    assert batched["gradient_accumulation_steps"] == 3 and batched["train_micro_batch_size_per_gpu"] == 4
 
 
 def test_init_distributed_reuses_the_group(inprocess_dist):

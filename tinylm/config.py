@@ -498,16 +498,28 @@ MAX_MEMBERS = 64  # seeds_per_trial: members of one batched model
 
 
 def ensemble_limits(cfg: Config) -> tuple[tuple[str, bool, str], ...]:
-    """(field, allowed?, what is allowed) for seeds_per_trial > 1. Members are clipped per member between
-    backward and the optimizer step, which needs each member's whole gradient in ``p.grad``: fp32 at ZeRO 0 (bf16
-    and ZeRO 1/2 keep flat partitions). An MoE keeps routing state on its modules, which a vmapped forward cannot;
-    cooldown probes branch the whole engine; activation checkpointing is not vmappable."""
-    return (("precision", cfg.precision == "fp32", "= 'fp32' (members are clipped per member on their fp32 "
-             "gradients)"),
-            ("zero_stage", cfg.zero_stage == 0, "= 0 (ZeRO 1/2 flatten the gradients the per-member clip needs)"),
+    """(field, allowed?, what is allowed) for seeds_per_trial > 1. Members are clipped per member before the
+    optimizer step: on ``p.grad`` at fp32 ZeRO 0, on gradients taken outside DeepSpeed and handed to it at bf16 or
+    ZeRO 1/2 (``ensemble_handoff``). fp16's dynamic loss scale would have to scale those too; ZeRO 3 partitions the
+    weights the vmapped forward reads whole. An MoE keeps routing state on its modules, which a vmapped forward
+    cannot; cooldown probes branch the whole engine; activation checkpointing is not vmappable."""
+    return (("precision", cfg.precision in ("fp32", "bf16"), "in ('fp32', 'bf16') (fp16's loss scale would have to "
+             "scale each member's gradients before its clip)"),
+            ("zero_stage", cfg.zero_stage in (0, 1, 2), "in (0, 1, 2) (ZeRO 3 partitions the weights every member's "
+             "vmapped forward reads whole)"),
             ("n_experts", cfg.n_experts == 0, "= 0 (an MoE keeps routing state on its modules)"),
             ("probes", not cfg.probes.strip(), "empty (a cooldown probe branches every member at once)"),
             ("activation_checkpointing", not cfg.activation_checkpointing, "= False (not vmappable)"))
+
+
+def ensemble_handoff(cfg: Config) -> bool:
+    """Whether a batched trial takes its members' gradients itself and hands them to DeepSpeed (bf16, ZeRO 1/2):
+    there DeepSpeed moves each gradient into its flat (partitioned, fp32 master) buffers as backward produces it,
+    so no whole member gradient is ever in ``p.grad`` for the per-member clip. The loop then takes the gradients
+    with ``torch.autograd.grad`` (accumulated in fp32 over the micro-batches), clips and quarantines each member,
+    and runs DeepSpeed's backward on a surrogate whose gradient is exactly the clipped one, once per optimizer
+    step. At fp32 ZeRO 0 the members are clipped on ``p.grad`` directly."""
+    return cfg.seeds_per_trial > 1 and (cfg.precision != "fp32" or cfg.zero_stage > 0)
 
 
 def member_seeds(cfg: Config) -> list[int]:

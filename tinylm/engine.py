@@ -51,7 +51,7 @@ os.environ.setdefault("DS_ACCELERATOR", "cuda" if torch.cuda.is_available() else
 import deepspeed  # noqa: E402
 import torch.distributed as dist  # noqa: E402
 
-from tinylm.config import Config  # noqa: E402
+from tinylm.config import Config, ensemble_handoff  # noqa: E402
 from tinylm.layout import COMPLETE  # noqa: E402 - the marker written after every rank saved a tag
 from tinylm.machine import free_port  # noqa: E402
 
@@ -105,9 +105,12 @@ def clear_stale_build_locks(root: str | None = None, recheck_s: float = 1.0) -> 
 
 def ds_config(cfg: Config, world_size: int = 1) -> dict:
     """The DeepSpeed config for this Config. LR scheduling stays ours (optim.set_lr), so no DS scheduler."""
+    # a batched trial at bf16 / ZeRO 1/2 accumulates its micro-batches itself and hands DeepSpeed one backward
+    # per step (tinylm.config.ensemble_handoff): one DeepSpeed micro-batch of batch_size x grad_accum
+    accum = 1 if ensemble_handoff(cfg) else cfg.grad_accum
     conf = {
-        "train_micro_batch_size_per_gpu": cfg.batch_size,
-        "gradient_accumulation_steps": cfg.grad_accum,
+        "train_micro_batch_size_per_gpu": cfg.batch_size * cfg.grad_accum // accum,
+        "gradient_accumulation_steps": accum,
         "train_batch_size": cfg.batch_size * cfg.grad_accum * world_size,
         # an ensemble clips each member on its own (tinylm.ensemble.clip_per_member); DeepSpeed's clip is global
         "gradient_clipping": cfg.grad_clip if cfg.seeds_per_trial == 1 else 0.0,
@@ -199,6 +202,15 @@ def all_reduce_sum(x: float, device: torch.device | str = "cpu") -> float:
     t = torch.tensor([x], dtype=torch.float64, device=device)
     dist.all_reduce(t)
     return t.item()
+
+
+def all_reduce_mean_(tensors: list[torch.Tensor]) -> None:
+    """Average each tensor over the ranks in place (what DeepSpeed does to gradients); nothing on one rank."""
+    if not (dist.is_initialized() and dist.get_world_size() > 1):
+        return
+    for t in tensors:
+        dist.all_reduce(t)
+        t.div_(dist.get_world_size())
 
 
 def save_checkpoint(engine, ckpt_dir: str, tag: str, client_state: dict, keep: int = 2) -> str:

@@ -15,6 +15,11 @@ optimizer step would couple across members is done per member here:
   orthogonalises each member's matrix on its own, tinylm.optim);
 - the optimizer: parameter groups follow member 0's roles (``split_stacked``).
 
+At bf16 or ZeRO 1/2 DeepSpeed moves each gradient into its own flat buffers during backward, so the loop takes the
+members' gradients itself (``member_grads``), clips and quarantines them, and hands them over through one
+DeepSpeed backward of ``forward(handoff=grads)``: a scalar whose gradient is exactly ``grads``
+(tinylm.config.ensemble_handoff).
+
 With ``dropout`` > 0 each member draws its own masks (vmap's ``randomness="different"``), not its solo run's: the
 members stay independent, but match their solo runs only in distribution.
 
@@ -84,7 +89,10 @@ class Ensemble(nn.Module):
         buffers = {n: getattr(self, n.replace(".", SEP)) for n in self._buffer_names}
         return params, buffers
 
-    def forward(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor | None = None, y: torch.Tensor | None = None,
+                handoff: list[torch.Tensor] | None = None) -> tuple[torch.Tensor | None, torch.Tensor]:
+        if handoff is not None:  # (None, a scalar whose gradient w.r.t. each stacked parameter is ``handoff``)
+            return None, sum((p * g.to(p.dtype)).sum() for p, g in zip(self.stacked.values(), handoff, strict=True))
         params, buffers = self._state()
         shared = x.dim() == 2
         randomness = "different" if self.cfg.dropout > 0 else "error"
@@ -125,39 +133,55 @@ def _member_roles(model: GPT, cfg: Config) -> dict[str, str]:
             for p in ps}
 
 
+def member_grads(model: Ensemble, loss: torch.Tensor) -> list[torch.Tensor]:
+    """d ``loss`` / d every stacked parameter (in ``model.stacked`` order), fp32, taken with ``autograd.grad``:
+    ``p.grad`` and the hooks DeepSpeed puts on its accumulation are not touched (tinylm.config.ensemble_handoff).
+    A parameter the loss does not reach gets zeros."""
+    params = list(model.stacked.values())
+    got = torch.autograd.grad(loss, params, allow_unused=True)
+    return [torch.zeros(p.shape, dtype=torch.float32, device=p.device) if g is None else g.float()
+            for p, g in zip(params, got, strict=True)]
+
+
+def _grads(model: Ensemble, grads: list[torch.Tensor] | None) -> list[torch.Tensor]:
+    """``grads`` (``member_grads``'s), or the stacked parameters' ``p.grad`` where they have one."""
+    if grads is not None:
+        return grads
+    return [p.grad for p in model.stacked.values() if p.grad is not None]
+
+
 @torch.no_grad()
-def grad_norms(model: Ensemble) -> torch.Tensor:
-    """Each member's global gradient 2-norm, (K,) float32 (a missing gradient counts as zero)."""
+def grad_norms(model: Ensemble, grads: list[torch.Tensor] | None = None) -> torch.Tensor:
+    """Each member's global gradient 2-norm, (K,) float32 (a missing gradient counts as zero), of ``p.grad`` or of
+    ``grads``."""
     sq = None
-    for p in model.stacked.values():
-        if p.grad is None:
-            continue
-        s = p.grad.detach().float().pow(2).reshape(model.k, -1).sum(1)
+    for g in _grads(model, grads):
+        s = g.detach().float().pow(2).reshape(model.k, -1).sum(1)
         sq = s if sq is None else sq + s
     return torch.zeros(model.k, device=next(iter(model.stacked.values())).device) if sq is None else sq.sqrt()
 
 
 @torch.no_grad()
-def clip_per_member(model: Ensemble, max_norm: float) -> torch.Tensor:
-    """Clip each member's gradients to its own global norm ``max_norm`` (the rule of torch's clip_grad_norm_ and
-    DeepSpeed's: scale by max_norm / (norm + 1e-6) when that is < 1). Returns the norms before clipping."""
-    norms = grad_norms(model)
+def clip_per_member(model: Ensemble, max_norm: float, grads: list[torch.Tensor] | None = None) -> torch.Tensor:
+    """Clip each member's gradients (``p.grad``, or ``grads``) to its own global norm ``max_norm`` (the rule of
+    torch's clip_grad_norm_ and DeepSpeed's: scale by max_norm / (norm + 1e-6) when that is < 1). Returns the norms
+    before clipping."""
+    norms = grad_norms(model, grads)
     if max_norm > 0:
         coef = (max_norm / (norms + 1e-6)).clamp(max=1.0)
-        for p in model.stacked.values():
-            if p.grad is not None:
-                p.grad.mul_(coef.to(p.grad.device, p.grad.dtype).view(-1, *[1] * (p.grad.dim() - 1)))
+        for g in _grads(model, grads):
+            g.mul_(coef.to(g.device, g.dtype).view(-1, *[1] * (g.dim() - 1)))
     return norms
 
 
 @torch.no_grad()
-def quarantine(model: Ensemble, dead: torch.Tensor) -> None:
-    """Zero the gradients of the members marked in ``dead`` (K,) bool, on the device and without a host sync: a
-    diverged member's NaN gradients never reach its optimizer state (each member's slice of every tensor is its
-    own, so they could not reach the others' anyway); the live members' gradients are untouched."""
-    for p in model.stacked.values():
-        if p.grad is not None:
-            p.grad.masked_fill_(dead.to(p.grad.device).view(-1, *[1] * (p.grad.dim() - 1)), 0.0)
+def quarantine(model: Ensemble, dead: torch.Tensor, grads: list[torch.Tensor] | None = None) -> None:
+    """Zero the gradients (``p.grad``, or ``grads``) of the members marked in ``dead`` (K,) bool, on the device and
+    without a host sync: a diverged member's NaN gradients never reach its optimizer state (each member's slice of
+    every tensor is its own, so they could not reach the others' anyway); the live members' gradients are
+    untouched."""
+    for g in _grads(model, grads):
+        g.masked_fill_(dead.to(g.device).view(-1, *[1] * (g.dim() - 1)), 0.0)
 
 
-__all__ = ["Ensemble", "clip_per_member", "grad_norms", "member_config", "member_seeds", "quarantine"]
+__all__ = ["Ensemble", "clip_per_member", "grad_norms", "member_config", "member_grads", "member_seeds", "quarantine"]

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from tinylm.config import Config, ConfigError, member_config, member_seeds
+from tinylm.config import Config, ConfigError, ensemble_handoff, member_config, member_seeds
 from tinylm.ensemble import clip_per_member, quarantine
 from tinylm.layout import MEMBERS, member_dir
 from tinylm.regime import EVAL_SEED
@@ -135,20 +135,55 @@ def step_members(run: Run, p: Members) -> None:
     from tinylm.optim import set_lr
 
     p.lr = set_lr(run.optimizer, run.cfg, p.tokens)
-    total = torch.zeros(p.k, dtype=torch.float64, device=run.device)
-    for _ in range(run.cfg.grad_accum):
-        x, y = member_batches(run, run.data.train, p)
-        losses, loss = run.engine(x, y)
-        run.engine.backward(loss)
-        total += losses.double()
-        if run.engine.is_gradient_accumulation_boundary():
-            p.dead_at = torch.where(~torch.isfinite(total) & (p.dead_at < 0), p.step + 1, p.dead_at)
-            quarantine(run.model, p.dead_at >= 0)
-            clip_per_member(run.model, run.cfg.grad_clip)
-        run.engine.step()
+    if ensemble_handoff(run.cfg):
+        total = handoff_step(run, p)
+    else:
+        total = torch.zeros(p.k, dtype=torch.float64, device=run.device)
+        for _ in range(run.cfg.grad_accum):
+            x, y = member_batches(run, run.data.train, p)
+            losses, loss = run.engine(x, y)
+            run.engine.backward(loss)
+            total += losses.double()
+            if run.engine.is_gradient_accumulation_boundary():
+                guard(p, total)
+                quarantine(run.model, p.dead_at >= 0)
+                clip_per_member(run.model, run.cfg.grad_clip)
+            run.engine.step()
     p.step += 1
     p.window_loss += total / run.cfg.grad_accum
     p.window_steps += 1
+
+
+def guard(p: Members, total: torch.Tensor) -> None:
+    """Record this step in ``dead_at`` for every member whose summed train loss ``total`` is not finite (on the
+    device, no host sync)."""
+    p.dead_at = torch.where(~torch.isfinite(total) & (p.dead_at < 0), p.step + 1, p.dead_at)
+
+
+def handoff_step(run: Run, p: Members) -> torch.Tensor:
+    """The step at bf16 / ZeRO 1/2 (tinylm.config.ensemble_handoff): the members' gradients taken outside
+    DeepSpeed and accumulated in fp32 over the micro-batches (averaged over the ranks, as DeepSpeed averages),
+    quarantined and clipped per member, then one DeepSpeed backward of the surrogate whose gradient they are, and
+    its step (bf16 master weights, ZeRO partitions, as for any run). Returns the summed train losses (K,)."""
+    from tinylm import engine as eng
+    from tinylm.ensemble import member_grads
+
+    total = torch.zeros(p.k, dtype=torch.float64, device=run.device)
+    grads = None
+    for _ in range(run.cfg.grad_accum):
+        x, y = member_batches(run, run.data.train, p)
+        losses, loss = run.model(x, y)  # the module itself: DeepSpeed's forward would hook a backward it never gets
+        g = member_grads(run.model, loss / run.cfg.grad_accum)
+        grads = g if grads is None else [a.add_(b) for a, b in zip(grads, g, strict=True)]
+        total += losses.double()
+    eng.all_reduce_mean_(grads)
+    guard(p, total)
+    quarantine(run.model, p.dead_at >= 0, grads)
+    clip_per_member(run.model, run.cfg.grad_clip, grads)
+    _, surrogate = run.engine(handoff=grads)
+    run.engine.backward(surrogate)
+    run.engine.step()
+    return total
 
 
 def mark_diverged(p: Members) -> None:
