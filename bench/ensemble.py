@@ -9,8 +9,7 @@ member-tokens/s / the device's peak (``tinylm.machine.peak_flops``, as every run
 Equivalence, through ``tinylm.train.train`` (``--precision``, ``--zero-stage``): every member of a K-member trial
 against its solo run after ``--check-steps`` optimizer steps (max |val loss difference|), and a member forced to
 diverge (its embedding set to NaN halfway) against the same trial without it (the other members' val losses must not
-move). K = 1 needs no
-check: ``train`` hands only K > 1 to the batched loop.
+move). K = 1 needs no check: ``train`` hands only K > 1 to the batched loop.
 
     python bench/ensemble.py                                  # K = 1, 2, 3, 4, 8 at batch 16; checks, K = 4
     python bench/ensemble.py --k 8 32 --batch 2 --rounds 3 --check-steps 0

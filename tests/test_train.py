@@ -266,6 +266,38 @@ def test_init_distributed_reuses_the_group(inprocess_dist):
     assert engine.init_distributed() == engine.init_distributed() == (0, 1)
 
 
+REUSED_PROCESS = """
+import torch
+from tinylm import engine
+
+traced = []
+
+def backend(gm, example_inputs):  # counts the graphs dynamo hands to a backend; runs them as traced
+    traced.append(1)
+    return gm.forward
+
+for trial in range(12):  # a Tune actor's trials, one after another in one process: each its own depth (a variant)
+    engine.fresh_process(trial)
+    model = torch.compile(torch.nn.Sequential(*[torch.nn.Linear(8, 8) for _ in range(trial + 1)]), backend=backend)
+    model(torch.randn(4, 8))  # a train step's forward
+    with torch.no_grad():
+        model(torch.randn(4, 8))  # an eval's: another graph (grad mode is guarded)
+print("TRACED", len(traced))
+"""
+
+
+def test_a_reused_process_compiles_every_trials_model(child_env):
+    """A reused process (Tune's actor reuse) compiles each trial's model: a model of another structure (a variant's
+    depth) and each grad mode (train, eval) is a recompile of the same ``forward``, so without ``fresh_process``'s
+    reset a worker hits torch's recompile limit (8) by its third variant and runs ``forward`` eager for every later
+    trial, silently (seen in a compiled GLU sweep: 'hit config.recompile_limit (8)', 'GLOBAL_STATE changed:
+    grad_mode'). Reset, every trial gets its train and eval graphs: 24."""
+    p = subprocess.run([sys.executable, "-c", REUSED_PROCESS], capture_output=True, text=True, timeout=300,
+                       env=child_env)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert "TRACED 24" in p.stdout, p.stdout[-500:] + p.stderr[-1500:]
+
+
 @pytest.fixture(scope="module")
 def zero0_fp32(tmp_path_factory, inprocess_dist) -> dict:
     from tinylm.train import train

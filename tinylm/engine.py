@@ -149,13 +149,17 @@ def init_distributed() -> tuple[int, int]:
 def fresh_process(seed: int) -> None:
     """Make a reused process (a Tune actor running its next trial in Train's local mode) look new: no process
     group or DeepSpeed group left from the last trial, a one-rank env with a fresh port (init_distributed only
-    sets what is unset), the global RNGs seeded."""
+    sets what is unset), the global RNGs seeded, and no graph compiled for the last trial's model: dynamo guards
+    each graph on the module object it traced, so each new trial's model would add a recompile until torch's
+    recompile limit (8), after which that code runs eager, silently, for every later trial of the worker. Reset,
+    each trial compiles its own graphs (inductor's on-disk cache makes a shape seen before quicker)."""
     import random
 
     import numpy as np
 
     if dist.is_initialized():  # the last trial's finally tore down already unless it died before it
         end_distributed()
+    torch._dynamo.reset()
     os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(free_port()))
     random.seed(seed)
