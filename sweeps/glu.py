@@ -15,13 +15,11 @@ Laptop scale (tinylm.config.LAPTOP_RULES): embedding share 35 %, tied, the four 
 3.00 / 3.75 at 9 / 8 / 7 / 6 layers of width 32, head size 16) are kept. The regime is kept instead of the PRD's 5
 tokens per parameter: 20, so every run ends below the count bigram model (at 5 none did: its seeds measured
 plateau escape). LR: the rule's x 2 / 4 / 8 tried per variant on a tuning seed, each a full run, the best one
-used for the seeds; warmup and beta2 follow the size rules. Trained under torch.compile where a C++ compiler is
-on PATH (--set compile=false: eager). No ASHA, no kill rule: a verdict needs every seed of
+used for the seeds; warmup and beta2 follow the size rules. No ASHA, no kill rule: a verdict needs every seed of
 every variant.
 Results: results/glu/results.csv, MLflow experiment "glu", REPORT.md under results/analysis/glu (with --analyze).
 """
 
-from tinylm.machine import cxx_compiler
 from tinylm.sweep import Experiment, Space
 from tinylm.sweep.cli import main
 
@@ -42,9 +40,6 @@ EXPERIMENT = Experiment(
     # length (a quarter-length run is back on the plateau, where LRs rank by noise: RESULTS.md), extended past an
     # edge; the probe's best at batch 16 was x 4 of the rule
     lr_grid=(2.0, 4.0, 8.0),
-    # the laptop replica trains under torch.compile where inductor can build its CPU kernels (a C++ compiler on
-    # PATH): 1.5x the tokens/s of eager at this size on an AVX-512 host (RESULTS.md); --set compile=false for eager
-    laptop=dict(compile=cxx_compiler() is not None),
     smoke=dict(train_tokens=240_000, eval_every_tokens=40_000),
 )
 

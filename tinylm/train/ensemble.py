@@ -164,7 +164,9 @@ def handoff_step(run: Run, p: Members) -> torch.Tensor:
     """The step at bf16 / ZeRO 1/2 (tinylm.config.ensemble_handoff): the members' gradients taken outside
     DeepSpeed and accumulated in fp32 over the micro-batches (averaged over the ranks, as DeepSpeed averages),
     quarantined and clipped per member, then one DeepSpeed backward of the surrogate whose gradient they are, and
-    its step (bf16 master weights, ZeRO partitions, as for any run). Returns the summed train losses (K,)."""
+    its step (bf16 master weights, ZeRO partitions, as for any run). Across ranks the clip needs the averaged
+    gradient, so it is averaged here and DeepSpeed's own reduction then averages equal values: one extra
+    all-reduce of the gradients per step. Returns the summed train losses (K,)."""
     from tinylm import engine as eng
     from tinylm.ensemble import member_grads
 
