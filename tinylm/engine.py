@@ -149,10 +149,10 @@ def init_distributed() -> tuple[int, int]:
 def fresh_process(seed: int) -> None:
     """Make a reused process (a Tune actor running its next trial in Train's local mode) look new: no process
     group or DeepSpeed group left from the last trial, a one-rank env with a fresh port (init_distributed only
-    sets what is unset), the global RNGs seeded, and no graph compiled for the last trial's model: dynamo guards
-    each graph on the module object it traced, so each new trial's model would add a recompile until torch's
-    recompile limit (8), after which that code runs eager, silently, for every later trial of the worker. Reset,
-    each trial compiles its own graphs (inductor's on-disk cache makes a shape seen before quicker)."""
+    sets what is unset), the global RNGs seeded, and no graph compiled for an earlier trial: each model structure
+    (a variant's depth) and each grad mode (train, eval) is a recompile of the same ``forward``, so a worker would
+    reach torch's recompile limit (8) by its third variant and run ``forward`` eager, silently, for every later
+    trial. Reset, each trial compiles its own graphs (inductor's on-disk cache makes a shape seen before quicker)."""
     import random
 
     import numpy as np
