@@ -107,9 +107,9 @@ def ds_config(cfg: Config, world_size: int = 1) -> dict:
     """The DeepSpeed config for this Config. LR scheduling stays ours (optim.set_lr), so no DS scheduler."""
     # a batched trial at bf16 / ZeRO 1/2 accumulates its micro-batches itself and hands DeepSpeed one backward
     # per step (tinylm.config.ensemble_handoff): one DeepSpeed micro-batch of batch_size x grad_accum
-    accum = 1 if ensemble_handoff(cfg) else cfg.grad_accum
+    micro, accum = (cfg.batch_size * cfg.grad_accum, 1) if ensemble_handoff(cfg) else (cfg.batch_size, cfg.grad_accum)
     conf = {
-        "train_micro_batch_size_per_gpu": cfg.batch_size * cfg.grad_accum // accum,
+        "train_micro_batch_size_per_gpu": micro,
         "gradient_accumulation_steps": accum,
         "train_batch_size": cfg.batch_size * cfg.grad_accum * world_size,
         # an ensemble clips each member on its own (tinylm.ensemble.clip_per_member); DeepSpeed's clip is global

@@ -145,19 +145,20 @@ def step_members(run: Run, p: Members) -> None:
             run.engine.backward(loss)
             total += losses.double()
             if run.engine.is_gradient_accumulation_boundary():
-                guard(p, total)
-                quarantine(run.model, p.dead_at >= 0)
-                clip_per_member(run.model, run.cfg.grad_clip)
+                guard_and_clip(run, p, total)
             run.engine.step()
     p.step += 1
     p.window_loss += total / run.cfg.grad_accum
     p.window_steps += 1
 
 
-def guard(p: Members, total: torch.Tensor) -> None:
-    """Record this step in ``dead_at`` for every member whose summed train loss ``total`` is not finite (on the
-    device, no host sync)."""
+def guard_and_clip(run: Run, p: Members, total: torch.Tensor, grads: list[torch.Tensor] | None = None) -> None:
+    """Record this step in ``dead_at`` for every member whose summed train loss ``total`` is not finite, zero the
+    gradients (``p.grad``, or ``grads``) of every dead member and clip each member's own: on the device, no host
+    sync."""
     p.dead_at = torch.where(~torch.isfinite(total) & (p.dead_at < 0), p.step + 1, p.dead_at)
+    quarantine(run.model, p.dead_at >= 0, grads)
+    clip_per_member(run.model, run.cfg.grad_clip, grads)
 
 
 def handoff_step(run: Run, p: Members) -> torch.Tensor:
@@ -179,9 +180,7 @@ def handoff_step(run: Run, p: Members) -> torch.Tensor:
         grads = g if grads is None else [a.add_(b) for a, b in zip(grads, g, strict=True)]
         total += losses.double()
     eng.all_reduce_mean_(grads)
-    guard(p, total)
-    quarantine(run.model, p.dead_at >= 0, grads)
-    clip_per_member(run.model, run.cfg.grad_clip, grads)
+    guard_and_clip(run, p, total, grads)
     _, surrogate = run.engine(handoff=grads)
     run.engine.backward(surrogate)
     run.engine.step()
