@@ -9,12 +9,13 @@ interval covers the measurement.
     python sweeps/ladder.py --scale full  # 5 sizes 3M-40M params, V=8k, on the attached Ray cluster
     python sweeps/isoflop.py              # the other scaling question: compute-optimal N at fixed FLOPs
 
-One protocol for every size, fixed before any size is seen (tinylm.sweep.run.tune_lr): the size rule's LR
+One protocol for every size, fixed before any size is seen (tinylm.sweep.pipeline.tune_lr): the size rule's LR
 (tinylm.config.laptop_lr) x {1/2, 1, 2} on a tuning seed, every run to its end at full length (early stopping
-across an LR axis is biased, RESULTS.md 2026-11-30), a grid extended by the same ratio while its best is at an
-edge; then 2 seeds per size at its tuned LR. The held-out largest size is tuned by that same rule. The report
-fits L(N) on total and on non-embedding parameters, flags a degenerate irreducible term and fits the tuned LR's
-exponent in N beside the rule's -1/3. Laptop data: State of the Union (public domain), BPE-384: 5.36M train
+across an LR axis is biased, RESULTS.md 2026-11-30), a grid extended by the same ratio while its lowest loss is
+at an edge; then 2 seeds per size at its tuned LR (the grid's centre unless another LR beat it by more than one
+seed's noise, 0.02 nats). The held-out largest size is tuned by that same rule. The report fits L(N) on total and
+on non-embedding parameters, flags a degenerate irreducible term and fits the exponent in N of each size's
+lowest-loss LR beside the rule's -1/3. Laptop data: State of the Union (public domain), BPE-384: 5.36M train
 tokens, so the largest size reads 1.3 epochs (flagged). The family (shapes, data) and the report live in
 tinylm.sweep.ladder, shared with sweeps/isoflop.py.
 Results: results/ladder/ (seed runs), results/ladder-lr*/ (tuning), results/analysis/ladder/REPORT.md.

@@ -118,6 +118,21 @@ def test_the_lr_exponent_is_recovered_and_edges_are_left_out():
     assert ladder.lr_exponent(edged) is None  # 2 interior optima are not a fit
 
 
+def test_the_lr_exponent_reads_the_optimum_measured_not_the_lr_the_seeds_kept():
+    """Where the tie rule kept the grid's centre for the seeds, the exponent still fits the lowest-loss LR of the
+    tuning runs, and an edge flag names both LRs."""
+    seeds, tuning = _protocol_tables(lr_exp=-0.3)
+    small = seeds["N"] < 8e4  # the two smallest sizes' seeds ran at half their optimum (a tie kept that LR)
+    kept = seeds.assign(lr=np.where(small, seeds["lr"] / 2, seeds["lr"]))
+    pts = ladder.ladder_points(kept, tuning)
+    assert ladder.lr_exponent(pts)["b"] == pytest.approx(-0.3, abs=1e-6)
+    assert ladder.lr_exponent(pts.drop(columns="tuned_lr"))["b"] > -0.2  # what the seeds' LRs would say
+    top = tuning["N"] == tuning["N"].max()
+    edged = tuning.assign(loss=np.where(top & (tuning["lr"] > tuning.loc[top, "lr"].median()), 1.0, tuning["loss"]))
+    flags = ladder.ladder_flags(ladder.ladder_points(seeds, edged), None)
+    assert any("high edge" in f and "the seeds ran at" in f for f in flags)
+
+
 def test_a_degenerate_irreducible_loss_is_flagged():
     seeds, tuning = _protocol_tables()
     pts = ladder.ladder_points(seeds, tuning)

@@ -389,8 +389,25 @@ def test_lr_is_tuned_per_variant_before_the_seed_runs_and_extended_until_interio
     chosen = {v["glu_factor"]: v["lr"] / rule for v in space.variants}
     assert chosen == pytest.approx({2.0: 4, 2.66: 16, 3.0: 1, 4.0: 64})
     out = capsys.readouterr().out
-    assert "glu_factor=4.0: lr" in out and "best at the grid edge after the extensions" in out
-    assert out.count("best at the grid edge") == 1, "only glu 4 stays at an edge"
+    assert "glu_factor=4.0: lr" in out and "lowest at the grid edge after the extensions" in out
+    assert out.count("lowest at the grid edge") == 1, "only glu 4 stays at an edge"
+
+
+def test_an_edge_the_tie_rule_hides_is_still_extended(monkeypatch, tmp_path, capsys):
+    """glu 2's optimum lies between x 4 and x 8 (x 8 lowest, 0.007 nats below the centre x 4, inside the tie):
+    the grid is still extended past x 8 until the lowest loss is interior, and the seeds run at the centre."""
+    from tinylm.sweep.pipeline import run
+
+    exp = load(os.path.join(ROOT, "sweeps", "glu.py")).EXPERIMENT
+    rule = exp.base("laptop").lr
+    calls = _fake_lr_sweeps(monkeypatch, {2.0: 5.8 * rule, 2.66: 4 * rule, 3.0: 4 * rule, 4.0: 4 * rule})
+    run(exp, results=str(tmp_path), seeds=2)
+    *tuning, (_, _, space) = calls
+    assert [c[0].name for c in tuning] == ["glu-lr", "glu-lr-x1"]
+    assert [round(v["lr"] / rule, 6) for v in tuning[1][2].variants] == [16.0]  # glu 2 only, one step past x 8
+    assert {v["glu_factor"]: round(v["lr"] / rule, 6) for v in space.variants}[2.0] == 4.0
+    out = capsys.readouterr().out
+    assert "lowest at x8, within 0.02 nats of the centre: the centre kept" in out and "grid edge" not in out
 
 
 def test_lr_tuning_skips_a_diverged_lr_and_can_be_turned_off(monkeypatch, tmp_path):

@@ -84,12 +84,14 @@ def ladder_points(seeds: pd.DataFrame, tuning: pd.DataFrame) -> pd.DataFrame:
 
 
 def lr_exponent(points: pd.DataFrame, level: float = 0.95) -> dict | None:
-    """log lr* = a + b log N over the sizes (>= 3) whose tuned LR is interior: b, its t interval and n; None when
-    fewer than 3 sizes qualify (an LR at its grid's edge is a bound, not an optimum)."""
+    """log lr* = a + b log N over the sizes (>= 3) whose lowest-loss tuning LR (``tuned_lr``; the seeds' ``lr``
+    without tuning runs) is interior: b, its t interval and n; None when fewer than 3 sizes qualify (an LR at its
+    grid's edge is a bound, not an optimum). The optimum measured, not the LR the tie rule kept for the seeds."""
     p = points[points["edge"].astype(str) == ""] if "edge" in points else points
     if len(p) < 3:
         return None
-    x, y = np.log(p["N"].to_numpy(float)), np.log(p["lr"].to_numpy(float))
+    lr = p["tuned_lr"] if "tuned_lr" in p else p["lr"]
+    x, y = np.log(p["N"].to_numpy(float)), np.log(lr.to_numpy(float))
     b, a = np.polyfit(x, y, 1)
     resid = y - (a + b * x)
     k = len(x)
@@ -237,12 +239,16 @@ def ladder_markdown(points: pd.DataFrame, held: dict | None, scale: str, flags: 
     if len(points):
         sd = points["loss_sd"] if "loss_sd" in points else pd.Series(np.nan, index=points.index)
         ne = points["N_nonembed"] if "N_nonembed" in points else pd.Series(np.nan, index=points.index)
+        low = points["tuned_lr"].fillna(points["lr"]) if "tuned_lr" in points else points["lr"]
         lines += ["", "## Best LR per size", "",
+                  "The seeds run at the tuning's centre unless another LR beat it by more than one seed's noise "
+                  "(tinylm.sweep.pipeline.pick_lr); the lowest-loss LR is the optimum measured.", "",
                   md_table([[r["N"], ne[i], r["n_embd"], r["n_layer"], r["D"], r["tokens_per_param"], r["lr"],
-                             ", ".join(f"{v:.2g}" for v in r["lr_grid"]), r["edge"] or "inside", r["n_done"],
-                             r["loss"], sd[i]] for i, r in points.iterrows()],
-                           ["N", "N non-embedding", "d", "L", "tokens", "tokens/param", "best LR", "LR grid tried",
-                            "best at edge?", "runs at that LR", "val loss (mean)", "s.d. over seeds"]), ""]
+                             ", ".join(f"{v:.2g}" for v in r["lr_grid"]), low[i], r["edge"] or "inside",
+                             r["n_done"], r["loss"], sd[i]] for i, r in points.iterrows()],
+                           ["N", "N non-embedding", "d", "L", "tokens", "tokens/param", "LR of the seeds",
+                            "LR grid tried", "lowest-loss LR", "lowest at edge?", "runs at that LR",
+                            "val loss (mean)", "s.d. over seeds"]), ""]
     if iso is not None:
         rows, exps = iso
         lines += ["## isoFLOP minima", "",
@@ -266,8 +272,12 @@ def ladder_flags(points: pd.DataFrame, held: dict | None, epochs: float = math.n
     out = []
     for _, r in points.iterrows():
         if r["edge"]:
-            out.append(f"N={r['N']:,.0f}: best LR {r['lr']:.3g} is at the {r['edge']} edge of its grid "
-                       f"{[float(f'{v:.3g}') for v in r['lr_grid']]}: the tuned loss may be too high")
+            low = r.get("tuned_lr", r["lr"])
+            low = r["lr"] if low != low else low
+            ran = "" if math.isclose(low, r["lr"], rel_tol=1e-6) else f" (the seeds ran at {r['lr']:.3g})"
+            out.append(f"N={r['N']:,.0f}: the lowest-loss LR {low:.3g} is at the {r['edge']} edge of its grid "
+                       f"{[float(f'{v:.3g}') for v in r['lr_grid']]}{ran}: the optimum may lie beyond it, the "
+                       "tuned loss may be too high")
         if r["tokens_per_param"] < 19.5:
             out.append(f"N={r['N']:,.0f}: {r['tokens_per_param']:.1f} tokens per parameter (< 20)")
     if len(points) >= 3 and points["N"].is_unique:  # one best point per size (not isoFLOP's several per size)

@@ -173,9 +173,14 @@ LR_TIE_NATS = 0.02
 def pick_lr(results: dict[float, float], centre: float, tie: float = LR_TIE_NATS) -> float:
     """The multiplier to use from ``results`` (multiplier -> final val loss, inf when the run did not complete):
     the best one, unless the ``centre`` completed within ``tie`` nats of it (then the centre)."""
-    best = min(sorted(results), key=lambda m: results[m])
+    best = lowest(results)
     c = results.get(centre, math.inf)
     return centre if c < math.inf and results[best] > c - tie else best
+
+
+def lowest(results: dict[float, float]) -> float:
+    """The multiplier with the lowest final val loss in ``results`` (the smaller multiplier on a tie)."""
+    return min(sorted(results), key=lambda m: results[m])
 
 
 def lr_grid_of(exp: Experiment, args: argparse.Namespace) -> tuple[float, ...]:
@@ -191,8 +196,10 @@ def tune_lr(exp: Experiment, base: Config, space: Space, grid: tuple[float, ...]
     one tuning seed (``base.seed + MAX_SEEDS``: no seed run, so the LR picked on it does not bias them),
     ``--lr-fraction`` of the run, every run to its end (no ASHA, no kill rule: early stopping across an LR axis
     loses winners, RESULTS.md 2026-11-30). A variant whose best LR is at an edge of its grid gets the next
-    multiplier beyond that edge (the grid's own ratio) in another round, up to ``MAX_LR_EXTENSIONS`` rounds. The
-    best is the grid's centre unless another LR beats it by more than ``LR_TIE_NATS`` (``pick_lr``).
+    multiplier beyond that edge (the grid's own ratio) in another round, up to ``MAX_LR_EXTENSIONS`` rounds: the
+    lowest loss decides the extensions, so the grid brackets the measured optimum even where the tie rule keeps
+    the centre. The LR used is the grid's centre unless another LR beats it by more than ``LR_TIE_NATS``
+    (``pick_lr``).
     Returns the variants with their chosen ``lr``, the rounds' trials that did not end as planned, and the
     choice as text (printed, and a section of the report)."""
     from tinylm import tune
@@ -223,7 +230,7 @@ def tune_lr(exp: Experiment, base: Config, space: Space, grid: tuple[float, ...]
         todo = [[] for _ in variants]
         for i, results in enumerate(tried):
             ms = sorted(results)
-            best = pick_lr(results, centre)
+            best = lowest(results)  # not pick_lr's: a centre kept by the tie rule may hide an optimum past an edge
             if results[best] == math.inf:
                 continue  # every LR diverged or failed: nothing to extend from (reported as unplanned)
             if best == ms[-1] and round_ < MAX_LR_EXTENSIONS:
@@ -232,15 +239,16 @@ def tune_lr(exp: Experiment, base: Config, space: Space, grid: tuple[float, ...]
                 todo[i] = [ms[0] * ms[0] / ms[1]]
     chosen, lines = [], []
     for v, results in zip(variants, tried, strict=True):
-        ms = sorted(results)
-        best = pick_lr(results, centre)
+        ms, used, best = sorted(results), pick_lr(results, centre), lowest(results)
         edge = best in (ms[0], ms[-1])
         rule = float(v.get("lr", base.lr))
-        chosen.append(v | {"lr": rule * best})
+        chosen.append(v | {"lr": rule * used})
         shown = ", ".join(f"{k}={plain(x)}" for k, x in v.items() if k not in ("lr", *RUN_LENGTH))
-        lines.append(f"  {shown}: lr {rule * best:.3g} (x{best:g})"
+        lines.append(f"  {shown}: lr {rule * used:.3g} (x{used:g})"
                      + "; " + ", ".join(f"x{m:g} {results[m]:.4f}" for m in ms)
-                     + ("  <- best at the grid edge after the extensions: not an interior optimum" if edge else ""))
+                     + (f"  (lowest at x{best:g}, within {LR_TIE_NATS:g} nats of the centre: the centre kept)"
+                        if used != best else "")
+                     + ("  <- lowest at the grid edge after the extensions: not an interior optimum" if edge else ""))
         if edge:
             problems.append(f"LR of {v} at the edge of {[f'x{m:g}' for m in ms]}")
     text = (f"LR tuning ({args.lr_fraction:g} of the run, seed {short.seed}, final val loss per multiplier of the "
