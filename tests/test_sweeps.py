@@ -117,8 +117,31 @@ def test_laptop_config_is_a_replica(path):
             ok = c.lr == pytest.approx(laptop_lr(n), rel=0.01) or c.lr == pytest.approx(laptop_lr(num_params(base)))
             assert ok, "LR by the size rule (of the trial, or of the base for ablations), unrounded"
         assert c.beta2 == 0.99 and c.batch_size * c.block_size <= 4096
+        w = exp.warmup_tokens_per_param or 1.0  # the rule's 1 token per parameter unless the experiment measured
+        assert any(c.warmup == pytest.approx(min(w * m, t // 4), rel=0.01) for m in (n, num_params(c), num_params(base))
+                   for t in (c.train_tokens, base.train_tokens)), f"{exp.name}: warmup {c.warmup:,}"  # (data axes)
     if not full.target_params and exp.name not in ("vocab", "tokenizer", "width", "ladder", "isoflop", "arch", "depth"):
         assert abs(embed_share(base) - embed_share(full)) <= 0.025, "the preset's embedding share is kept"
+
+
+def test_a_measured_warmup_is_the_glu_replica_s_own_and_checked_before_anything_runs():
+    """glu warms up over 4 tokens per parameter (20 % of its run), the other replicas over the rule's 1; a bad
+    value, or one a per-point sweep would silently re-derive, stops in one line."""
+    from dataclasses import replace
+
+    from tinylm.budget import num_params
+
+    glu = load(os.path.join(ROOT, "sweeps", "glu.py")).EXPERIMENT
+    base = glu.base("laptop")
+    assert base.warmup == round(4 * num_params(base)) and 0.19 < base.warmup / base.train_tokens <= 0.25
+    assert replace(glu, warmup_tokens_per_param=0.0).base("laptop").warmup == min(num_params(base),
+                                                                                     base.train_tokens // 4)
+    assert replace(glu, warmup_tokens_per_param=100.0).base("laptop").warmup == base.train_tokens // 4
+    with pytest.raises(ConfigError, match="warmup_tokens_per_param: -1.0 is not a positive number"):
+        replace(glu, warmup_tokens_per_param=-1.0).base("laptop")
+    ladder = load(os.path.join(ROOT, "sweeps", "ladder.py")).EXPERIMENT
+    with pytest.raises(ConfigError, match="ladder: warmup_tokens_per_param applies to the sweep's base only"):
+        replace(ladder, warmup_tokens_per_param=2.0).base("laptop")
 
 
 def test_glu_laptop_keeps_every_glu_factor_distinct_and_close():
@@ -143,6 +166,7 @@ def test_dry_run_prints_the_trials_and_starts_nothing(capsys, monkeypatch):
     table = run(exp, dry_run=True)
     out = capsys.readouterr().out
     assert "DRY RUN" in out and "estimated wall time here" in out and "diagnostics" in out
+    assert "this experiment's own: warmup = 4 tokens per parameter" in out
     lr, seeds = table[table["phase"] == "lr"], table[table["phase"] == "seeds*"]
     assert len(lr) == 4 * len(exp.lr_grid) and len(seeds) == 4 * exp.options["seeds"]
     assert (seeds["tokens_per_param"].round(0) == 20).all() and (lr["tokens"] == seeds["tokens"].min()).all()

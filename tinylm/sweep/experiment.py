@@ -38,6 +38,9 @@ class Experiment:
     laptop: dict = field(default_factory=dict)  # Config fields applied only at laptop scale (after at_scale; sizes
     # only: the tokens per parameter and the size-dependent hparams are re-derived after them)
     tokens_per_param: float = 0.0  # laptop: train on this many tokens per parameter (0 = the full experiment's)
+    warmup_tokens_per_param: float = 0.0  # laptop: warm up over this many tokens per parameter, capped at 1/4 of
+    # the run (0 = the laptop rule's 1); where a replica's deep variants leave the unigram plateau late at the rule's
+    # warmup (measured: RESULTS.md), so that its seeds measure when they escape, not the question
     tokens_per_param_per_point: dict[str, float] = field(default_factory=dict)  # scale -> tokens per parameter
     # every grid point trains on at that scale, each of its own model (a scaling sweep: {"laptop": 20}); space_at
     # re-derives each point from base(scale) by Config.with_tokens_per_param (``per_point_tokens``)
@@ -76,6 +79,15 @@ class Experiment:
             if cfg.scale == "laptop":
                 tpp = self.tokens_per_param or full.train_tokens / num_params(full)
                 cfg = cfg.replace(**self.laptop).with_tokens_per_param(tpp)
+                if self.warmup_tokens_per_param:
+                    if self.tokens_per_param_per_point:  # per_point_tokens re-derives each point's warmup by the rule
+                        raise ConfigError(f"{self.name}: warmup_tokens_per_param applies to the sweep's base only, "
+                                          "not with tokens_per_param_per_point")
+                    if not self.warmup_tokens_per_param > 0:
+                        raise ConfigError(f"warmup_tokens_per_param: {self.warmup_tokens_per_param!r} is not a "
+                                          "positive number of tokens per parameter (0 = the laptop rule's 1)")
+                    cfg = cfg.replace(warmup_tokens=min(round(self.warmup_tokens_per_param * num_params(cfg)),
+                                                        cfg.train_tokens // 4))
                 run_length = ("train_tokens", "eval_every_tokens", "warmup_tokens")  # explicit laptop values win
                 cfg = cfg.replace(**{k: v for k, v in self.laptop.items() if k in run_length})
         else:

@@ -247,6 +247,9 @@ def print_plan(exp, base: Config, args, grid: tuple[float, ...] = ()) -> pd.Data
         print("\nlaptop scale rules (tinylm.config.LAPTOP_RULES):")
         for rule, _why in LAPTOP_RULES:
             print(f"  - {rule}")
+        if getattr(exp, "warmup_tokens_per_param", 0):
+            print(f"  - this experiment's own: warmup = {exp.warmup_tokens_per_param:g} tokens per parameter "
+                  f"({base.warmup:,} tokens), capped at 1/4 of the run (its docstring says why)")
     diags = diagnose(table, base.scale, exp)
     print("\ndiagnostics:" if diags else "\ndiagnostics: none (shapes, tokens per parameter and data are sane)")
     for d in diags:
