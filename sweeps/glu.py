@@ -14,10 +14,11 @@ Every variant has the same total parameter count: the budget solver re-derives w
 Laptop scale (tinylm.config.LAPTOP_RULES): embedding share 35 %, tied, the four GLU factors (real 2.00 / 2.50 /
 3.00 / 3.75 at 9 / 8 / 7 / 6 layers of width 32, head size 16) are kept. The regime is kept instead of the PRD's 5
 tokens per parameter: 20, so every run ends below the count bigram model (at 5 none did: its seeds measured
-plateau escape). LR: the rule's x 2 / 4 / 8 tried per variant on a tuning seed, each a full run, the best one
-used for the seeds. Warmup: 4 tokens per parameter (20 % of the run; at the size rule's 1 the 9-layer variant's
-seeds sometimes left the unigram plateau late and ended up to 0.1 nats behind, RESULTS.md 2026-12-04); beta2 by
-the size rule. No ASHA, no kill rule: a verdict needs every seed of every variant.
+plateau escape). LR: the rule's x 2 / 4 / 8 tried per variant on a tuning seed, each a full run, extended while
+the lowest loss is at an edge; the seeds use the centre unless another LR beat it by more than 0.02 nats.
+Warmup: 4 tokens per parameter (20 % of the run; at the size rule's 1 the 9-layer variant's seeds sometimes left
+the unigram plateau late and ended up to 0.1 nats behind, RESULTS.md 2026-12-04); beta2 by the size rule.
+No ASHA, no kill rule: a verdict needs every seed of every variant.
 Results: results/glu/results.csv, MLflow experiment "glu", REPORT.md under results/analysis/glu (with --analyze).
 """
 
