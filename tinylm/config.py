@@ -409,14 +409,15 @@ class Config:
                             d_ff=8 * math.ceil(self.d_ff * d / self.n_embd / 8) if self.d_ff else 0, **common)
         return small.with_tokens_per_param(tpp)
 
-    def with_tokens_per_param(self, tpp: float) -> Config:
+    def with_tokens_per_param(self, tpp: float, warmup_per_param: float = 1.0) -> Config:
         """This config trained on ``tpp`` tokens per (total) parameter, with the laptop rules that depend on N
-        (warmup = N tokens, LR = laptop_lr(N), 8 evals per run) re-applied. Used by at_scale and the sweeps."""
+        (warmup = ``warmup_per_param`` x N tokens, capped at 1/4 of the run; LR = laptop_lr(N); 8 evals per run)
+        re-applied. Used by at_scale and the sweeps."""
         n = num_params(self)
         step = self.tokens_per_step
         tokens = max(step, step * round(tpp * n / step))
         return replace(self, train_tokens=tokens, eval_every_tokens=max(step, step * round(tokens / 8 / step)),
-                       warmup_tokens=min(n, tokens // 4), lr=laptop_lr(n))
+                       warmup_tokens=min(round(warmup_per_param * n), tokens // 4), lr=laptop_lr(n))
 
     def effective(self) -> dict[str, typing.Any]:
         """What a run actually uses: the derived values resolved (d_ff, warmup) and what this run ignores left out

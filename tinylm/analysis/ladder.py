@@ -83,6 +83,11 @@ def ladder_points(seeds: pd.DataFrame, tuning: pd.DataFrame) -> pd.DataFrame:
     return pts
 
 
+def lowest_loss_lr(points: pd.DataFrame) -> pd.Series:
+    """Per size, the LR of its lowest tuning loss (``tuned_lr``), else the LR its seeds ran at (no tuning runs)."""
+    return points["tuned_lr"].fillna(points["lr"]) if "tuned_lr" in points else points["lr"]
+
+
 def lr_exponent(points: pd.DataFrame, level: float = 0.95) -> dict | None:
     """log lr* = a + b log N over the sizes (>= 3) whose lowest-loss tuning LR (``tuned_lr``; the seeds' ``lr``
     without tuning runs) is interior: b, its t interval and n; None when fewer than 3 sizes qualify (an LR at its
@@ -90,8 +95,7 @@ def lr_exponent(points: pd.DataFrame, level: float = 0.95) -> dict | None:
     p = points[points["edge"].astype(str) == ""] if "edge" in points else points
     if len(p) < 3:
         return None
-    lr = p["tuned_lr"] if "tuned_lr" in p else p["lr"]
-    x, y = np.log(p["N"].to_numpy(float)), np.log(lr.to_numpy(float))
+    x, y = np.log(p["N"].to_numpy(float)), np.log(lowest_loss_lr(p).to_numpy(float))
     b, a = np.polyfit(x, y, 1)
     resid = y - (a + b * x)
     k = len(x)
@@ -239,7 +243,7 @@ def ladder_markdown(points: pd.DataFrame, held: dict | None, scale: str, flags: 
     if len(points):
         sd = points["loss_sd"] if "loss_sd" in points else pd.Series(np.nan, index=points.index)
         ne = points["N_nonembed"] if "N_nonembed" in points else pd.Series(np.nan, index=points.index)
-        low = points["tuned_lr"].fillna(points["lr"]) if "tuned_lr" in points else points["lr"]
+        low = lowest_loss_lr(points)
         lines += ["", "## Best LR per size", "",
                   "The seeds run at the tuning's centre unless another LR beat it by more than one seed's noise "
                   "(tinylm.sweep.pipeline.pick_lr); the lowest-loss LR is the optimum measured.", "",
@@ -270,10 +274,9 @@ def ladder_markdown(points: pd.DataFrame, held: dict | None, scale: str, flags: 
 
 def ladder_flags(points: pd.DataFrame, held: dict | None, epochs: float = math.nan) -> list[str]:
     out = []
-    for _, r in points.iterrows():
+    for i, r in points.iterrows():
         if r["edge"]:
-            low = r.get("tuned_lr", r["lr"])
-            low = r["lr"] if low != low else low
+            low = lowest_loss_lr(points)[i]
             ran = "" if math.isclose(low, r["lr"], rel_tol=1e-6) else f" (the seeds ran at {r['lr']:.3g})"
             out.append(f"N={r['N']:,.0f}: the lowest-loss LR {low:.3g} is at the {r['edge']} edge of its grid "
                        f"{[float(f'{v:.3g}') for v in r['lr_grid']]}{ran}: the optimum may lie beyond it, the "

@@ -78,7 +78,6 @@ class Experiment:
             cfg = full.at_scale("laptop")
             if cfg.scale == "laptop":
                 tpp = self.tokens_per_param or full.train_tokens / num_params(full)
-                cfg = cfg.replace(**self.laptop).with_tokens_per_param(tpp)
                 if self.warmup_tokens_per_param:
                     if self.tokens_per_param_per_point:  # per_point_tokens re-derives each point's warmup by the rule
                         raise ConfigError(f"{self.name}: warmup_tokens_per_param applies to the sweep's base only, "
@@ -86,8 +85,7 @@ class Experiment:
                     if not self.warmup_tokens_per_param > 0:
                         raise ConfigError(f"warmup_tokens_per_param: {self.warmup_tokens_per_param!r} is not a "
                                           "positive number of tokens per parameter (0 = the laptop rule's 1)")
-                    cfg = cfg.replace(warmup_tokens=min(round(self.warmup_tokens_per_param * num_params(cfg)),
-                                                        cfg.train_tokens // 4))
+                cfg = cfg.replace(**self.laptop).with_tokens_per_param(tpp, self.warmup_tokens_per_param or 1.0)
                 run_length = ("train_tokens", "eval_every_tokens", "warmup_tokens")  # explicit laptop values win
                 cfg = cfg.replace(**{k: v for k, v in self.laptop.items() if k in run_length})
         else:
