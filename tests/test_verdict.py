@@ -99,6 +99,29 @@ def test_end_slopes_flag_a_still_falling_run():
     assert s.loc["flat", "drop_per_doubling"] < validity.UNDERTRAINED_NATS < s.loc["fall", "drop_per_doubling"]
 
 
+def test_an_end_slope_under_a_decaying_lr_says_it_includes_the_annealing():
+    """Over a cosine run's last third the LR falls, and the loss falls faster than more tokens would make it (GLU
+    replica: 0.32-0.35 nats per doubling within the run, 0.18-0.20 from runs of twice the tokens): the flag says so,
+    with the LR's fall computed from the run's own schedule; a constant-LR run keeps the plain reading."""
+    tok = np.array([1e5, 2e5, 4e5, 8e5])
+    schedule = dict(train_tokens=800_000, warmup_tokens=1_000, min_lr_ratio=0.1, decay_frac=0.2)
+    df = pd.DataFrame([{"run_id": "cos", "label": "a", "schedule": "cosine", **schedule},
+                       {"run_id": "const", "label": "b", "schedule": "constant", **schedule},
+                       {"run_id": "unknown", "label": "c"}])
+    curves = pd.concat([pd.DataFrame({"run_id": r, "tokens": tok, "value": 9.0 - 0.2 * np.log(tok)})
+                        for r in df["run_id"]])
+    s = validity.end_slopes(curves, df).set_index("run_id")
+    progress = (400_000 - 1_000) / (800_000 - 1_000)  # the tail is the last two evals: 4e5 and 8e5 tokens
+    assert s.loc["cos", "lr_fall"] == pytest.approx(0.1 / (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))))
+    assert s.loc["const", "lr_fall"] == 1.0 and math.isnan(s.loc["unknown", "lr_fall"])
+    done = df.assign(D=16e6, N=8e5)  # 20 tokens per parameter: nothing undertrained by design
+    flags = validity.diagnostics(df, done, s.reset_index(), 0.02)
+    annealed = [f for f in flags if f.startswith("loss still falling at the end: 1 of 3 run(s)")]
+    assert len(annealed) == 1 and "LR decayed to 0.18 of its value" in annealed[0]
+    assert "over-states what more tokens give" in annealed[0]
+    assert any(f.startswith("undertrained at the end: 2 of 3 run(s) would still lose 0.139-0.139") for f in flags)
+
+
 def test_lr_at_the_edge_of_its_grid_is_flagged():
     inside = pd.DataFrame([{"lr": lr, "loss": 3.0 + abs(math.log10(lr / 3e-3)), "group": i, "seed": 0}
                            for i, lr in enumerate((1e-3, 3e-3, 1e-2))])

@@ -216,7 +216,7 @@ def _validity(df: pd.DataFrame, done: pd.DataFrame, flags: list[str], slopes: pd
         lines += ["", md_table([[r["label"], r["n"], r["params"], r["tokens"], r["tokens_per_param"],
                                  r["drop_per_doubling"]] for _, r in tt.iterrows()],
                                ["config", "trials", "params", "tokens", "tokens/param",
-                                "end slope: Δ loss per 2× tokens"])]
+                                "end slope: loss drop per 2× tokens (last third, within the run)"])]
     return lines + [""]
 
 

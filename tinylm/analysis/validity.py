@@ -2,9 +2,11 @@
 
 - the scale and what it can claim (smoke: nothing; laptop: the effect on a replica; full: the experiment);
 - tokens per parameter of every trial (scaling fits need >= 20; the PRD's GLU/embed experiments use 5);
-- the end-of-run loss slope: d loss / d ln(tokens) over the last third of each run; a run whose loss would still
-  fall by more than ``UNDERTRAINED_NATS`` per doubling of tokens is flagged "undertrained" (its ranking may change
-  with more training);
+- the end-of-run loss slope: d loss / d ln(tokens) over the last third of each run; a run whose loss still falls
+  by more than ``UNDERTRAINED_NATS`` per doubling of tokens there is flagged (its ranking may change with more
+  training). Where the LR decays over that third (cosine, linear, wsd) the slope includes the schedule's annealing
+  and over-states what more tokens give (GLU replica: 0.32-0.35 nats per doubling within the run, 0.18-0.20
+  measured by runs of twice the tokens, RESULTS.md 2026-12-04), and the flag says so;
 - the seed noise floor (pooled within-configuration s.d.), and configurations run with one seed;
 - a tuned LR at the edge of its grid (the optimum may lie outside it);
 - data repeats (epochs > 1 of the corpus: the law measured is a data-constrained one);
@@ -35,13 +37,21 @@ SCALE_CLAIMS = {
 }
 
 
+SLOPE_COLUMNS = ["run_id", "label", "slope", "drop_per_doubling", "n_evals", "lr_fall"]
+SCHEDULE_FIELDS = ("schedule", "train_tokens", "warmup_tokens", "min_lr_ratio", "decay_frac")
+LR_DECAYING = 0.9  # a tail over which the LR ends below this share of its value at the tail's start is annealing
+
+
 def end_slopes(curves: pd.DataFrame | None, df: pd.DataFrame, tail: float = 1 / 3) -> pd.DataFrame:
-    """Per run: d loss / d ln(tokens) fitted on the evals in the last ``tail`` of its tokens (>= 2 evals), and the
-    loss drop that implies per doubling of tokens. Columns: run_id, label, slope, drop_per_doubling, n_evals."""
+    """Per run: d loss / d ln(tokens) fitted on the evals in the last ``tail`` of its tokens (>= 2 evals), the
+    loss drop that implies per doubling of tokens, and ``lr_fall``: the LR at the last of those evals over the LR at
+    the first, by the run's schedule (``tinylm.optim.lr_factor`` on its ``SCHEDULE_FIELDS``; NaN where ``df`` does
+    not hold them). Columns: ``SLOPE_COLUMNS``."""
     rows = []
     if curves is None or not len(curves) or "run_id" not in df.columns:
-        return pd.DataFrame(columns=["run_id", "label", "slope", "drop_per_doubling", "n_evals"])
+        return pd.DataFrame(columns=SLOPE_COLUMNS)
     labels = dict(zip(df["run_id"], df.get("label", df["run_id"]), strict=False))
+    schedules = {r["run_id"]: _schedule(r) for r in df.to_dict("records")}
     for rid, c in curves.groupby("run_id"):
         if rid not in labels:
             continue
@@ -55,8 +65,35 @@ def end_slopes(curves: pd.DataFrame | None, df: pd.DataFrame, tail: float = 1 / 
             last = c.tail(2)
         slope = float(np.polyfit(np.log(last["tokens"].to_numpy(float)), last["value"].to_numpy(float), 1)[0])
         rows.append({"run_id": rid, "label": labels[rid], "slope": slope, "drop_per_doubling": -slope * math.log(2),
-                     "n_evals": len(last)})
-    return pd.DataFrame(rows, columns=["run_id", "label", "slope", "drop_per_doubling", "n_evals"])
+                     "n_evals": len(last), "lr_fall": _lr_fall(schedules[rid], last["tokens"].iloc[0], t_end)})
+    return pd.DataFrame(rows, columns=SLOPE_COLUMNS)
+
+
+def _range(x: pd.Series) -> str:
+    lo, hi = f"{x.min():.2g}", f"{x.max():.2g}"
+    return lo if lo == hi else f"{lo}-{hi}"
+
+
+def _schedule(row: dict):
+    """The run's LR schedule as a Config (its ``SCHEDULE_FIELDS``, the rest defaults), or None if it is unknown."""
+    from tinylm.config import Config, ConfigError
+
+    fields = {k: row[k] for k in SCHEDULE_FIELDS if k in row and pd.notna(row[k]) and str(row[k]) != ""}
+    if "schedule" not in fields or "train_tokens" not in fields:
+        return None
+    try:
+        return Config.from_dict(fields)
+    except (ConfigError, TypeError, ValueError):
+        return None
+
+
+def _lr_fall(cfg, t0: float, t1: float) -> float:
+    """LR at ``t1`` tokens over LR at ``t0`` under ``cfg``'s schedule (NaN without one)."""
+    if cfg is None:
+        return math.nan
+    from tinylm.optim import lr_factor
+
+    return lr_factor(cfg, int(t1)) / lr_factor(cfg, int(t0))
 
 
 def lr_edges(done: pd.DataFrame) -> list[str]:
@@ -112,10 +149,21 @@ def diagnostics(df: pd.DataFrame, done: pd.DataFrame, slopes: pd.DataFrame, nois
                      + (": a scaling fit over them measures training speed, not capacity)" if scaling else ")"))
     if len(slopes):
         bad = slopes[slopes["drop_per_doubling"] > UNDERTRAINED_NATS]
-        if len(bad):
-            flags.append(f"undertrained at the end: {len(bad)} of {len(slopes)} run(s) would still lose "
-                         f"{bad['drop_per_doubling'].min():.3f}-{bad['drop_per_doubling'].max():.3f} nats of loss per "
-                         f"doubling of tokens (threshold {UNDERTRAINED_NATS}); rankings may change with longer runs")
+        fall = pd.to_numeric(bad.get("lr_fall", pd.Series(np.nan, index=bad.index)), errors="coerce")
+        annealed, plain_ = bad[fall < LR_DECAYING], bad[~(fall < LR_DECAYING)]
+        span = lambda b: f"{b['drop_per_doubling'].min():.3f}-{b['drop_per_doubling'].max():.3f}"  # noqa: E731
+        if len(plain_):
+            flags.append(f"undertrained at the end: {len(plain_)} of {len(slopes)} run(s) would still lose "
+                         f"{span(plain_)} nats of loss per doubling of tokens (threshold {UNDERTRAINED_NATS}); "
+                         "rankings may change with longer runs")
+        if len(annealed):
+            decayed = _range(fall[fall < LR_DECAYING])
+            flags.append(f"loss still falling at the end: {len(annealed)} of {len(slopes)} run(s) fell "
+                         f"{span(annealed)} nats per doubling of tokens over their last third (threshold "
+                         f"{UNDERTRAINED_NATS}) while their LR decayed to {decayed} of its value there: that slope "
+                         "includes the schedule's annealing and over-states what more tokens give (about 2x on the "
+                         "GLU replica, RESULTS.md 2026-12-04); runs of more tokens measure it. Rankings may change "
+                         "with longer runs")
     if not noise_sd == noise_sd:
         flags.append("one seed per configuration: no noise floor, no test; no difference here is significant")
     if "seed" in done.columns and "group" in done.columns:
