@@ -274,9 +274,10 @@ def ladder_markdown(points: pd.DataFrame, held: dict | None, scale: str, flags: 
 
 def ladder_flags(points: pd.DataFrame, held: dict | None, epochs: float = math.nan) -> list[str]:
     out = []
+    lowest = lowest_loss_lr(points) if len(points) and points["edge"].astype(bool).any() else None  # edges only
     for i, r in points.iterrows():
         if r["edge"]:
-            low = lowest_loss_lr(points)[i]
+            low = lowest[i]
             ran = "" if math.isclose(low, r["lr"], rel_tol=1e-6) else f" (the seeds ran at {r['lr']:.3g})"
             out.append(f"N={r['N']:,.0f}: the lowest-loss LR {low:.3g} is at the {r['edge']} edge of its grid "
                        f"{[float(f'{v:.3g}') for v in r['lr_grid']]}{ran}: the optimum may lie beyond it, the "

@@ -51,7 +51,7 @@ def end_slopes(curves: pd.DataFrame | None, df: pd.DataFrame, tail: float = 1 / 
     if curves is None or not len(curves) or "run_id" not in df.columns:
         return pd.DataFrame(columns=SLOPE_COLUMNS)
     labels = dict(zip(df["run_id"], df.get("label", df["run_id"]), strict=False))
-    schedules = {r["run_id"]: _schedule(r) for r in df.to_dict("records")}
+    records = {r["run_id"]: r for r in df.to_dict("records")}
     for rid, c in curves.groupby("run_id"):
         if rid not in labels:
             continue
@@ -65,7 +65,7 @@ def end_slopes(curves: pd.DataFrame | None, df: pd.DataFrame, tail: float = 1 / 
             last = c.tail(2)
         slope = float(np.polyfit(np.log(last["tokens"].to_numpy(float)), last["value"].to_numpy(float), 1)[0])
         rows.append({"run_id": rid, "label": labels[rid], "slope": slope, "drop_per_doubling": -slope * math.log(2),
-                     "n_evals": len(last), "lr_fall": _lr_fall(schedules[rid], last["tokens"].iloc[0], t_end)})
+                     "n_evals": len(last), "lr_fall": _lr_fall(records[rid], last["tokens"].iloc[0], t_end)})
     return pd.DataFrame(rows, columns=SLOPE_COLUMNS)
 
 
@@ -74,25 +74,19 @@ def _range(x: pd.Series) -> str:
     return lo if lo == hi else f"{lo}-{hi}"
 
 
-def _schedule(row: dict):
-    """The run's LR schedule as a Config (its ``SCHEDULE_FIELDS``, the rest defaults), or None if it is unknown."""
+def _lr_fall(row: dict, t0: float, t1: float) -> float:
+    """LR at ``t1`` tokens over LR at ``t0`` under the run's schedule (``row``'s ``SCHEDULE_FIELDS``, the other
+    Config fields at their defaults); NaN where ``row`` does not say which schedule it ran."""
     from tinylm.config import Config, ConfigError
+    from tinylm.optim import lr_factor
 
     fields = {k: row[k] for k in SCHEDULE_FIELDS if k in row and pd.notna(row[k]) and str(row[k]) != ""}
     if "schedule" not in fields or "train_tokens" not in fields:
-        return None
-    try:
-        return Config.from_dict(fields)
-    except (ConfigError, TypeError, ValueError):
-        return None
-
-
-def _lr_fall(cfg, t0: float, t1: float) -> float:
-    """LR at ``t1`` tokens over LR at ``t0`` under ``cfg``'s schedule (NaN without one)."""
-    if cfg is None:
         return math.nan
-    from tinylm.optim import lr_factor
-
+    try:
+        cfg = Config.from_dict(fields)
+    except (ConfigError, TypeError, ValueError):
+        return math.nan
     return lr_factor(cfg, int(t1)) / lr_factor(cfg, int(t0))
 
 
@@ -149,12 +143,12 @@ def diagnostics(df: pd.DataFrame, done: pd.DataFrame, slopes: pd.DataFrame, nois
                      + (": a scaling fit over them measures training speed, not capacity)" if scaling else ")"))
     if len(slopes):
         bad = slopes[slopes["drop_per_doubling"] > UNDERTRAINED_NATS]
-        fall = pd.to_numeric(bad.get("lr_fall", pd.Series(np.nan, index=bad.index)), errors="coerce")
-        annealed, plain_ = bad[fall < LR_DECAYING], bad[~(fall < LR_DECAYING)]
+        fall = bad["lr_fall"].astype(float)
+        annealed, steady = bad[fall < LR_DECAYING], bad[~(fall < LR_DECAYING)]
         span = lambda b: f"{b['drop_per_doubling'].min():.3f}-{b['drop_per_doubling'].max():.3f}"  # noqa: E731
-        if len(plain_):
-            flags.append(f"undertrained at the end: {len(plain_)} of {len(slopes)} run(s) would still lose "
-                         f"{span(plain_)} nats of loss per doubling of tokens (threshold {UNDERTRAINED_NATS}); "
+        if len(steady):
+            flags.append(f"undertrained at the end: {len(steady)} of {len(slopes)} run(s) would still lose "
+                         f"{span(steady)} nats of loss per doubling of tokens (threshold {UNDERTRAINED_NATS}); "
                          "rankings may change with longer runs")
         if len(annealed):
             decayed = _range(fall[fall < LR_DECAYING])
